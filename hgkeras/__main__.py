@@ -1,0 +1,7 @@
+"""``python -m hgkeras`` runs the console script."""
+
+import sys
+
+from hgkeras.cli import main
+
+sys.exit(main())

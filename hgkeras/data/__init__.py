@@ -1,0 +1,5 @@
+"""Data: annotation readers, TFRecord writers and the tf.data training pipeline."""
+
+from hgkeras.data.records import PoseRecord
+
+__all__ = ["PoseRecord"]

@@ -1,0 +1,101 @@
+"""Heatmaps: render Gaussian targets, decode predictions, mirror for the flip test (``keras.ops``, batched).
+
+Heatmap coordinates follow :mod:`hgkeras.geometry`: (x, y) in 0-based pixel centres of the heatmap grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from keras import ops
+
+#: Default Gaussian standard deviation in heatmap pixels (METHOD.md: sigma = 1 at 64x64).
+DEFAULT_SIGMA = 1.0
+
+
+def render_heatmaps(
+    joints,
+    visible,
+    heatmap_size: int | Sequence[int],
+    sigma: float = DEFAULT_SIGMA,
+    dtype: str = "float32",
+):
+    """Gaussian target heatmaps for a batch of people.
+
+    Args:
+        joints: (N, J, 2) joint positions (x, y) in heatmap coordinates.
+        visible: (N, J) annotated flags (non-zero = annotated).
+        heatmap_size: int or (height, width) of the grid.
+        sigma: Gaussian standard deviation in heatmap pixels.
+
+    Returns (N, H, W, J): ``exp(-d^2 / (2 sigma^2))`` centred on each joint (peak 1 at the joint),
+    all zeros for joints that are not annotated, not finite, or outside the grid.
+    """
+    if isinstance(heatmap_size, int):
+        height, width = heatmap_size, heatmap_size
+    else:
+        height, width = int(heatmap_size[0]), int(heatmap_size[1])
+    joints = ops.cast(ops.convert_to_tensor(joints), "float32")
+    visible = ops.cast(ops.convert_to_tensor(visible), "float32")
+    x = joints[..., 0]
+    y = joints[..., 1]
+    finite = ops.logical_and(ops.isfinite(x), ops.isfinite(y))
+    inside = (x >= -0.5) & (x < width - 0.5) & (y >= -0.5) & (y < height - 0.5)
+    keep = ops.cast(finite & inside & (visible > 0), "float32")  # (N, J)
+    x = ops.where(finite, x, ops.zeros_like(x))
+    y = ops.where(finite, y, ops.zeros_like(y))
+    xs = ops.arange(width, dtype="float32")
+    ys = ops.arange(height, dtype="float32")
+    # (N, J, W) and (N, J, H): the Gaussian is separable.
+    gx = ops.exp(-ops.square(xs[None, None, :] - x[..., None]) / (2.0 * sigma**2))
+    gy = ops.exp(-ops.square(ys[None, None, :] - y[..., None]) / (2.0 * sigma**2))
+    maps = ops.einsum("njh,njw->nhwj", gy, gx * keep[..., None])
+    return ops.cast(maps, dtype)
+
+
+def decode_heatmaps(heatmaps):
+    """Joint positions and confidences from heatmaps (N, H, W, J).
+
+    The position is the argmax moved a quarter pixel towards the higher neighbour in x and in y
+    (where both neighbours exist); the confidence is the heatmap maximum.
+
+    Returns (coords (N, J, 2) as (x, y) heatmap coordinates, scores (N, J)).
+    """
+    heatmaps = ops.cast(ops.convert_to_tensor(heatmaps), "float32")
+    shape = ops.shape(heatmaps)
+    height, width = shape[1], shape[2]
+    maps = ops.transpose(heatmaps, (0, 3, 1, 2))  # (N, J, H, W)
+    flat = ops.reshape(maps, (shape[0], shape[3], -1))
+    index = ops.argmax(flat, axis=-1)
+    scores = ops.max(flat, axis=-1)
+    px = ops.cast(index % width, "int32")
+    py = ops.cast(index // width, "int32")
+
+    def sample(dx: int, dy: int):
+        qx = ops.clip(px + dx, 0, width - 1)
+        qy = ops.clip(py + dy, 0, height - 1)
+        idx = ops.cast(qy * width + qx, "int32")
+        return ops.squeeze(ops.take_along_axis(flat, idx[..., None], axis=-1), axis=-1)
+
+    fx = ops.cast(px, "float32")
+    fy = ops.cast(py, "float32")
+    inner_x = ops.cast((px > 0) & (px < width - 1), "float32")
+    inner_y = ops.cast((py > 0) & (py < height - 1), "float32")
+    fx = fx + 0.25 * ops.sign(sample(1, 0) - sample(-1, 0)) * inner_x
+    fy = fy + 0.25 * ops.sign(sample(0, 1) - sample(0, -1)) * inner_y
+    return ops.stack([fx, fy], axis=-1), scores
+
+
+def flip_heatmaps(heatmaps, flip_permutation: Sequence[int]):
+    """Mirror heatmaps (N, H, W, J) left-right and swap left/right joint channels."""
+    heatmaps = ops.convert_to_tensor(heatmaps)
+    mirrored = ops.flip(heatmaps, axis=2)
+    return ops.take(mirrored, ops.convert_to_tensor(list(flip_permutation), dtype="int32"), axis=3)
+
+
+def flip_joints(joints, visible, width: float, flip_permutation: Sequence[int]):
+    """Mirror joint positions (N, J, 2) on a grid of ``width`` pixels and swap left/right joints."""
+    joints = ops.cast(ops.convert_to_tensor(joints), "float32")
+    perm = ops.convert_to_tensor(list(flip_permutation), dtype="int32")
+    mirrored = ops.stack([(width - 1.0) - joints[..., 0], joints[..., 1]], axis=-1)
+    return ops.take(mirrored, perm, axis=1), ops.take(ops.convert_to_tensor(visible), perm, axis=1)
