@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Sequence
 
-#: Subcommand modules, in the order ``hgkeras --help`` lists them.
-COMMAND_MODULES = [
-    "hgkeras.commands.info",
-]
+
+def command_modules() -> list[str]:
+    """Every module of :mod:`hgkeras.commands`, sorted by name (each registers one subcommand)."""
+    import hgkeras.commands as package
+
+    return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(set KERAS_BACKEND=tensorflow|jax|torch to choose the backend).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
+    for module_name in command_modules():
         importlib.import_module(module_name).register(subparsers)
     return parser
 
