@@ -56,8 +56,8 @@ def render_heatmaps(
 def decode_heatmaps(heatmaps):
     """Joint positions and confidences from heatmaps (N, H, W, J).
 
-    The position is the argmax moved a quarter pixel towards the higher neighbour in x and in y
-    (where both neighbours exist); the confidence is the heatmap maximum.
+    The position is the argmax moved a quarter pixel towards the higher neighbour in x and in y,
+    for peaks that are not on the grid's border (as the Torch code); the confidence is the maximum.
 
     Returns (coords (N, J, 2) as (x, y) heatmap coordinates, scores (N, J)).
     """
@@ -79,10 +79,10 @@ def decode_heatmaps(heatmaps):
 
     fx = ops.cast(px, "float32")
     fy = ops.cast(py, "float32")
-    inner_x = ops.cast((px > 0) & (px < width - 1), "float32")
-    inner_y = ops.cast((py > 0) & (py < height - 1), "float32")
-    fx = fx + 0.25 * ops.sign(sample(1, 0) - sample(-1, 0)) * inner_x
-    fy = fy + 0.25 * ops.sign(sample(0, 1) - sample(0, -1)) * inner_y
+    # As the Torch reference: shift only peaks with neighbours on all four sides.
+    inner = ops.cast((px > 0) & (px < width - 1) & (py > 0) & (py < height - 1), "float32")
+    fx = fx + 0.25 * ops.sign(sample(1, 0) - sample(-1, 0)) * inner
+    fy = fy + 0.25 * ops.sign(sample(0, 1) - sample(0, -1)) * inner
     return ops.stack([fx, fy], axis=-1), scores
 
 

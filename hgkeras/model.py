@@ -19,6 +19,8 @@ from typing import Any
 import keras
 from keras import layers
 
+from hgkeras.layers import BatchNorm
+
 #: BatchNorm as in Torch/PyTorch: eps 1e-5, momentum 0.1 (Keras convention: 0.9).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -28,7 +30,7 @@ STEM_STRIDE = 4
 
 
 def _batch_norm(x, name: str):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
 def _conv(x, filters: int, kernel_size: int, name: str):

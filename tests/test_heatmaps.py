@@ -41,13 +41,17 @@ def test_decode_recovers_joint_within_quarter_pixel(x, y):
 
 
 def test_decode_quarter_shift_direction_and_border():
-    maps = np.zeros((1, 8, 8, 2), np.float32)
+    maps = np.zeros((1, 8, 8, 3), np.float32)
     maps[0, 4, 4, 0] = 1.0
     maps[0, 4, 5, 0] = 0.5  # right neighbour higher -> +0.25 in x
     maps[0, 3, 4, 0] = 0.4  # upper neighbour higher -> -0.25 in y
     maps[0, 0, 7, 1] = 1.0  # on the border: no shift
+    maps[0, 0, 3, 2] = 1.0  # on the top border, interior in x: no shift either (Torch rule)
+    maps[0, 0, 4, 2] = 0.5
     coords, _ = decode_heatmaps(maps)
-    np.testing.assert_allclose(ops.convert_to_numpy(coords)[0], [[4.25, 3.75], [7.0, 0.0]])
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(coords)[0], [[4.25, 3.75], [7.0, 0.0], [3.0, 0.0]]
+    )
 
 
 def test_flip_heatmaps_and_joints_agree():

@@ -1,0 +1,328 @@
+"""Model speed per backend against the machine's matrix-multiply limit.
+
+For each backend (each in its own process, since Keras reads KERAS_BACKEND at import) and for
+2 and 8 stacks at batch 1 and 8 (256x256 input, f=256, J=16) this measures:
+
+* inference images/s through ``model.predict_on_batch`` (the compiled Keras predict step);
+* training images/s through ``model.train_on_batch`` (RMSprop, one MSE loss per stack);
+* ONNX Runtime inference images/s of the same network converted with tf2onnx.
+
+It also measures the float32 matrix-multiply rate of the machine (the best of numpy and each
+framework on a large square matmul) and reports every result as a fraction of the limit it implies:
+``MACs x 2 x images/s / matmul FLOP/s`` (forward MACs for inference, 3x forward for training:
+forward + gradients with respect to activations and weights).
+
+Usage::
+
+    python benchmarks/model_speed.py                       # CPU, all backends, prints a table, writes JSON
+    python benchmarks/model_speed.py --backends tensorflow --stacks 2 --quick
+    python benchmarks/model_speed.py --gpu                 # 8-stack training, mixed precision + XLA, TF and JAX
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _timed(step, min_time: float, min_steps: int, warmup: int) -> tuple[float, int]:
+    """Seconds per call of ``step`` after ``warmup`` calls, over at least min_steps and min_time."""
+    for _ in range(warmup):
+        step()
+    calls, start = 0, time.perf_counter()
+    while calls < min_steps or time.perf_counter() - start < min_time:
+        step()
+        calls += 1
+    return (time.perf_counter() - start) / calls, calls
+
+
+def _sync(backend: str, value) -> None:
+    """Block until ``value`` is computed (JAX dispatches asynchronously)."""
+    if backend == "jax":
+        import jax
+
+        jax.block_until_ready(value)
+
+
+def _framework_matmul_flops(backend: str, size: int, dtype: str, min_time: float) -> float:
+    import keras
+    import numpy as np
+    from keras import ops
+
+    a = ops.convert_to_tensor(np.random.default_rng(0).random((size, size)), dtype=dtype)
+    b = ops.convert_to_tensor(np.random.default_rng(1).random((size, size)), dtype=dtype)
+    if backend == "jax":
+        import jax
+
+        fn = jax.jit(lambda x, y: x @ y)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=False)
+    else:
+        fn = ops.matmul
+    seconds, _ = _timed(lambda: _sync(backend, fn(a, b)), min_time, 3, 2)
+    del keras
+    return 2.0 * size**3 / seconds
+
+
+def _onnx_rates(model, batches: list[int], min_time: float, threads: int) -> dict[int, float]:
+    import numpy as np
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images"),)
+
+    @tf.function(input_signature=spec)
+    def forward(images):
+        return {"heatmaps": model(images, training=False)[-1]}
+
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=17)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    rates = {}
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, *model.input_shape[1:]), dtype=np.float32)
+        seconds, _ = _timed(lambda x=x: session.run(None, {"images": x}), min_time, 3, 2)
+        rates[batch] = batch / seconds
+    return rates
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """Measure one backend; print one JSON document on stdout."""
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from hgkeras import StackedHourglass, compile_model, count_macs
+
+    backend = keras.backend.backend()
+    if args.gpu:
+        keras.mixed_precision.set_global_policy(
+            "mixed_bfloat16" if backend == "jax" else "mixed_float16"
+        )
+    jit_modes = {"tensorflow": [True, False], "jax": [True], "torch": [False]}[backend]
+    if args.torch_compile and backend == "torch":
+        jit_modes = [False, True]
+    out: dict = {"backend": backend, "results": [], "devices": _device_names(backend)}
+    matmul_dtype = (
+        "float16" if args.gpu and backend != "jax" else ("bfloat16" if args.gpu else "float32")
+    )
+    out["matmul_flops"] = _framework_matmul_flops(
+        backend, args.matmul_size, matmul_dtype, args.min_time
+    )
+    out["matmul_dtype"] = matmul_dtype
+    for stacks in args.stacks:
+        model = StackedHourglass(num_stacks=stacks)
+        macs = count_macs(model)
+        for batch in args.batches:
+            rng = np.random.default_rng(0)
+            x = rng.random((batch, 256, 256, 3), dtype=np.float32)
+            y = [rng.random((batch, 64, 64, 16), dtype=np.float32)] * stacks
+            for jit in jit_modes:
+                row = {"stacks": stacks, "batch": batch, "jit_compile": jit, "macs": macs}
+                if not args.gpu:
+                    model.compile(jit_compile=jit)  # inference only: no optimizer needed
+                    seconds, calls = _timed(
+                        lambda x=x, model=model: _sync(backend, model.predict_on_batch(x)),
+                        args.min_time, args.min_steps, args.warmup,
+                    )  # fmt: skip
+                    row["inference_images_per_s"] = batch / seconds
+                compile_model(model, jit_compile=jit)
+                seconds, calls = _timed(
+                    lambda x=x, y=y, model=model: _sync(backend, model.train_on_batch(x, y)),
+                    args.min_time, args.min_steps, args.warmup,
+                )  # fmt: skip
+                row["training_images_per_s"] = batch / seconds
+                row["training_steps_timed"] = calls
+                out["results"].append(row)
+                print(f"[{backend}] {row}", file=sys.stderr, flush=True)
+        if backend == "tensorflow" and args.onnx and not args.gpu:
+            for batch, rate in _onnx_rates(
+                model, args.batches, args.min_time, os.cpu_count() or 1
+            ).items():
+                out["results"].append(
+                    {"stacks": stacks, "batch": batch, "runtime": "onnxruntime", "macs": macs,
+                     "inference_images_per_s": rate}
+                )  # fmt: skip
+    print(json.dumps(out))
+
+
+def _device_names(backend: str) -> list[str]:
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        names = []
+        for device in tf.config.list_physical_devices():
+            details = (
+                tf.config.experimental.get_device_details(device)
+                if device.device_type == "GPU"
+                else {}
+            )
+            names.append(details.get("device_name", device.name))
+        return names
+    if backend == "jax":
+        import jax
+
+        return [getattr(d, "device_kind", str(d)) for d in jax.devices()]
+    import torch
+
+    return [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else ["cpu"]
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def numpy_matmul_flops(size: int, min_time: float) -> float:
+    import numpy as np
+
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).random((size, size), dtype=np.float32)
+    seconds, _ = _timed(lambda: a @ b, min_time, 3, 1)
+    return 2.0 * size**3 / seconds
+
+
+def cpu_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--stacks", default="2,8", help="comma-separated stack counts")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--min-time", type=float, default=4.0, help="seconds timed per measurement")
+    parser.add_argument("--min-steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--matmul-size", type=int, default=4096)
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false")
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="also time jit_compile=True (torch.compile)"
+    )
+    parser.add_argument(
+        "--gpu", action="store_true", help="8-stack training with mixed precision + XLA on a GPU"
+    )
+    parser.add_argument("--quick", action="store_true", help="short timings (smoke run)")
+    parser.add_argument(
+        "--out", type=Path, help="JSON output (default benchmarks/results/model_speed[_gpu].json)"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.stacks = [int(s) for s in str(args.stacks).split(",")]
+    args.batches = [int(b) for b in str(args.batches).split(",")]
+    if args.quick:
+        args.min_time, args.min_steps, args.warmup, args.matmul_size = 1.0, 1, 1, 2048
+    if args.gpu:
+        args.stacks = [8] if args.stacks == [2, 8] else args.stacks
+        args.batches = [16] if args.batches == [1, 8] else args.batches
+        if args.backends == "tensorflow,jax,torch":
+            args.backends = "tensorflow,jax"
+    if args.worker:
+        run_worker(args)
+        return
+
+    numpy_flops = None if args.gpu else numpy_matmul_flops(args.matmul_size, args.min_time)
+    workers = []
+    for backend in args.backends.split(","):
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        if not args.gpu:
+            env.setdefault("JAX_PLATFORMS", "cpu")
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        cmd = [sys.executable, __file__, "--worker", backend] + [a for a in sys.argv[1:]]
+        print(f"running {backend} ...", file=sys.stderr, flush=True)
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
+        if done.returncode != 0:
+            print(f"{backend} worker failed with exit code {done.returncode}", file=sys.stderr)
+            continue
+        workers.append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    limit = max([w["matmul_flops"] for w in workers] + ([numpy_flops] if numpy_flops else []))
+    rows = []
+    for w in workers:
+        for r in w["results"]:
+            runtime = r.get(
+                "runtime", f"keras/{w['backend']}" + ("+jit" if r.get("jit_compile") else "")
+            )
+            row = {"runtime": runtime, "stacks": r["stacks"], "batch": r["batch"]}
+            if "inference_images_per_s" in r:
+                ips = r["inference_images_per_s"]
+                row["inference_images_per_s"] = round(ips, 3)
+                row["inference_fraction_of_limit"] = round(r["macs"] * 2 * ips / limit, 3)
+            if "training_images_per_s" in r:
+                ips = r["training_images_per_s"]
+                row["training_images_per_s"] = round(ips, 3)
+                row["training_fraction_of_limit"] = round(3 * r["macs"] * 2 * ips / limit, 3)
+            rows.append(row)
+    result = {
+        "benchmark": "model_speed",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": cpu_description()
+        if not args.gpu
+        else ", ".join(workers[0]["devices"])
+        if workers
+        else "?",
+        "device": "gpu" if args.gpu else "cpu",
+        "precision": "mixed (float16 TF / bfloat16 JAX)" if args.gpu else "float32",
+        "matmul_flops_limit": limit,
+        "matmul_flops": {
+            "numpy": numpy_flops,
+            **{w["backend"]: w["matmul_flops"] for w in workers},
+        },
+        "macs_per_image": {"2": 8.33e9, "8": 27.44e9},
+        "rows": rows,
+    }
+    out = args.out or RESULTS / ("model_speed_gpu.json" if args.gpu else "model_speed.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+
+    print(
+        f"\nmachine: {result['machine']}; matmul limit {limit / 1e9:.1f} GFLOP/s ({result['precision']})"
+    )
+    header = f"{'runtime':22s} {'stacks':>6s} {'batch':>5s} {'infer img/s':>11s} {'of limit':>8s} {'train img/s':>11s} {'of limit':>8s}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        inf = (
+            f"{r['inference_images_per_s']:11.2f} {r['inference_fraction_of_limit']:8.0%}"
+            if "inference_images_per_s" in r
+            else f"{'-':>11s} {'-':>8s}"
+        )
+        tr = (
+            f"{r['training_images_per_s']:11.2f} {r['training_fraction_of_limit']:8.0%}"
+            if "training_images_per_s" in r
+            else f"{'-':>11s} {'-':>8s}"
+        )
+        print(f"{r['runtime']:22s} {r['stacks']:6d} {r['batch']:5d} {inf} {tr}")
+    print(f"\nwrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+
+
+if __name__ == "__main__":
+    main()
