@@ -208,17 +208,18 @@ def _unwrap(obj: Any, label: str) -> Mapping[str, Any]:
             raise ValueError(
                 f"{label}: expected a state dict or a checkpoint dict, got {type(obj).__name__}"
             )
-        if any(_is_array_like(v) for v in obj.values()):
-            return obj
+        # A container key holding a mapping (or module) wins: no real state dict has one.
         for key in CONTAINER_KEYS:
             if key in obj and (isinstance(obj[key], Mapping) or hasattr(obj[key], "state_dict")):
                 obj = obj[key]
                 break
         else:
+            if obj and all(_is_array_like(v) for v in obj.values()):
+                return obj
             keys = ", ".join(repr(k) for k in list(obj)[:10])
             raise ValueError(
-                f"{label}: no tensors found; a checkpoint dict must hold the state dict under one "
-                f"of {list(CONTAINER_KEYS)}, found keys {keys}"
+                f"{label}: neither a state dict (all values tensors) nor a checkpoint dict holding "
+                f"one under {list(CONTAINER_KEYS)}; found keys {keys}"
             )
     raise ValueError(f"{label}: state dict nested too deeply under {list(CONTAINER_KEYS)}")
 
@@ -319,7 +320,8 @@ def _architecture_differences(
     )
     if not stacks_ok:
         problems.append(
-            f"checkpoint has {ckpt['num_stacks']} stacks, model has {model['num_stacks']}"
+            f"checkpoint has {_plural(ckpt['num_stacks'], 'stack')}, model has "
+            f"{model['num_stacks']}"
         )
     for key, what in (
         ("num_features", "features"),
@@ -450,6 +452,7 @@ def load_torch_checkpoint(
             raise ValueError(f"{label} does not match model {model.name!r}: " + "; ".join(problems))
 
     mappings, unused_skip_keys = torch_to_keras_mapping(model)
+    layers = {layer.name: layer for layer in model.layers}
     report = ImportReport(
         source=label, checkpoint_architecture=ckpt_arch, model_stacks=model_arch["num_stacks"]
     )
@@ -462,7 +465,7 @@ def load_torch_checkpoint(
             report.missing.append(mapping.torch_key)
             continue
         consumed.add(mapping.torch_key)
-        variable = getattr(model.get_layer(mapping.layer), mapping.variable)
+        variable = getattr(layers[mapping.layer], mapping.variable)
         expected = tuple(int(d) for d in variable.shape)
         if mapping.is_kernel:
             if value.ndim != 4:
@@ -520,6 +523,10 @@ def load_torch_checkpoint(
         report.loaded.append(key)
         report.num_values += int(value.size)
     return report
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _oihw(hwio: tuple[int, ...]) -> tuple[int, ...]:
