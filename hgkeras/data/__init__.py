@@ -1,5 +1,6 @@
 """Data: annotation readers, TFRecord writers and the tf.data training pipeline."""
 
+from hgkeras.data.readers import read_annotations
 from hgkeras.data.records import PoseRecord
 
-__all__ = ["PoseRecord"]
+__all__ = ["PoseRecord", "read_annotations"]
