@@ -44,7 +44,7 @@ def eval_dataset():
     data = {"image": images.astype("float32"), "center": centers, "scale": scales, "joints": gt,
             "visible": visible, "normalizer": normalizer,
             "image_id": np.arange(n), "person_id": np.zeros(n, "int64")}
-    return tf.data.Dataset.from_tensor_slices(data).batch(3)
+    return tf.data.Dataset.from_tensor_slices(data).batch(2)
 
 
 model = pooling_model()
@@ -85,7 +85,7 @@ model.compile(optimizer="rmsprop", loss=["mse"])
 rng = np.random.default_rng(0)
 x = rng.random((2, 64, 64, 3)).astype("float32")
 y = np.zeros((2, 16, 16, 16), "float32")
-n = 3
+n = 4
 evaluation = tf.data.Dataset.from_tensor_slices({
     "image": rng.random((n, 64, 64, 3)).astype("float32"),
     "center": np.full((n, 2), 100.0, "float32"), "scale": np.ones(n, "float32"),
