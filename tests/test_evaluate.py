@@ -152,3 +152,22 @@ def test_model_on_tfrecords(shared_data, repo_root, tmp_path):
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["num_people"] == 2 and 0.0 <= result["results"]["Total"] <= 100.0
+
+
+def test_flic_predictions_score_pck_against_torso(shared_data, tmp_path, capsys):
+    data = shared_data / "flic" / "valid_personcentric.h5"
+    with h5py.File(data, "r") as f:
+        part = f["part"][:]
+    preds = part.copy()
+    torso = np.linalg.norm(part[:, 0] - part[:, 7], axis=-1)  # left shoulder - right hip
+    preds[:, 2, 1] += 0.3 * torso  # every left wrist misses at 0.2
+    path = tmp_path / "flic.h5"
+    _torch_preds(path, preds)
+    out = tmp_path / "r.json"
+    assert (
+        main(["evaluate", "--data", str(data), "--predictions", str(path), "--out", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())["results"]
+    assert result["Wrist"] == pytest.approx(50.0) and result["Elbow"] == 100.0
+    assert result["Mean"] == pytest.approx(100.0 * 10 / 11)
+    assert "FLIC PCK@0.2" in capsys.readouterr().out
