@@ -59,6 +59,16 @@ for group in ("head", "shoulder", "elbow", "hip", "knee", "ankle"):
 assert abs(logs["val_pckh"] - 100.0 * 53 / 55) < 1e-9, logs
 assert logs["loss"] == 1.0
 
+class Wrapper:  # a training wrapper (e.g. PoseTrainer) is evaluated through its .hourglass
+    hourglass = model
+
+
+wrapped = PCKhCallback(eval_dataset(), flip=False)
+wrapped.set_model(Wrapper())
+logs = {}
+wrapped.on_epoch_end(0, logs)
+assert abs(logs["val_pckh"] - 100.0 * 53 / 55) < 1e-9, logs
+
 skipping = PCKhCallback(eval_dataset(), every_n_epochs=2, flip=False)
 skipping.set_model(model)
 logs = {}
