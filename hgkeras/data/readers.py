@@ -1,0 +1,538 @@
+"""Annotation readers: MPII and FLIC source files -> :class:`~hgkeras.data.records.PoseRecord` lists.
+
+Supported layouts (auto-detected by :func:`read_annotations`):
+
+* MPII release ``mpii_human_pose_v1_u12_1.mat``: MATLAB struct ``RELEASE`` with ``annolist`` (one entry per
+  image: ``image.name``, ``annorect`` = people with ``x1 y1 x2 y2`` head box, ``scale``, ``objpos.x/.y``,
+  ``annopoints.point`` = ``x, y, id, is_visible``), ``img_train`` (1 train, 0 test), ``single_person``.
+* MPII and FLIC Torch annot ``.h5`` (pose-hg-train): ``imgname, part (N,J,2), center, scale, normalize,
+  index, person, visible``; centre/scale already adjusted. 16 joints = MPII, 11 joints = FLIC.
+* HRNet/mmpose ``.json``: a list of ``{image, center, scale, joints, joints_vis}`` with RAW MPII
+  centre/scale and optional ``head_box`` ``[x1, y1, x2, y2]`` (hgkeras extension, gives the PCKh size).
+* FLIC ``examples.mat``: struct array ``examples`` with ``coords (2, 29)``, ``filepath``, ``torsobox``,
+  ``imgdims``, ``istrain``, ``istest``.
+
+All sources are 1-based MATLAB pixels; readers subtract :data:`hgkeras.geometry.MATLAB_OFFSET`. A joint
+counts as annotated only when its source coordinates are finite and both > 0 (1-based; the Torch code's
+"missing = (0, 0)" and HRNet's "[-1, -1]" both fall out), and the source does not flag it missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hgkeras.data.records import PoseRecord
+from hgkeras.geometry import MATLAB_OFFSET
+
+logger = logging.getLogger(__name__)
+
+#: The Torch code moves MPII's raw centre down by this many ``scale`` units of pixels ...
+MPII_CENTER_SHIFT = 15.0
+#: ... and enlarges the raw scale by this factor before cropping.
+MPII_SCALE_FACTOR = 1.25
+#: PCKh head size = this factor times the head box diagonal.
+HEAD_SIZE_FACTOR = 0.6
+#: FLIC ``coords`` columns (1-based) of the 11 joints in :data:`hgkeras.joints.FLIC` order.
+FLIC_COLUMNS = (1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 17)
+#: The Torch FLIC annot files use one fixed scale for every person.
+FLIC_SCALE = 2.2
+#: FLIC joint indices (person-centric order) used by the readers.
+_FLIC_LSHO, _FLIC_RSHO, _FLIC_LHIP = 0, 3, 6
+_FLIC_FLIP_PAIRS = ((0, 3), (1, 4), (2, 5), (6, 7), (8, 9))
+
+SPLITS = ("train", "valid", "test")
+
+
+def adjust_mpii_center_scale(center: Iterable[float], scale: float) -> tuple[np.ndarray, float]:
+    """Raw MPII (objpos, scale) -> the (centre, scale) the Torch code crops with (apply once)."""
+    cx, cy = (float(v) for v in center)
+    return np.array([cx, cy + MPII_CENTER_SHIFT * scale]), float(scale) * MPII_SCALE_FACTOR
+
+
+def head_size(box: Iterable[float]) -> float:
+    """PCKh normaliser of a head box (x1, y1, x2, y2): 0.6 x its diagonal."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return HEAD_SIZE_FACTOR * math.hypot(x2 - x1, y2 - y1)
+
+
+def flic_torso_size(joints: np.ndarray) -> float:
+    """FLIC PCK normaliser: the distance between right shoulder and left hip (person-centric labels).
+
+    This is the diagonal the Torch FLIC annot files store in ``normalize`` (checked against
+    ``valid_personcentric.h5``).
+    """
+    return float(np.linalg.norm(joints[_FLIC_RSHO] - joints[_FLIC_LHIP]))
+
+
+def _joints_from_source(
+    points: np.ndarray, flags: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-based source points (J, 2) (+ optional annotated flags) -> 0-based joints and visible."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    ok = np.isfinite(points).all(axis=1) & (points[:, 0] > 0) & (points[:, 1] > 0)
+    if flags is not None:
+        ok &= np.asarray(flags, dtype=np.float64).reshape(-1) > 0
+    joints = np.where(ok[:, None], points - MATLAB_OFFSET, 0.0)
+    return joints.astype(np.float32), ok.astype(np.uint8)
+
+
+def _valid_box(center: np.ndarray, scale: float) -> str | None:
+    """Reason why (centre, scale) cannot define a crop, or None."""
+    if not np.all(np.isfinite(center)):
+        return f"centre {center.tolist()} is not finite"
+    if not math.isfinite(scale) or scale <= 0:
+        return f"scale {scale!r} is not a positive number"
+    return None
+
+
+def _field(container: Any, name: str, path: Path, where: str) -> Any:
+    """``container[name]`` / ``container.name`` or a ValueError naming the file and field."""
+    try:
+        if isinstance(container, dict):
+            return container[name]
+        return getattr(container, name)
+    except (KeyError, AttributeError):
+        raise ValueError(f"{path}: {where} has no field {name!r}") from None
+
+
+def _as_list(value: Any) -> list:
+    """MATLAB struct arrays loaded with squeeze_me come back as one struct, an array, or empty."""
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return list(value.reshape(-1))
+    return [value]
+
+
+def _scalar(value: Any) -> float:
+    """A MATLAB scalar (possibly a 0-d/1-element array, or empty) as float; NaN when empty."""
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    return float(arr[0]) if arr.size else float("nan")
+
+
+# --------------------------------------------------------------------------------------------- MPII
+
+
+def read_mpii_mat(path: str | Path, skipped: list[str] | None = None) -> list[PoseRecord]:
+    """Read the MPII release ``.mat`` (struct ``RELEASE``); see the module docstring for the layout.
+
+    Train images give every person with ``objpos``, ``scale`` and ``annopoints``; test images give every
+    person with ``objpos`` and ``scale`` (no joints, ``visible`` all 0). ``image_id`` is the 0-based
+    ``annolist`` index and ``person_id`` the 0-based ``annorect`` index.
+    """
+    import scipy.io
+
+    path = Path(path)
+    mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    if "RELEASE" not in mat:
+        raise ValueError(f"{path}: not an MPII release file: no variable 'RELEASE'")
+    release = mat["RELEASE"]
+    annolist = _as_list(_field(release, "annolist", path, "RELEASE"))
+    img_train = np.asarray(_field(release, "img_train", path, "RELEASE")).reshape(-1)
+    if len(img_train) != len(annolist):
+        raise ValueError(
+            f"{path}: RELEASE.img_train has {len(img_train)} entries but annolist has {len(annolist)}"
+        )
+    single = getattr(release, "single_person", None)
+    single_list = _as_list(single) if single is not None else []
+    records: list[PoseRecord] = []
+    for image_id, anno in enumerate(annolist):
+        image = _field(anno, "image", path, f"RELEASE.annolist[{image_id}]")
+        name = str(_field(image, "name", path, f"RELEASE.annolist[{image_id}].image"))
+        split = "train" if int(img_train[image_id]) == 1 else "test"
+        singles = (
+            {int(v) - 1 for v in np.asarray(single_list[image_id], dtype=np.float64).reshape(-1)}
+            if image_id < len(single_list)
+            else set()
+        )
+        for person_id, rect in enumerate(_as_list(getattr(anno, "annorect", None))):
+            where = f"{name} (annolist {image_id}, person {person_id})"
+            objpos = getattr(rect, "objpos", None)
+            raw_scale = _scalar(getattr(rect, "scale", []))
+            if objpos is None or not isinstance(objpos, object) or not hasattr(objpos, "x"):
+                if skipped is not None:
+                    skipped.append(f"{where}: no objpos")
+                continue
+            raw_center = np.array([_scalar(objpos.x), _scalar(objpos.y)])
+            reason = _valid_box(raw_center, raw_scale)
+            if reason:
+                if skipped is not None:
+                    skipped.append(f"{where}: {reason}")
+                continue
+            center, scale = adjust_mpii_center_scale(raw_center, raw_scale)
+            points = np.zeros((16, 2))
+            flags = np.zeros(16)
+            is_visible = np.zeros(16, np.uint8)
+            annopoints = getattr(rect, "annopoints", None)
+            has_points = annopoints is not None and hasattr(annopoints, "point")
+            if split == "train" and not has_points:
+                if skipped is not None:
+                    skipped.append(f"{where}: train person without annopoints")
+                continue
+            if has_points:
+                for point in _as_list(annopoints.point):
+                    jid = int(_scalar(_field(point, "id", path, f"{where} annopoints.point")))
+                    if not 0 <= jid < 16:
+                        raise ValueError(f"{path}: {where}: joint id {jid} outside 0..15")
+                    points[jid] = (
+                        _scalar(_field(point, "x", path, f"{where} point")),
+                        _scalar(_field(point, "y", path, f"{where} point")),
+                    )
+                    flags[jid] = 1
+                    vis = getattr(point, "is_visible", 1)
+                    try:
+                        is_visible[jid] = int(_scalar(vis)) == 1 if np.size(vis) else 0
+                    except (TypeError, ValueError):
+                        is_visible[jid] = str(vis).strip() == "1"
+            joints, visible = _joints_from_source(points, flags)
+            box = [_scalar(getattr(rect, k, [])) for k in ("x1", "y1", "x2", "y2")]
+            normalizer = head_size(box) if all(math.isfinite(v) for v in box) else float("nan")
+            records.append(
+                PoseRecord(
+                    image=name,
+                    joints=joints,
+                    visible=visible,
+                    center=center - MATLAB_OFFSET,
+                    scale=scale,
+                    normalizer=normalizer,
+                    split=split,
+                    dataset="mpii",
+                    image_id=image_id,
+                    person_id=person_id,
+                    extra={"is_visible": is_visible, "single_person": person_id in singles},
+                )
+            )
+    return records
+
+
+def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[PoseRecord]:
+    """Read the HRNet/mmpose MPII JSON layout (raw centre/scale, 1-based joints).
+
+    ``image_id`` numbers the distinct images in file order and ``person_id`` counts people within an
+    image. An optional ``head_box`` [x1, y1, x2, y2] per record gives the PCKh normaliser.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if isinstance(data, dict) and "annotations" in data:
+        raise ValueError(
+            f"{path}: COCO-style JSON is not supported; expected a list of "
+            "{image, center, scale, joints, joints_vis} records"
+        )
+    if not isinstance(data, list):
+        raise ValueError(
+            f"{path}: expected a JSON list of person records, got {type(data).__name__}"
+        )
+    split = _split_from_name(path, default="valid")
+    records: list[PoseRecord] = []
+    image_ids: dict[str, int] = {}
+    people: dict[str, int] = {}
+    for i, item in enumerate(data):
+        where = f"record {i}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}: {where} is not an object")
+        for key in ("image", "center", "scale", "joints"):
+            if key not in item:
+                raise ValueError(f"{path}: {where} has no field {key!r}")
+        name = str(item["image"])
+        image_id = image_ids.setdefault(name, len(image_ids))
+        person_id = people.get(name, 0)
+        people[name] = person_id + 1
+        raw_center = np.asarray(item["center"], dtype=np.float64).reshape(-1)
+        raw_scale = float(item["scale"]) if item["scale"] is not None else float("nan")
+        if raw_center.shape != (2,):
+            raise ValueError(f"{path}: {where} field 'center' must have 2 numbers")
+        reason = _valid_box(raw_center, raw_scale)
+        if reason:
+            if skipped is not None:
+                skipped.append(f"{name} ({where}): {reason}")
+            continue
+        points = np.asarray(item["joints"], dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError(f"{path}: {where} field 'joints' must be (J, 2), got {points.shape}")
+        flags = item.get("joints_vis")
+        joints, visible = _joints_from_source(points, flags)
+        center, scale = adjust_mpii_center_scale(raw_center, raw_scale)
+        head_box = item.get("head_box")
+        normalizer = head_size(head_box) if head_box is not None else float("nan")
+        records.append(
+            PoseRecord(
+                image=name,
+                joints=joints,
+                visible=visible,
+                center=center - MATLAB_OFFSET,
+                scale=scale,
+                normalizer=normalizer,
+                split=str(item.get("split", split)),
+                dataset="mpii" if joints.shape[0] == 16 else "flic",
+                image_id=image_id,
+                person_id=person_id,
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------------------------- Torch h5
+
+
+def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[PoseRecord]:
+    """Read a pose-hg-train annot ``.h5`` (MPII 16 joints or FLIC 11 joints; centre/scale adjusted)."""
+    import h5py
+
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file: {err}") from None
+    with handle:
+        for key in ("imgname", "part", "center", "scale"):
+            if key not in handle:
+                raise ValueError(
+                    f"{path}: not a Torch annot file: missing dataset {key!r} (has {sorted(handle)})"
+                )
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in handle["imgname"][:]]
+        part = np.asarray(handle["part"][:], dtype=np.float64)
+        center = np.asarray(handle["center"][:], dtype=np.float64)
+        scale = np.asarray(handle["scale"][:], dtype=np.float64).reshape(-1)
+        n = len(names)
+        if part.ndim != 3 or part.shape[0] != n or part.shape[2] != 2:
+            raise ValueError(f"{path}: dataset 'part' must be (N={n}, J, 2), got {part.shape}")
+        if center.shape != (n, 2) or scale.shape != (n,):
+            raise ValueError(
+                f"{path}: 'center' {center.shape} / 'scale' {scale.shape} do not match N={n}"
+            )
+        num_joints = part.shape[1]
+        if num_joints not in (16, 11):
+            raise ValueError(f"{path}: {num_joints} joints; expected 16 (MPII) or 11 (FLIC)")
+        normalize = (
+            np.asarray(handle["normalize"][:], dtype=np.float64).reshape(-1)
+            if "normalize" in handle
+            else np.full(n, np.nan)
+        )
+        index = np.asarray(handle["index"][:]).reshape(-1) if "index" in handle else np.arange(n)
+        person = np.asarray(handle["person"][:]).reshape(-1) if "person" in handle else np.zeros(n)
+        is_visible = (
+            np.asarray(handle["visible"][:], dtype=np.float64) if "visible" in handle else None
+        )
+    dataset = "mpii" if num_joints == 16 else "flic"
+    split = _split_from_name(path, default="valid" if dataset == "mpii" else "test")
+    if dataset == "flic" and split == "valid":
+        split = "test"  # FLIC has train and test only; the Torch code calls its test file "valid"
+    records = []
+    for i in range(n):
+        reason = _valid_box(center[i], float(scale[i]))
+        if reason:
+            if skipped is not None:
+                skipped.append(f"{names[i]} (record {i}): {reason}")
+            continue
+        joints, visible = _joints_from_source(part[i])
+        extra = {}
+        if is_visible is not None:
+            extra["is_visible"] = (is_visible[i] > 0).astype(np.uint8)
+        records.append(
+            PoseRecord(
+                image=names[i],
+                joints=joints,
+                visible=visible,
+                center=center[i] - MATLAB_OFFSET,
+                scale=float(scale[i]),
+                normalizer=float(normalize[i]),
+                split=split,
+                dataset=dataset,
+                image_id=int(index[i]),
+                person_id=int(person[i]),
+                extra=extra,
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------------------------- FLIC
+
+
+def flic_center(torsobox: Iterable[float], image_height: float) -> np.ndarray:
+    """FLIC person centre as the Torch annot files store it (1-based): torso-box x centre, image mid-height."""
+    x1, _, x2, _ = (float(v) for v in torsobox)
+    return np.array([(x1 + x2) / 2.0, float(image_height) / 2.0])
+
+
+def to_observer_centric(
+    joints: np.ndarray, visible: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Swap FLIC left/right labels when the person faces away (left shoulder left of right shoulder).
+
+    This is the rule that turns ``valid_personcentric.h5`` into ``valid_observercentric.h5``.
+    Returns (joints, visible, swapped).
+    """
+    if (
+        visible[_FLIC_LSHO]
+        and visible[_FLIC_RSHO]
+        and joints[_FLIC_LSHO, 0] < joints[_FLIC_RSHO, 0]
+    ):
+        perm = np.arange(len(joints))
+        for a, b in _FLIC_FLIP_PAIRS:
+            perm[a], perm[b] = b, a
+        return joints[perm], visible[perm], True
+    return joints, visible, False
+
+
+def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[PoseRecord]:
+    """Read FLIC ``examples.mat`` (11 joints, person-centric; split from ``istrain``/``istest``).
+
+    Centre and scale are those of the Torch FLIC annot files (torso-box x centre, image mid-height,
+    scale 2.2); the normaliser is :func:`flic_torso_size`. ``image_id`` is the record index.
+    """
+    import scipy.io
+
+    path = Path(path)
+    mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    if "examples" not in mat:
+        raise ValueError(f"{path}: not a FLIC examples file: no variable 'examples'")
+    columns = np.array(FLIC_COLUMNS) - 1
+    records = []
+    for i, ex in enumerate(_as_list(mat["examples"])):
+        where = f"examples[{i}]"
+        coords = np.asarray(_field(ex, "coords", path, where), dtype=np.float64)
+        if coords.ndim != 2 or coords.shape[0] != 2 or coords.shape[1] < max(FLIC_COLUMNS):
+            raise ValueError(f"{path}: {where}.coords must be (2, 29), got {coords.shape}")
+        name = str(_field(ex, "filepath", path, where))
+        torsobox = np.asarray(_field(ex, "torsobox", path, where), dtype=np.float64).reshape(-1)
+        imgdims = np.asarray(_field(ex, "imgdims", path, where), dtype=np.float64).reshape(-1)
+        if torsobox.shape != (4,) or imgdims.size < 2:
+            raise ValueError(f"{path}: {where}: torsobox must have 4 numbers and imgdims 2+")
+        center = flic_center(torsobox, imgdims[0])
+        reason = _valid_box(center, FLIC_SCALE)
+        if reason:
+            if skipped is not None:
+                skipped.append(f"{name} ({where}): {reason}")
+            continue
+        joints, visible = _joints_from_source(coords[:, columns].T)
+        istest = int(_scalar(getattr(ex, "istest", 0)) == 1)
+        istrain = int(_scalar(getattr(ex, "istrain", 0)) == 1)
+        split = "test" if istest else ("train" if istrain else "unused")
+        normalizer = (
+            flic_torso_size(joints) if visible[_FLIC_RSHO] and visible[_FLIC_LHIP] else float("nan")
+        )
+        records.append(
+            PoseRecord(
+                image=name,
+                joints=joints,
+                visible=visible,
+                center=center - MATLAB_OFFSET,
+                scale=FLIC_SCALE,
+                normalizer=normalizer,
+                split=split,
+                dataset="flic",
+                image_id=i,
+                person_id=0,
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+
+
+def _split_from_name(path: Path, default: str) -> str:
+    stem = path.stem.lower()
+    for split in ("train", "valid", "test"):
+        if split in stem:
+            return split
+    if "val" in stem:
+        return "valid"
+    return default
+
+
+def detect_layout(path: str | Path) -> str:
+    """'mpii_mat', 'flic_mat', 'torch_h5' or 'json' for an annotation file (ValueError otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return "torch_h5"
+    if suffix == ".json":
+        return "json"
+    if suffix == ".mat":
+        import scipy.io
+
+        try:
+            names = {name for name, _, _ in scipy.io.whosmat(str(path))}
+        except Exception as err:  # scipy raises several types for non-MAT content
+            raise ValueError(f"{path}: not a readable MATLAB file: {err}") from None
+        if "RELEASE" in names:
+            return "mpii_mat"
+        if "examples" in names:
+            return "flic_mat"
+        raise ValueError(
+            f"{path}: unknown MATLAB layout: expected variable 'RELEASE' (MPII) or 'examples' "
+            f"(FLIC), found {sorted(names)}"
+        )
+    raise ValueError(f"{path}: unknown annotation format {suffix!r}; expected .mat, .h5 or .json")
+
+
+_READERS = {
+    "mpii_mat": read_mpii_mat,
+    "flic_mat": read_flic_mat,
+    "torch_h5": read_torch_h5,
+    "json": read_mpii_json,
+}
+
+
+def read_annotations(
+    path: str | Path,
+    dataset: str | None = None,
+    *,
+    split: str | None = None,
+    observer_centric: bool = False,
+    skipped: list[str] | None = None,
+) -> list[PoseRecord]:
+    """Read an MPII or FLIC annotation file of any supported layout into PoseRecords.
+
+    Args:
+        path: MPII release ``.mat``, FLIC ``examples.mat``, Torch annot ``.h5`` or HRNet ``.json``.
+        dataset: "mpii" or "flic" to check the file holds that dataset (None: accept either).
+        split: keep only records of this split ("train", "valid", "test").
+        observer_centric: FLIC only: swap left/right labels of people seen from behind.
+        skipped: if given, a reason string is appended for every record that was left out.
+
+    Records whose centre or scale is not finite/positive are skipped (with a reason); joints with
+    non-finite or non-positive source coordinates are marked not annotated.
+    """
+    path = Path(path)
+    layout = detect_layout(path)
+    records = _READERS[layout](path, skipped=skipped)
+    if dataset is not None:
+        dataset = dataset.lower()
+        if dataset not in ("mpii", "flic"):
+            raise ValueError(f"dataset must be 'mpii' or 'flic', got {dataset!r}")
+        wrong = [r for r in records if r.dataset != dataset]
+        if wrong:
+            raise ValueError(
+                f"{path}: expected {dataset} annotations but the file holds "
+                f"{wrong[0].dataset} ({wrong[0].num_joints} joints)"
+            )
+    if observer_centric:
+        for record in records:
+            if record.dataset != "flic":
+                raise ValueError(f"{path}: observer_centric applies to FLIC only")
+            record.joints, record.visible, swapped = to_observer_centric(
+                record.joints, record.visible
+            )
+            record.extra["observer_swapped"] = swapped
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        records = [r for r in records if r.split == split]
+    if skipped:
+        logger.warning("%s: skipped %d record(s), first: %s", path, len(skipped), skipped[0])
+    return records
