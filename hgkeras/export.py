@@ -122,6 +122,23 @@ def _validate_images(images, dtype_max: float):
     return checks
 
 
+def decode_image_bytes(image_bytes):
+    """Decode one encoded image (JPEG, PNG, BMP, GIF first frame) to RGB uint8 (H, W, 3) in the graph.
+
+    JPEGs use the accurate integer DCT, as OpenCV and PIL do, so pixels match ``cv2.imread``.
+    """
+    import tensorflow as tf
+
+    return tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.ensure_shape(
+            tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+            [None, None, 3],
+        ),
+    )
+
+
 def crop_person_box(image, center, scale, size: tuple[int, int]):
     """Crop the person box of ``image`` (H, W, C) float to ``size`` (TF graph op, bilinear, zeros outside).
 
@@ -207,7 +224,7 @@ def build_serving_functions(
                 tf.debugging.assert_positive(scale, message="scale: must be > 0 (box side / 200)"),
             ]
         with tf.control_dependencies(checks):
-            image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+            image = decode_image_bytes(image_bytes)
         crop = crop_person_box(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))
         heatmaps = heatmaps_with_flip(model, crop[None], perm, flip=flip)
         keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
@@ -224,7 +241,8 @@ def build_serving_functions(
 # Writing
 
 
-def _version_dir(out_dir: Path, name: str, version: int) -> Path:
+def version_path(out_dir: Path, name: str, version: int) -> Path:
+    """`out_dir/name/version` after checking the name and version."""
     if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise ExportError(f"model name must be a plain folder name, got {name!r}")
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
@@ -365,7 +383,11 @@ def _patch_tf2onnx() -> None:
         if not hasattr(np, "object"):
             np.object = object  # type: ignore[attr-defined]
         return
-    patch_tf2onnx()
+    import warnings
+
+    with warnings.catch_warnings():  # the patch probes np.object, which numpy 2 warns about
+        warnings.simplefilter("ignore", FutureWarning)
+        patch_tf2onnx()
 
 
 def export_onnx(model, path: str | Path, flip: bool = False, opset: int = ONNX_OPSET) -> Path:
@@ -516,7 +538,7 @@ def export_model(
     import keras
 
     out_dir = Path(out_dir)
-    final = _version_dir(out_dir, name, version)
+    final = version_path(out_dir, name, version)
     if final.exists() and not force:
         raise FileExistsError(
             f"{final} already exists; choose another --version or pass --force to replace it"
@@ -580,7 +602,7 @@ def _export_in_tensorflow(model, out_dir: Path, name: str, version: int, **optio
             f"export under TensorFlow failed (exit {result.returncode}): "
             + (result.stderr.strip().splitlines() or ["no message"])[-1]
         )
-    final = _version_dir(out_dir, name, version)
+    final = version_path(out_dir, name, version)
     return ExportResult(
         version_dir=final,
         signatures=signature_summary(final),
