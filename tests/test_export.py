@@ -165,6 +165,16 @@ def test_export_refuses_to_overwrite_and_validates_arguments(export, tmp_path):
         write_models_config(tmp_path)
 
 
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from hgkeras.cli import main
+
+    assert main(["export", "--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.keras" in err and "Traceback" not in err
+    assert main(["export", "--model", "m.keras", "--out", str(tmp_path), "--version", "0"]) == 2
+    assert "version must be an integer >= 1" in capsys.readouterr().err
+
+
 def test_cli_exports_a_jax_trained_model_under_tensorflow(export, loaded, run_backend, tmp_path):
     """A .keras saved under jax is re-loaded under TensorFlow; --force replaces a version."""
     out = export[1].parents[1]
