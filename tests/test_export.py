@@ -195,13 +195,12 @@ def test_cli_exports_a_jax_trained_model_under_tensorflow(export, loaded, run_ba
         )
         args = ["export", "--model", sys.argv[1], "--out", sys.argv[2], "--version", "2"]
         assert main(args) == 2  # exists: refused before any work
-        sys.exit(main(args + ["--force"]))
+        sys.exit(main(args + ["--force", "--no-verify"]))  # the test compares with Keras below
         """,
         str(model_path),
         str(out),
     )
     assert "signature_def['predict_image']" in stdout and "DT_STRING" in stdout
-    assert "parity with Keras (saved_model)" in stdout
     version_dir = out / NAME / "2"
     assert not (version_dir / "stale.txt").exists() and (version_dir / "saved_model.pb").is_file()
     assert "specific { versions: 1 versions: 2 }" in (out / "models.config").read_text()
