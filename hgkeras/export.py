@@ -553,6 +553,8 @@ def export_model(
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
         model = keras.models.load_model(path)
+    # a training wrapper (PoseTrainer) holds the network as .hourglass, sharing its weights
+    model = getattr(model, "hourglass", model)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
     try:
