@@ -1,0 +1,214 @@
+"""Export: SavedModel signatures and ONNX agree with Keras; predict_image crops like cv2; CLI and layout."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+from serving_loopback import NAME, exported
+
+from hgkeras import geometry
+from hgkeras.export import (
+    PREDICT_IMAGE,
+    SERVING_DEFAULT,
+    SERVING_UINT8,
+    crop_person_box,
+    decode_image_bytes,
+    export_model,
+    signature_summary,
+    write_models_config,
+)
+from hgkeras.inference import decode_to_image, decode_to_input, heatmaps_with_flip
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return exported(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="module")
+def loaded(export):
+    return tf.saved_model.load(str(export[1]))
+
+
+def keras_reference(model, images):
+    heatmaps = heatmaps_with_flip(model, images, flip=True)
+    keypoints, scores = decode_to_input(heatmaps, (64, 64))
+    return [ops.convert_to_numpy(t) for t in (heatmaps, keypoints, scores)]
+
+
+def test_layout_signatures_and_models_config(export):
+    _, version_dir = export
+    assert version_dir.name == "1" and version_dir.parent.name == NAME
+    assert (version_dir / "saved_model.pb").is_file() and (version_dir / "model.onnx").is_file()
+    assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
+    summary = signature_summary(version_dir)
+    assert set(summary) >= {SERVING_DEFAULT, SERVING_UINT8, PREDICT_IMAGE}
+    default = summary[SERVING_DEFAULT]
+    assert default["inputs"]["images"]["dtype"] == "DT_FLOAT"
+    assert default["inputs"]["images"]["shape"] == (-1, 64, 64, 3)
+    assert default["outputs"]["heatmaps"]["shape"] == (-1, 16, 16, 16)
+    assert default["outputs"]["keypoints"]["shape"] == (-1, 16, 2)
+    assert default["outputs"]["scores"]["shape"] == (-1, 16)
+    assert summary[SERVING_UINT8]["inputs"]["images"]["dtype"] == "DT_UINT8"
+    image = summary[PREDICT_IMAGE]
+    assert {k: (v["dtype"], v["shape"]) for k, v in image["inputs"].items()} == {
+        "image_bytes": ("DT_STRING", ()),
+        "center": ("DT_FLOAT", (2,)),
+        "scale": ("DT_FLOAT", ()),
+    }
+    assert image["outputs"]["keypoints"]["shape"] == (16, 2)
+    config = (version_dir.parents[1] / "models.config").read_text()
+    assert 'name: "hourglass"' in config and 'base_path: "/models/hourglass"' in config
+    assert "specific { versions: 1 }" in config
+
+
+def test_saved_model_matches_keras_float_and_uint8(export, loaded):
+    model, _ = export
+    images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
+    floats = images.astype(np.float32) / 255.0
+    want = keras_reference(model, floats)
+    for signature, batch in ((SERVING_DEFAULT, floats), (SERVING_UINT8, images)):
+        got = loaded.signatures[signature](images=tf.constant(batch))
+        assert np.abs(got["heatmaps"].numpy() - want[0]).max() <= 1e-5
+        np.testing.assert_array_equal(got["keypoints"].numpy(), want[1])
+        np.testing.assert_allclose(got["scores"].numpy(), want[2], atol=1e-5)
+    # the flip test is baked in: it differs from the plain prediction
+    plain = ops.convert_to_numpy(heatmaps_with_flip(model, floats, flip=False))
+    assert np.abs(plain - want[0]).max() > 1e-4
+
+
+def test_onnx_matches_keras_with_dynamic_batch(export):
+    import onnxruntime
+
+    model, version_dir = export
+    session = onnxruntime.InferenceSession(
+        str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert not isinstance(session.get_inputs()[0].shape[0], int)  # symbolic batch
+    names = [o.name for o in session.get_outputs()]
+    for batch in (1, 4):
+        images = np.random.default_rng(batch).random((batch, 64, 64, 3), dtype=np.float32)
+        got = dict(zip(names, session.run(None, {"images": images}), strict=True))
+        want = keras_reference(model, images)
+        assert np.abs(got["heatmaps"] - want[0]).max() <= 1e-4
+        np.testing.assert_array_equal(got["keypoints"], want[1])
+
+
+def _mpii_person(shared_data):
+    """First MPII sample: image bytes, adjusted 0-based centre and scale (METHOD.md "Crop")."""
+    record = json.loads((shared_data / "mpii" / "samples.json").read_text())[0]
+    raw_scale = float(record["scale"])
+    center = np.array(record["center"], np.float64) + [0.0, 15.0 * raw_scale] - 1.0
+    path = shared_data / "mpii" / "images" / record["image"]
+    return path, center.astype(np.float32), np.float32(raw_scale * 1.25)
+
+
+def test_predict_image_crops_like_cv2_and_returns_original_pixels(export, loaded, shared_data):
+    model, _ = export
+    path, center, scale = _mpii_person(shared_data)
+    data = path.read_bytes()
+    # decoding and the in-graph crop agree with OpenCV's warpAffine of the crop_matrix convention
+    decoded = decode_image_bytes(tf.constant(data)).numpy()
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(decoded, rgb)  # identical JPEG decoding (accurate DCT)
+    size = 64
+    matrix = geometry.crop_matrix(center, scale, size)
+    want_crop = cv2.warpAffine(
+        rgb.astype(np.float32) / 255, matrix, (size, size), flags=cv2.INTER_LINEAR
+    )
+    crop = crop_person_box(
+        tf.constant(rgb, tf.float32) / 255, tf.constant(center), tf.constant(scale), (size, size)
+    ).numpy()
+    assert np.abs(crop - want_crop).max() < 0.05 and np.abs(crop - want_crop).mean() < 2e-3
+    # a box half outside the image is padded with zeros
+    edge = crop_person_box(
+        tf.ones((100, 100, 3)), tf.constant([0.0, 50.0]), tf.constant(0.5), (size, size)
+    ).numpy()
+    ones = cv2.warpAffine(
+        np.ones((100, 100, 3), np.float32), geometry.crop_matrix([0.0, 50.0], 0.5, size),
+        (size, size), flags=cv2.INTER_LINEAR,
+    )  # fmt: skip
+    assert edge[:, :31].max() == 0.0 and edge[:63, 32:].min() == 1.0
+    assert np.abs(edge - ones).max() < 0.02
+
+    out = loaded.signatures[PREDICT_IMAGE](
+        image_bytes=tf.constant(data), center=tf.constant(center), scale=tf.constant(scale)
+    )
+    tf_crop = crop_person_box(
+        tf.cast(tf.constant(decoded), tf.float32) / 255, center, scale, (size, size)
+    ).numpy()
+    heatmaps = heatmaps_with_flip(model, tf_crop[None], flip=True)
+    keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
+    np.testing.assert_allclose(
+        out["keypoints"].numpy(), ops.convert_to_numpy(keypoints)[0], atol=1e-3
+    )
+    np.testing.assert_allclose(out["scores"].numpy(), ops.convert_to_numpy(scores)[0], atol=1e-5)
+    # keypoints lie in the person box, in original image pixels
+    half = 100 * scale
+    assert np.all(np.abs(out["keypoints"].numpy() - center) <= half + 1)
+
+
+def test_export_refuses_to_overwrite_and_validates_arguments(export, tmp_path):
+    model, version_dir = export
+    with pytest.raises(FileExistsError, match="--force"):
+        export_model(model, version_dir.parents[1], NAME, 1)
+    with pytest.raises(ValueError, match="version"):
+        export_model(model, tmp_path, NAME, 0)
+    with pytest.raises(ValueError, match="name"):
+        export_model(model, tmp_path, "../x", 1)
+    with pytest.raises(ValueError, match="no exported model"):
+        write_models_config(tmp_path)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from hgkeras.cli import main
+
+    assert main(["export", "--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.keras" in err and "Traceback" not in err
+    assert main(["export", "--model", "m.keras", "--out", str(tmp_path), "--version", "0"]) == 2
+    assert "version must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_cli_exports_a_jax_trained_model_under_tensorflow(export, loaded, run_backend, tmp_path):
+    """A .keras saved under jax is re-loaded under TensorFlow; --force replaces a version."""
+    out = export[1].parents[1]
+    (out / NAME / "2").mkdir()
+    (out / NAME / "2" / "stale.txt").write_text("an old version")
+    model_path = tmp_path / "jax.keras"
+    stdout = run_backend(
+        "jax",
+        """
+        import sys
+        import keras
+        from hgkeras import StackedHourglass
+        from hgkeras.cli import main
+        assert keras.backend.backend() == "jax"
+        keras.utils.set_random_seed(3)
+        StackedHourglass(num_stacks=1, num_features=32, depth=2, image_shape=(64, 64, 3)).save(
+            sys.argv[1]
+        )
+        args = ["export", "--model", sys.argv[1], "--out", sys.argv[2], "--version", "2"]
+        assert main(args) == 2  # exists: refused before any work
+        sys.exit(main(args + ["--force", "--no-verify"]))  # the test compares with Keras below
+        """,
+        str(model_path),
+        str(out),
+    )
+    assert "signature_def['predict_image']" in stdout and "DT_STRING" in stdout
+    version_dir = out / NAME / "2"
+    assert not (version_dir / "stale.txt").exists() and (version_dir / "saved_model.pb").is_file()
+    assert "specific { versions: 1 versions: 2 }" in (out / "models.config").read_text()
+
+    import keras
+
+    model = keras.models.load_model(model_path)
+    images = np.random.default_rng(5).random((2, 64, 64, 3), dtype=np.float32)
+    got = tf.saved_model.load(str(version_dir)).signatures[SERVING_DEFAULT](images=images)
+    want = ops.convert_to_numpy(model(images))
+    assert np.abs(got["heatmaps"].numpy() - want).max() <= 1e-5
