@@ -31,7 +31,7 @@ _RATIOS = (1, 2, 4, 8)
 def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) -> list[str]:
     """Shard files for a glob pattern, a list of files, or a directory (+ ``split``) with a manifest.
 
-    Files ending in ``.tmp`` (shards still being written) are never returned.
+    Files ending in ``.tmp`` (shards still being written) and manifests are never returned.
     """
     if isinstance(pattern, (list, tuple)):
         files = [str(p) for p in pattern]
@@ -56,7 +56,7 @@ def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) 
                 files = sorted(glob.glob(str(path / f"{prefix}*{SHARD_SUFFIX}")))
         else:
             files = sorted(glob.glob(str(pattern)))
-    files = [f for f in files if not f.endswith(".tmp")]
+    files = [f for f in files if not f.endswith(".tmp") and Path(f).name != MANIFEST_NAME]
     if not files:
         raise FileNotFoundError(
             f"no TFRecord shards match {pattern!r}" + (f" (split {split})" if split else "")
@@ -124,7 +124,6 @@ def decode_and_crop(encoded, height, width, center, scale, size: int, margin: fl
         fill_mode="CONSTANT",
     )[0]
     crop.set_shape([size, size, 3])
-    del height, width
     return crop, k, offset
 
 

@@ -233,6 +233,8 @@ def write_tfrecords(
     for old in out_dir.glob(f"*{SHARD_SUFFIX}"):
         if old.name not in keep:
             old.unlink()
+    for stale in out_dir.glob(f"*{SHARD_SUFFIX}{_TMP_SUFFIX}"):
+        stale.unlink()  # left by an interrupted run
     skeleton = get_skeleton(next(iter(num_joints))) if num_joints else None
     manifest = {
         "schema_version": SCHEMA_VERSION,
