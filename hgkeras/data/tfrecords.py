@@ -141,6 +141,7 @@ def write_tfrecords(
     source: str | None = None,
     progress: bool = True,
     image_reader: Callable[[Path], bytes] | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Write records (grouped by split) to sharded TFRecords plus ``manifest.json``; return the manifest.
 
@@ -153,6 +154,7 @@ def write_tfrecords(
         source: annotation file name recorded in the manifest.
         progress: show a tqdm progress bar.
         image_reader: reads a file's bytes (default ``Path.read_bytes``).
+        extra: further manifest entries (e.g. conversion options).
 
     Missing or corrupt images are skipped and listed in the manifest with the reason. Each shard is
     written to ``NAME.tmp`` and renamed when complete; shards of earlier runs that this run does not
@@ -182,9 +184,14 @@ def write_tfrecords(
     splits: dict[str, dict] = {}
     bar = tqdm(total=len(records), desc="writing", unit="rec", disable=not progress)
     for split, items in by_split.items():
-        count = shards or max(1, math.ceil(len(items) / records_per_shard))
-        count = min(count, max(1, len(items)))
-        bounds = np.linspace(0, len(items), count + 1).round().astype(int)
+        # Shard sizes count only records whose image file exists (decoding is checked on writing).
+        present = {name: (image_dir / name).is_file() for name in {r.image for r in items}}
+        expected = sum(present[r.image] for r in items)
+        count = shards or max(1, math.ceil(expected / records_per_shard))
+        count = min(count, max(1, expected))
+        weights = np.cumsum([0] + [int(present[r.image]) for r in items])
+        bounds = np.searchsorted(weights, np.linspace(0, expected, count + 1).round(), side="left")
+        bounds[-1] = len(items)
         shard_info = []
         for index in range(count):
             name = shard_name(split, index, count)
@@ -247,6 +254,7 @@ def write_tfrecords(
         "splits": splits,
         "skipped_images": skipped,
         "skipped_annotations": list(skipped_annotations),
+        **(extra or {}),
     }
     _atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     return manifest
