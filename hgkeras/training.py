@@ -131,7 +131,7 @@ class PoseTrainer(keras.Model):
         m_hm = augment.augmentation_matrices(
             params, source_size, self.source_margin, self.heatmap_size
         )
-        x = augment.warp_images(ops.cast(images, "float32") / 255.0, m_in, self.input_size)
+        x = augment.warp_images(images, m_in, self.input_size) / 255.0
         if training and self.augment:
             x = augment.color_jitter(x, params["color"])
         joints, visible = augment.transform_joints(

@@ -60,9 +60,7 @@ def test_targets_and_marker_follow_the_joints(marked):
         params = _params(rng, 5)
         m_in = augment.augmentation_matrices(params, SOURCE, 1.5, 256)
         m_hm = augment.augmentation_matrices(params, SOURCE, 1.5, 64)
-        images = ops.convert_to_numpy(
-            augment.warp_images(source["image"].astype("float32") / 255.0, m_in, 256)
-        )
+        images = ops.convert_to_numpy(augment.warp_images(source["image"], m_in, 256) / 255.0)
         joints, visible = augment.transform_joints(
             source["joints"], source["visible"], m_hm, params["flip"], MPII.flip_permutation
         )

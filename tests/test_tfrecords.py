@@ -34,9 +34,10 @@ def test_manifest_and_shards(mpii_shards):
     assert not list(out.glob("*.tmp"))
 
 
-def test_eval_dataset_order_metadata_and_crop(mpii_shards, repo_root):
+@pytest.mark.parametrize("use_opencv", [True, False])
+def test_eval_dataset_order_metadata_and_crop(mpii_shards, repo_root, use_opencv):
     out, records = mpii_shards
-    batches = list(pose_dataset(out, 2, training=False))
+    batches = list(pose_dataset(out, 2, training=False, use_opencv=use_opencv))
     assert [int(b["image"].shape[0]) for b in batches] == [2, 2, 1]
     batch = {k: np.concatenate([b[k].numpy() for b in batches]) for k in batches[0]}
     assert batch["image"].shape == (5, 256, 256, 3) and batch["image"].dtype == np.float32
