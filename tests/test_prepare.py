@@ -70,3 +70,22 @@ def test_assign_validation_split():
     valid = [rec("a.jpg", [11, 10.5], "valid")]
     assert assign_validation_split(records, valid) == 1
     assert [r.split for r in records] == ["valid", "train", "train"]
+
+
+def test_preview_grid(tmp_path, repo_root):
+    import cv2
+
+    samples = repo_root / "datasets" / "samples" / "mpii"
+    out = tmp_path / "tfr"
+    assert main(["prepare", "mpii", "--annotations", str(samples / "samples.json"), "--images",
+                 str(samples / "images"), "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    png = tmp_path / "grid.png"
+    assert main(["preview", "--data", str(out), "--out", str(png), "--count", "5",
+                 "--columns", "3"]) == 0  # fmt: skip
+    grid = cv2.imread(str(png))
+    assert grid.shape == (512, 768, 3)
+    # Five tiles with image content, the sixth empty.
+    assert grid[:256, :256].mean() > 10 and grid[256:, 512:].max() == 0
+    # Skeleton colours (pure red/blue limbs) appear on the tiles.
+    red = (grid[..., 2] > 200) & (grid[..., 1] < 60) & (grid[..., 0] < 60)
+    assert red.sum() > 50
