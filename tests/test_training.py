@@ -64,7 +64,7 @@ def test_fit_other_backends(shards, run_backend, backend):
     _check(run_backend(backend, FIT_CODE, str(shards), "1"), 1)
 
 
-def test_trainer_rejects_bad_input():
+def test_trainer_rejects_bad_input(tmp_path):
     from hgkeras.model import StackedHourglass
     from hgkeras.training import PoseTrainer
 
@@ -85,3 +85,14 @@ def test_trainer_rejects_bad_input():
         trainer(np.zeros((1, 64, 64, 3), "float32"))
     with pytest.raises(TypeError, match="unknown augmentation options"):
         PoseTrainer(hourglass, rotate=10)
+    # A saved trainer (e.g. by ModelCheckpoint) loads back with the same hourglass weights.
+    import keras
+
+    trainer.compile(stack_weights=[0.5, 1.0])
+    trainer.optimizer.build(trainer.trainable_variables)  # as after training
+    trainer.save(tmp_path / "trainer.keras")
+    loaded = keras.models.load_model(tmp_path / "trainer.keras")
+    assert isinstance(loaded, PoseTrainer) and loaded.num_joints == 11
+    assert loaded.stack_weights == [0.5, 1.0] and loaded.optimizer is not None
+    for a, b in zip(hourglass.get_weights(), loaded.hourglass.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
