@@ -108,3 +108,18 @@ def test_missing_shards_and_split_errors(tmp_path, mpii_shards):
     out, _ = mpii_shards
     with pytest.raises(ValueError, match="no split 'train'"):
         pose_dataset(out, 2, split="train")
+
+
+def test_records_with_nan_values(tmp_path, repo_root):
+    """NaN joints become not visible; a NaN centre or negative scale skips the record with a reason."""
+    records = read_annotations(repo_root / SAMPLES / "samples.json")[:3]
+    records[0].joints[2] = [np.nan, 5.0]
+    records[1].center[:] = [np.nan, 1.0]
+    records[2].scale = -1.0
+    out = tmp_path / "out"
+    manifest = write_tfrecords(records, repo_root / SAMPLES / "images", out, progress=False)
+    reasons = [s["reason"] for s in manifest["skipped_images"]]
+    assert len(reasons) == 2 and "centre" in reasons[0] and "scale" in reasons[1]
+    batch = next(iter(pose_dataset(out, 4, training=False)))
+    assert batch["visible"].shape == (1, 16) and float(batch["visible"][0, 2]) == 0.0
+    assert np.isfinite(batch["joints"].numpy()).all()

@@ -66,8 +66,20 @@ def check_image_bytes(data: bytes) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
+def record_problem(record: PoseRecord) -> str | None:
+    """Why a record cannot be cropped (non-finite centre, non-positive scale), or None."""
+    if not np.all(np.isfinite(record.center)):
+        return f"centre {record.center.tolist()} is not finite"
+    if not (np.isfinite(record.scale) and record.scale > 0):
+        return f"scale {record.scale!r} is not a positive number"
+    return None
+
+
 def encode_example(record: PoseRecord, encoded: bytes, height: int, width: int) -> bytes:
-    """Serialise one record and its image bytes as a ``tf.train.Example`` (schema 1)."""
+    """Serialise one record and its image bytes as a ``tf.train.Example`` (schema 1).
+
+    Joints with non-finite coordinates are stored as (0, 0) and not visible.
+    """
     import tensorflow as tf
 
     def floats(values) -> tf.train.Feature:
@@ -85,13 +97,16 @@ def encode_example(record: PoseRecord, encoded: bytes, height: int, width: int) 
             value = value.encode()
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
+    finite = np.isfinite(record.joints).all(axis=1)
+    joints = np.where(finite[:, None], record.joints, 0.0)
+    visible = np.where(finite, record.visible, 0)
     feature = {
         "image/encoded": strings(encoded),
         "image/filename": strings(record.image),
         "image/height": ints([height]),
         "image/width": ints([width]),
-        "joints": floats(record.joints),
-        "visible": ints(record.visible),
+        "joints": floats(joints),
+        "visible": ints(visible),
         "center": floats(record.center),
         "scale": floats([record.scale]),
         "normalizer": floats([record.normalizer]),
@@ -201,6 +216,18 @@ def write_tfrecords(
             with tf.io.TFRecordWriter(str(tmp)) as writer:
                 for record in items[bounds[index] : bounds[index + 1]]:
                     bar.update(1)
+                    problem = record_problem(record)
+                    if problem:
+                        skipped.append(
+                            {
+                                "image": record.image,
+                                "image_id": record.image_id,
+                                "person_id": record.person_id,
+                                "split": split,
+                                "reason": problem,
+                            }
+                        )
+                        continue
                     entry = image_cache.get(record.image)
                     if entry is None:
                         path = image_dir / record.image
