@@ -90,25 +90,49 @@ def augmentation_matrices(params: dict, source_size: int, source_margin: float, 
 
 
 def warp_images(images, matrices, output_size: int, interpolation: str = "bilinear"):
-    """Warp images (B, H, W, C) float by (B, 2, 3) maps input->output; outside pixels are 0."""
-    inverse = invert_matrices(matrices)  # output -> input, as affine_transform expects
+    """Warp images (B, H, W, C) by (B, 2, 3) maps input -> output pixels to (B, out, out, C) float32.
+
+    Bilinear (or nearest) sampling at pixel centres; samples outside the input are 0, as in the
+    Torch code's crop. Values keep the input's range (uint8 input gives floats in [0, 255]).
+    Written with four gathers so that it is fast under every backend (Keras' generic
+    ``affine_transform`` is slow on PyTorch and computes the full input size).
+    """
+    if interpolation not in ("bilinear", "nearest"):
+        raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
+    height, width, channels = (int(d) for d in images.shape[1:])
+    inverse = invert_matrices(matrices)  # output -> input
     batch = ops.shape(inverse)[0]
-    flat = ops.reshape(inverse, (batch, 6))
-    transform = ops.concatenate([flat, ops.zeros((batch, 2), "float32")], axis=-1)
-    images = ops.cast(images, "float32")
-    in_h, in_w = ops.shape(images)[1], ops.shape(images)[2]
-    if in_h < output_size or in_w < output_size:
-        pad_h, pad_w = max(0, output_size - in_h), max(0, output_size - in_w)
-        images = ops.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    warped = ops.image.affine_transform(
-        images,
-        transform,
-        interpolation=interpolation,
-        fill_mode="constant",
-        fill_value=0.0,
-        data_format="channels_last",
-    )
-    return warped[:, :output_size, :output_size, :]
+    coords = ops.arange(output_size, dtype="float32")
+    ys = ops.repeat(coords, output_size)  # row-major grid
+    xs = ops.tile(coords, [output_size])
+    sx = inverse[:, 0, 0:1] * xs + inverse[:, 0, 1:2] * ys + inverse[:, 0, 2:3]  # (B, N)
+    sy = inverse[:, 1, 0:1] * xs + inverse[:, 1, 1:2] * ys + inverse[:, 1, 2:3]
+    # A one-pixel zero border: every sample outside the image reads a border zero, no masks needed.
+    padded = ops.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    flat = ops.reshape(padded, (-1, channels))
+    row_stride = width + 2
+    base = ops.arange(batch, dtype="int32")[:, None] * ((height + 2) * row_stride)
+
+    def columns(x):
+        return ops.cast(ops.clip(x, -1.0, float(width)) + 1.0, "int32")
+
+    def rows(y):
+        return ops.cast(ops.clip(y, -1.0, float(height)) + 1.0, "int32") * row_stride + base
+
+    def gather(row, col):
+        return ops.cast(ops.take(flat, ops.reshape(row + col, (-1,)), axis=0), "float32")
+
+    if interpolation == "nearest":
+        out = gather(rows(ops.round(sy)), columns(ops.round(sx)))
+    else:
+        x0, y0 = ops.floor(sx), ops.floor(sy)
+        wx, wy = ops.reshape(sx - x0, (-1, 1)), ops.reshape(sy - y0, (-1, 1))
+        c0, c1 = columns(x0), columns(x0 + 1.0)
+        r0, r1 = rows(y0), rows(y0 + 1.0)
+        top = gather(r0, c0) * (1.0 - wx) + gather(r0, c1) * wx
+        bottom = gather(r1, c0) * (1.0 - wx) + gather(r1, c1) * wx
+        out = top * (1.0 - wy) + bottom * wy
+    return ops.reshape(out, (batch, output_size, output_size, channels))
 
 
 def transform_joints(joints, visible, matrices, flip, flip_permutation: Sequence[int]):

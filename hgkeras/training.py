@@ -26,6 +26,7 @@ from hgkeras.heatmaps import DEFAULT_SIGMA, render_heatmaps
 from hgkeras.joints import get_skeleton
 
 
+@keras.saving.register_keras_serializable(package="hgkeras")
 class PoseTrainer(keras.Model):
     """A training model around ``hourglass`` that augments and renders targets inside ``call``.
 
@@ -53,6 +54,7 @@ class PoseTrainer(keras.Model):
         **augment_options,
     ) -> None:
         super().__init__(name=name)
+        self.seed = seed
         self.hourglass = hourglass
         input_shape = hourglass.input_shape
         outputs = hourglass.output_shape
@@ -131,7 +133,7 @@ class PoseTrainer(keras.Model):
         m_hm = augment.augmentation_matrices(
             params, source_size, self.source_margin, self.heatmap_size
         )
-        x = augment.warp_images(ops.cast(images, "float32") / 255.0, m_in, self.input_size)
+        x = augment.warp_images(images, m_in, self.input_size) / 255.0
         if training and self.augment:
             x = augment.color_jitter(x, params["color"])
         joints, visible = augment.transform_joints(
@@ -163,9 +165,41 @@ class PoseTrainer(keras.Model):
 
     def get_config(self) -> dict:
         return {
+            "name": self.name,
+            "hourglass": keras.saving.serialize_keras_object(self.hourglass),
             "augment": self.augment,
             "sigma": self.sigma,
             "flip_permutation": self.flip_permutation,
             "source_margin": self.source_margin,
+            "seed": self.seed,
             **self.augment_options,
         }
+
+    def build_from_config(self, config: dict) -> None:
+        """Nothing to build: the wrapped hourglass is built when the trainer is created."""
+        self.built = True
+
+    def get_compile_config(self) -> dict | None:
+        config = super().get_compile_config()
+        if config is not None:
+            config = {**config, "stack_weights": list(self.stack_weights)}
+        return config
+
+    def compile_from_config(self, config: dict) -> None:
+        config = dict(config)
+        optimizer = config.get("optimizer")
+        if optimizer is not None:
+            optimizer = keras.optimizers.deserialize(optimizer)
+        self.compile(
+            optimizer=optimizer,
+            stack_weights=config.get("stack_weights"),
+            jit_compile=config.get("jit_compile", "auto"),
+        )
+        if self.built and optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_config(cls, config: dict) -> PoseTrainer:
+        config = dict(config)
+        hourglass = keras.saving.deserialize_keras_object(config.pop("hourglass"))
+        return cls(hourglass, **config)

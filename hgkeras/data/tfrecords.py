@@ -66,8 +66,20 @@ def check_image_bytes(data: bytes) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
+def record_problem(record: PoseRecord) -> str | None:
+    """Why a record cannot be cropped (non-finite centre, non-positive scale), or None."""
+    if not np.all(np.isfinite(record.center)):
+        return f"centre {record.center.tolist()} is not finite"
+    if not (np.isfinite(record.scale) and record.scale > 0):
+        return f"scale {record.scale!r} is not a positive number"
+    return None
+
+
 def encode_example(record: PoseRecord, encoded: bytes, height: int, width: int) -> bytes:
-    """Serialise one record and its image bytes as a ``tf.train.Example`` (schema 1)."""
+    """Serialise one record and its image bytes as a ``tf.train.Example`` (schema 1).
+
+    Joints with non-finite coordinates are stored as (0, 0) and not visible.
+    """
     import tensorflow as tf
 
     def floats(values) -> tf.train.Feature:
@@ -85,13 +97,16 @@ def encode_example(record: PoseRecord, encoded: bytes, height: int, width: int) 
             value = value.encode()
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
+    finite = np.isfinite(record.joints).all(axis=1)
+    joints = np.where(finite[:, None], record.joints, 0.0)
+    visible = np.where(finite, record.visible, 0)
     feature = {
         "image/encoded": strings(encoded),
         "image/filename": strings(record.image),
         "image/height": ints([height]),
         "image/width": ints([width]),
-        "joints": floats(record.joints),
-        "visible": ints(record.visible),
+        "joints": floats(joints),
+        "visible": ints(visible),
         "center": floats(record.center),
         "scale": floats([record.scale]),
         "normalizer": floats([record.normalizer]),
@@ -141,6 +156,7 @@ def write_tfrecords(
     source: str | None = None,
     progress: bool = True,
     image_reader: Callable[[Path], bytes] | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Write records (grouped by split) to sharded TFRecords plus ``manifest.json``; return the manifest.
 
@@ -153,6 +169,7 @@ def write_tfrecords(
         source: annotation file name recorded in the manifest.
         progress: show a tqdm progress bar.
         image_reader: reads a file's bytes (default ``Path.read_bytes``).
+        extra: further manifest entries (e.g. conversion options).
 
     Missing or corrupt images are skipped and listed in the manifest with the reason. Each shard is
     written to ``NAME.tmp`` and renamed when complete; shards of earlier runs that this run does not
@@ -182,9 +199,14 @@ def write_tfrecords(
     splits: dict[str, dict] = {}
     bar = tqdm(total=len(records), desc="writing", unit="rec", disable=not progress)
     for split, items in by_split.items():
-        count = shards or max(1, math.ceil(len(items) / records_per_shard))
-        count = min(count, max(1, len(items)))
-        bounds = np.linspace(0, len(items), count + 1).round().astype(int)
+        # Shard sizes count only records whose image file exists (decoding is checked on writing).
+        present = {name: (image_dir / name).is_file() for name in {r.image for r in items}}
+        expected = sum(present[r.image] for r in items)
+        count = shards or max(1, math.ceil(expected / records_per_shard))
+        count = min(count, max(1, expected))
+        weights = np.cumsum([0] + [int(present[r.image]) for r in items])
+        bounds = np.searchsorted(weights, np.linspace(0, expected, count + 1).round(), side="left")
+        bounds[-1] = len(items)
         shard_info = []
         for index in range(count):
             name = shard_name(split, index, count)
@@ -194,6 +216,18 @@ def write_tfrecords(
             with tf.io.TFRecordWriter(str(tmp)) as writer:
                 for record in items[bounds[index] : bounds[index + 1]]:
                     bar.update(1)
+                    problem = record_problem(record)
+                    if problem:
+                        skipped.append(
+                            {
+                                "image": record.image,
+                                "image_id": record.image_id,
+                                "person_id": record.person_id,
+                                "split": split,
+                                "reason": problem,
+                            }
+                        )
+                        continue
                     entry = image_cache.get(record.image)
                     if entry is None:
                         path = image_dir / record.image
@@ -233,6 +267,8 @@ def write_tfrecords(
     for old in out_dir.glob(f"*{SHARD_SUFFIX}"):
         if old.name not in keep:
             old.unlink()
+    for stale in out_dir.glob(f"*{SHARD_SUFFIX}{_TMP_SUFFIX}"):
+        stale.unlink()  # left by an interrupted run
     skeleton = get_skeleton(next(iter(num_joints))) if num_joints else None
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -245,6 +281,7 @@ def write_tfrecords(
         "splits": splits,
         "skipped_images": skipped,
         "skipped_annotations": list(skipped_annotations),
+        **(extra or {}),
     }
     _atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     return manifest

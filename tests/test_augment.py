@@ -1,0 +1,128 @@
+"""Device-side augmentation geometry on the real MPII images: targets and image content agree."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from keras import ops
+
+from hgkeras import augment
+from hgkeras.data import pose_dataset, read_annotations
+from hgkeras.data.tfrecords import write_tfrecords
+from hgkeras.geometry import apply_matrix, crop_matrix
+from hgkeras.heatmaps import render_heatmaps
+from hgkeras.joints import MPII
+
+SAMPLES = "datasets/samples/mpii"
+SOURCE = 384
+
+
+def _params(rng: np.random.Generator, n: int) -> dict:
+    return {
+        "rotation": rng.uniform(-30, 30, n).astype("float32"),
+        "scale": rng.uniform(0.75, 1.25, n).astype("float32"),
+        "flip": (rng.uniform(size=n) < 0.5).astype("float32"),
+        "color": np.ones((n, 3), "float32"),
+    }
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory, repo_root):
+    """The 5 real images with a green disc painted on one joint each (re-encoded as JPEG)."""
+    tmp = tmp_path_factory.mktemp("marked")
+    images = tmp / "images"
+    images.mkdir()
+    records = read_annotations(repo_root / SAMPLES / "samples.json")
+    marks = []
+    for record in records:
+        image = cv2.imread(str(repo_root / SAMPLES / "images" / record.image))
+        joint = 12  # r_shoulder, annotated for all five people
+        x, y = record.joints[joint]
+        radius = max(3, int(round(record.scale * 3)))
+        cv2.circle(image, (int(round(x)), int(round(y))), radius, (0, 255, 0), -1)
+        cv2.imwrite(str(images / record.image), image, [cv2.IMWRITE_JPEG_QUALITY, 98])
+        marks.append((joint, np.round(record.joints[joint])))
+    write_tfrecords(records, images, tmp / "tfr", shards=1, progress=False)
+    batch = next(iter(pose_dataset(tmp / "tfr", 5, training=False)))  # order check only
+    assert batch["image"].shape[0] == 5
+    source = next(
+        iter(pose_dataset(tmp / "tfr", 5, training=True, shuffle_buffer=1, source_size=SOURCE))
+    )
+    return records, marks, {k: v.numpy() for k, v in source.items()}
+
+
+def test_targets_and_marker_follow_the_joints(marked):
+    records, marks, source = marked
+    # Source elements come in file order (one shard, no shuffle buffer).
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        params = _params(rng, 5)
+        m_in = augment.augmentation_matrices(params, SOURCE, 1.5, 256)
+        m_hm = augment.augmentation_matrices(params, SOURCE, 1.5, 64)
+        images = ops.convert_to_numpy(augment.warp_images(source["image"], m_in, 256) / 255.0)
+        joints, visible = augment.transform_joints(
+            source["joints"], source["visible"], m_hm, params["flip"], MPII.flip_permutation
+        )
+        targets = ops.convert_to_numpy(render_heatmaps(joints, visible, 64, 1.0))
+        visible = ops.convert_to_numpy(visible)
+        for i, record in enumerate(records):
+            flip = bool(params["flip"][i])
+            # Independent expectation: crop the ORIGINAL image box directly with the same parameters.
+            matrix = crop_matrix(
+                record.center, record.scale * params["scale"][i], 64, params["rotation"][i], flip
+            )
+            expected = apply_matrix(matrix, record.joints)
+            if flip:
+                expected = expected[MPII.flip_permutation]
+            exp_visible = record.visible[MPII.flip_permutation] if flip else record.visible
+            for j in range(16):
+                inside = np.all((expected[j] >= -0.5) & (expected[j] < 63.5))
+                peak = targets[i, :, :, j].max()
+                if exp_visible[j] and inside:
+                    assert visible[i, j] == 1
+                    yx = np.unravel_index(targets[i, :, :, j].argmax(), (64, 64))
+                    assert abs(yx[1] - expected[j, 0]) <= 1.0 and abs(yx[0] - expected[j, 1]) <= 1.0
+                    assert peak > 0.5
+                else:
+                    assert peak == 0.0, f"trial {trial} person {i} joint {j} should be all zeros"
+            # The painted marker lands where the joint does, in the 256 input.
+            joint, _ = marks[i]
+            label = MPII.flip_permutation[joint] if flip else joint
+            where = apply_matrix(
+                crop_matrix(record.center, record.scale * params["scale"][i], 256,
+                            params["rotation"][i], flip),
+                record.joints[joint],
+            )  # fmt: skip
+            img = images[i]
+            green = (img[..., 1] > 0.7) & (img[..., 0] < 0.35) & (img[..., 2] < 0.35)
+            if not (0 <= where[0] < 256 and 0 <= where[1] < 256):
+                continue
+            ys, xs = np.nonzero(green)
+            assert len(xs) > 3, f"marker of person {i} not found"
+            near = np.hypot(xs - where[0], ys - where[1]) < 30
+            assert abs(xs[near].mean() - where[0]) < 2.0 and abs(ys[near].mean() - where[1]) < 2.0
+            # ... and on the target's peak of the (possibly relabelled) joint channel.
+            yx = np.unravel_index(targets[i, :, :, label].argmax(), (64, 64))
+            peak_in_input = (np.array([yx[1], yx[0]]) + 0.5) * 4 - 0.5
+            assert np.hypot(*(peak_in_input - [xs[near].mean(), ys[near].mean()])) < 4 * 1.5
+
+
+def test_sampled_parameters_follow_the_method():
+    import keras
+
+    params = augment.sample_params(4000, keras.random.SeedGenerator(1))
+    rot = ops.convert_to_numpy(params["rotation"])
+    scale = ops.convert_to_numpy(params["scale"])
+    flip = ops.convert_to_numpy(params["flip"])
+    color = ops.convert_to_numpy(params["color"])
+    assert np.abs(rot).max() <= 30.0 and 0.55 < (rot == 0).mean() < 0.65
+    assert scale.min() >= 0.75 and scale.max() <= 1.25 and abs(scale.mean() - 1.0) < 0.02
+    assert 0.45 < flip.mean() < 0.55
+    assert color.min() >= 0.6 and color.max() <= 1.4 and abs(color.mean() - 1.0) < 0.02
+
+
+def test_color_jitter_clips():
+    images = np.full((1, 2, 2, 3), 0.8, "float32")
+    out = ops.convert_to_numpy(augment.color_jitter(images, np.array([[1.4, 1.0, 0.5]], "float32")))
+    np.testing.assert_allclose(out[0, 0, 0], [1.0, 0.8, 0.4], rtol=1e-6)
