@@ -48,8 +48,8 @@ def test_head_top_moved_one_head_size_scores_by_protocol(valid_h5, tmp_path):
     preds[:, 9, 0] += normalize  # head top moved by 1.0 head size: a miss at 0.5
     path = tmp_path / "preds.h5"
     _torch_preds(path, preds)
-    # the reader scores joints whose 1-based coordinates are both > 0
-    annotated = (part > 0).all(-1)
+    # the reader scores every joint but the Torch files' missing marker (0, 0)
+    annotated = ~(part == 0).all(-1)
     n_scored = int(annotated[:, [j for j in range(16) if j not in (6, 7)]].sum())
     n_head_top = int(annotated[:, 9].sum())
     for protocol, head, key in (("official", 50.0, "Total"), ("hrnet", 0.0, "Mean")):

@@ -27,14 +27,17 @@ def test_mpii_valid_h5_reads_all_records(shared_data):
     np.testing.assert_allclose(first.center, [965.0, 409.7773184], rtol=1e-6)
     assert math.isclose(first.scale, 5.898109866728492, rel_tol=1e-6)
     assert math.isclose(first.normalizer, 117.96219733, rel_tol=1e-6)
-    # Missing joints are (0, 0) in the file -> not annotated.
+    # Missing joints are exactly (0, 0) in the file -> not annotated; annotated joints just outside
+    # the image (y <= 0: 45 of them in the validation split) stay annotated, as MPII's toolkit scores them.
     import h5py
 
     with h5py.File(shared_data / "mpii" / "valid.h5") as f:
         part = f["part"][:]
-    missing = (part[..., 0] <= 0) | (part[..., 1] <= 0)
+    missing = (part[..., 0] == 0) & (part[..., 1] == 0)
     visible = np.stack([r.visible for r in records])
     np.testing.assert_array_equal(visible, (~missing).astype(np.uint8))
+    outside = (~missing) & ((part[..., 0] <= 0) | (part[..., 1] <= 0))
+    assert outside.sum() == 45 and visible[outside].all()
 
 
 def test_samples_json_matches_valid_h5(shared_data, repo_root):
@@ -110,8 +113,11 @@ def test_mpii_release_mat_layout(tmp_path):
 def test_mpii_release_nan_and_negative_coordinates(tmp_path):
     path = _mpii_release(tmp_path, [(np.nan, 201.0, 0, 1), (-5.0, 30.0, 1, 1), (50.0, 60.0, 2, 1)])
     record = read_annotations(path)[0]
-    assert record.visible[:3].tolist() == [0, 0, 1]
+    # NaN -> not annotated; an annotated point left of the image stays annotated (MPII scores it),
+    # 1-based -5 -> 0-based -6; the crop/target code zeroes joints that fall outside the crop.
+    assert record.visible[:3].tolist() == [0, 1, 1]
     assert np.isfinite(record.joints).all()
+    np.testing.assert_allclose(record.joints[1], [-6.0, 29.0])
 
 
 def test_flic_examples_mat_matches_torch_annot(shared_data):

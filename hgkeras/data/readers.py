@@ -13,8 +13,9 @@ Supported layouts (auto-detected by :func:`read_annotations`):
   ``imgdims``, ``istrain``, ``istest``.
 
 All sources are 1-based MATLAB pixels; readers subtract :data:`hgkeras.geometry.MATLAB_OFFSET`. A joint
-counts as annotated only when its source coordinates are finite and both > 0 (1-based; the Torch code's
-"missing = (0, 0)" and HRNet's "[-1, -1]" both fall out), and the source does not flag it missing.
+counts as annotated when its source coordinates are finite and the source says so: a point present in
+the release .mat, ``joints_vis`` > 0 in JSON, anything but the Torch files' missing marker (0, 0) in
+``.h5``. Annotated joints may lie just outside the image (MPII's toolkit scores them too).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ FLIC_COLUMNS = (1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 17)
 #: The Torch FLIC annot files use one fixed scale for every person.
 FLIC_SCALE = 2.2
 #: FLIC joint indices (person-centric order) used by the readers.
-_FLIC_LSHO, _FLIC_RSHO, _FLIC_LHIP = 0, 3, 6
+_FLIC_LSHO, _FLIC_RSHO, _FLIC_LHIP, _FLIC_RHIP = 0, 3, 6, 7
 _FLIC_FLIP_PAIRS = ((0, 3), (1, 4), (2, 5), (6, 7), (8, 9))
 
 SPLITS = ("train", "valid", "test")
@@ -63,12 +64,19 @@ def head_size(box: Iterable[float]) -> float:
 
 
 def flic_torso_size(joints: np.ndarray) -> float:
-    """FLIC PCK normaliser: the distance between right shoulder and left hip (person-centric labels).
+    """FLIC PCK normaliser (METHOD.md): the distance from the left shoulder to the right hip.
 
-    This is the diagonal the Torch FLIC annot files store in ``normalize`` (checked against
-    ``valid_personcentric.h5``).
+    The Torch FLIC annot files store the other diagonal (right shoulder to left hip) in ``normalize``;
+    readers keep that value in ``record.extra["torch_normalize"]``.
     """
-    return float(np.linalg.norm(joints[_FLIC_RSHO] - joints[_FLIC_LHIP]))
+    return float(np.linalg.norm(joints[_FLIC_LSHO] - joints[_FLIC_RHIP]))
+
+
+def _flic_normalizer(joints: np.ndarray, visible: np.ndarray) -> float:
+    """:func:`flic_torso_size` where both of its joints are annotated, else NaN."""
+    if visible[_FLIC_LSHO] and visible[_FLIC_RHIP]:
+        return flic_torso_size(joints)
+    return float("nan")
 
 
 def _joints_from_source(
@@ -76,9 +84,13 @@ def _joints_from_source(
 ) -> tuple[np.ndarray, np.ndarray]:
     """1-based source points (J, 2) (+ optional annotated flags) -> 0-based joints and visible."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    ok = np.isfinite(points).all(axis=1) & (points[:, 0] > 0) & (points[:, 1] > 0)
+    ok = np.isfinite(points).all(axis=1)
     if flags is not None:
+        # The source says which joints are annotated; coordinates may lie just outside the image
+        # (MPII has joints with y <= 0, and its toolkit scores them).
         ok &= np.asarray(flags, dtype=np.float64).reshape(-1) > 0
+    else:
+        ok &= ~((points[:, 0] == 0) & (points[:, 1] == 0))  # the Torch annot files' "missing"
     joints = np.where(ok[:, None], points - MATLAB_OFFSET, 0.0)
     return joints.astype(np.float32), ok.astype(np.uint8)
 
@@ -338,6 +350,10 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
         extra = {}
         if is_visible is not None:
             extra["is_visible"] = (is_visible[i] > 0).astype(np.uint8)
+        normalizer = float(normalize[i])
+        if dataset == "flic":
+            extra["torch_normalize"] = normalizer
+            normalizer = _flic_normalizer(joints, visible)
         records.append(
             PoseRecord(
                 image=names[i],
@@ -345,7 +361,7 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
                 visible=visible,
                 center=center[i] - MATLAB_OFFSET,
                 scale=float(scale[i]),
-                normalizer=float(normalize[i]),
+                normalizer=normalizer,
                 split=split,
                 dataset=dataset,
                 image_id=int(index[i]),
@@ -419,9 +435,7 @@ def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
         istest = int(_scalar(getattr(ex, "istest", 0)) == 1)
         istrain = int(_scalar(getattr(ex, "istrain", 0)) == 1)
         split = "test" if istest else ("train" if istrain else "unused")
-        normalizer = (
-            flic_torso_size(joints) if visible[_FLIC_RSHO] and visible[_FLIC_LHIP] else float("nan")
-        )
+        normalizer = _flic_normalizer(joints, visible)
         records.append(
             PoseRecord(
                 image=name,
@@ -529,6 +543,7 @@ def read_annotations(
                 record.joints, record.visible
             )
             record.extra["observer_swapped"] = swapped
+            record.normalizer = _flic_normalizer(record.joints, record.visible)
     if split is not None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
