@@ -71,6 +71,10 @@ def _mpii_people(shared_data):
 
 @pytest.fixture(scope="module")
 def mpii_trained(shared_data):
+    return train_tiny_mpii_model(shared_data)
+
+
+def train_tiny_mpii_model(shared_data):
     """A tiny hourglass overfit to the five shipped MPII people (and their mirror images).
 
     64x64 input, 16x16 heatmaps: the PCKh threshold is about 0.8 heatmap pixel for these people,
@@ -99,9 +103,9 @@ def mpii_trained(shared_data):
     visible = np.concatenate([visible, visible[:, perm]])
     targets = np.asarray(render_heatmaps(joints, visible, hm, sigma=2.0))  # wide: fast to fit
     keras.utils.set_random_seed(0)
-    model = StackedHourglass(num_stacks=1, num_features=32, depth=2, image_shape=(size, size, 3))
+    model = StackedHourglass(num_stacks=1, num_features=64, depth=2, image_shape=(size, size, 3))
     compile_model(model, keras.optimizers.Adam(3e-3), jit_compile=False)
-    model.fit(crops, [targets], batch_size=len(crops), epochs=200, verbose=0, shuffle=False)
+    model.fit(crops, [targets], batch_size=len(crops), epochs=250, verbose=0, shuffle=False)
     return model, people
 
 

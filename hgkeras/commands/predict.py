@@ -138,8 +138,6 @@ def _progress(iterable, total: int | None, desc: str, quiet: bool):
 
 def predict_image(predictor, path: Path, stem: str, args: argparse.Namespace) -> list[Path]:
     """Predict one image file; write its JSON, overlay and montages; return the written paths."""
-    import cv2
-
     from hgkeras.draw import draw_people, heatmap_montage
     from hgkeras.predictor import load_image, to_uint8_bgr
 
@@ -168,7 +166,6 @@ def predict_image(predictor, path: Path, stem: str, args: argparse.Namespace) ->
             suffix = "" if len(people) == 1 else f"_{i}"
             written.append(out / f"{stem}_heatmaps{suffix}.png")
             write_png(written[-1], montage)
-    del cv2
     return written
 
 
