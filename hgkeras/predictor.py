@@ -307,7 +307,7 @@ class PosePredictor:
             boxes: person boxes (x1, y1, x2, y2) in image pixels, one or (N, 4). Each is padded
                 by 1.25 into a square crop. ``None``: the whole image is one person (see
                 :func:`whole_image_center_scale`) unless ``detect`` is set.
-            detect: with ``boxes=None``, find people with OpenCV's HOG people detector
+            detect: instead of boxes, find people with OpenCV's HOG people detector
                 (:func:`hgkeras.detect.detect_people`); returns [] when it finds nobody.
             color: channel order of 3/4-channel arrays ("rgb" or "bgr"); ignored for paths.
             return_heatmaps: keep each person's heatmaps and network input crop.
@@ -316,6 +316,8 @@ class PosePredictor:
         """
         if color not in ("rgb", "bgr"):
             raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        if detect and boxes is not None:
+            raise ValueError("pass either boxes or detect=True, not both")
         if isinstance(image, (str, os.PathLike)):
             color = "bgr"  # OpenCV reads BGR(A)
         pixels = load_image(image, color)

@@ -187,6 +187,8 @@ def test_boxes_give_one_person_each_in_order(predictor):
     assert predictor.predict(image, boxes=[]) == []
     with pytest.raises(ValueError, match="x2 > x1"):
         predictor.predict(image, boxes=[(50, 10, 20, 90)])
+    with pytest.raises(ValueError, match="not both"):
+        predictor.predict(image, boxes=boxes, detect=True)
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         predictor.predict(image, boxes=[(1, 2, 3)])
 
