@@ -75,10 +75,12 @@ def mpii_trained(shared_data):
 
 
 def train_tiny_mpii_model(shared_data):
-    """A tiny hourglass overfit to the five shipped MPII people (and their mirror images).
+    """A tiny hourglass overfit to the five shipped MPII people (no augmentation, no mirrors).
 
     64x64 input, 16x16 heatmaps: the PCKh threshold is about 0.8 heatmap pixel for these people,
     so the test needs sub-pixel decoding and exact coordinate mapping, not just a rough fit.
+    The model never saw mirrored people, so it is evaluated with flip=False (the flip average
+    itself is tested in tests/test_inference.py).
     """
     import keras
 
@@ -96,22 +98,17 @@ def train_tiny_mpii_model(shared_data):
         joints.append(geometry.apply_matrix(to_heatmap, p["joints"]))
         visible.append(p["visible"])
     crops, joints, visible = np.stack(crops), np.stack(joints), np.stack(visible)
-    perm = MPII.flip_permutation  # mirrored copies so that the flip test sees familiar images
-    crops = np.concatenate([crops, crops[:, :, ::-1]])
-    mirrored = np.stack([hm - 1 - joints[..., 0], joints[..., 1]], axis=-1)[:, perm]
-    joints = np.concatenate([joints, mirrored])
-    visible = np.concatenate([visible, visible[:, perm]])
     targets = np.asarray(render_heatmaps(joints, visible, hm, sigma=2.0))  # wide: fast to fit
     keras.utils.set_random_seed(0)
     model = StackedHourglass(num_stacks=1, num_features=64, depth=2, image_shape=(size, size, 3))
     compile_model(model, keras.optimizers.Adam(3e-3), jit_compile=False)
-    model.fit(crops, [targets], batch_size=len(crops), epochs=250, verbose=0, shuffle=False)
+    model.fit(crops, [targets], batch_size=len(crops), epochs=200, verbose=0, shuffle=False)
     return model, people
 
 
 def test_keypoints_in_original_pixels_match_mpii_ground_truth_within_pckh(mpii_trained):
     model, people = mpii_trained
-    predictor = PosePredictor(model, flip=True)
+    predictor = PosePredictor(model, flip=False)
     hits, total = 0, 0
     for p in people:
         (person,) = predictor.predict(p["rgb"], boxes=[p["box"]])
