@@ -307,3 +307,22 @@ def test_heatmap_montage_has_one_tile_per_joint():
     tile = montage[0:64, 192:256]  # joint 3 (row 0, column 3); 4 tile px per heatmap px
     assert tile[16:20, 32:36, 2].min() > 100  # the peak is JET red
     assert tile[0:4, 0:4, 2].max() < 10 and tile[0:4, 0:4, 0].max() > 20  # zero is faint blue
+
+
+def test_predictor_runs_under_torch(run_backend, tiny_model, tmp_path):
+    path = tmp_path / "tiny.keras"
+    tiny_model.save(path)
+    code = """
+import json, sys
+import numpy as np
+from hgkeras.predictor import PosePredictor
+image = np.random.default_rng(0).integers(0, 256, (90, 60, 3), dtype=np.uint8)
+people = PosePredictor(sys.argv[1]).predict(image, boxes=[(10, 20, 50, 80)], return_heatmaps=True)
+print(json.dumps([p.to_dict() for p in people] + [list(people[0].heatmaps.shape)]))
+"""
+    *people, shape = json.loads(run_backend("torch", code, str(path)).strip().splitlines()[-1])
+    assert shape == [16, 16, 16] and len(people) == 1
+    keypoints = np.asarray(people[0]["keypoints"])
+    assert people[0]["center"] == [30.0, 50.0] and people[0]["scale"] == pytest.approx(0.375)
+    # every keypoint lies in the 75 px square crop around the box centre
+    assert keypoints.shape == (16, 2) and np.all(np.abs(keypoints - [30.0, 50.0]) <= 37.5)
