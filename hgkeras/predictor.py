@@ -74,11 +74,11 @@ class PersonPose:
         }
 
 
-def load_image(image: str | os.PathLike | np.ndarray, color: str = "rgb") -> np.ndarray:
-    """Read or check an image; returns it in its own dtype, 2-D (gray) or HxWxC with C in {3, 4}.
+def load_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """Read or check an image; returns it in its own dtype, 2-D (gray) or HxWxC with C in {1, 3, 4}.
 
-    Paths are read with ``cv2.IMREAD_UNCHANGED`` (so 16-bit and alpha survive) and are BGR(A);
-    arrays are taken as ``color`` ("rgb" or "bgr"). No copy or float conversion of the whole image
+    Paths are read with ``cv2.IMREAD_UNCHANGED`` (so 16-bit and alpha survive) and come back BGR(A);
+    arrays are checked and returned as they are. No copy or float conversion of the whole image
     is made, so huge images cost only their own memory. Use :func:`to_rgb_float` on crops.
     """
     if isinstance(image, (str, os.PathLike)):
@@ -320,7 +320,7 @@ class PosePredictor:
             raise ValueError("pass either boxes or detect=True, not both")
         if isinstance(image, (str, os.PathLike)):
             color = "bgr"  # OpenCV reads BGR(A)
-        pixels = load_image(image, color)
+        pixels = load_image(image)
         height, width = pixels.shape[:2]
         detection_scores: list[float | None]
         if boxes is None and detect:
