@@ -561,6 +561,14 @@ def resolve_data(config: TrainConfig, out: Path) -> DataSources:
     )
 
 
+def source_crop_size(input_size: int) -> int:
+    """Side of the training source crop: the pipeline's margin around the box at the input resolution
+    (384 for the paper's 256 input), so augmentation never samples below the model's resolution."""
+    from hgkeras.data.pipeline import SOURCE_MARGIN
+
+    return int(round(input_size * SOURCE_MARGIN))
+
+
 def build_datasets(config: TrainConfig, sources: DataSources, dist: Distribution):
     """(training dataset, evaluation dataset or None) from :func:`hgkeras.data.pose_dataset`."""
     import tensorflow as tf
@@ -572,6 +580,7 @@ def build_datasets(config: TrainConfig, sources: DataSources, dist: Distribution
         config.batch_size,
         training=True,
         split=sources.train_split,
+        source_size=source_crop_size(config.input_size),
         repeat=True,
         seed=config.seed,
     )
@@ -615,7 +624,7 @@ def build_trainer(config: TrainConfig):
         image_shape=(config.input_size, config.input_size, 3),
         name="stacked_hourglass",
     )
-    trainer = PoseTrainer(hourglass, augment=config.augment, sigma=config.sigma)
+    trainer = PoseTrainer(hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed)
     optimizer = keras.optimizers.RMSprop(learning_rate=config.lr, rho=0.99, epsilon=1e-8)
     trainer.compile(
         optimizer=optimizer, stack_weights=config.stack_weights, jit_compile=config.jit_compile
@@ -666,9 +675,7 @@ def build_callbacks(config: TrainConfig, out: Path, val_dataset, steps_per_epoch
         callbacks["best"] = tc.BestModelCheckpoint(out / "best.keras", out / "best.json")
     callbacks["last"] = tc.LastModelCheckpoint(out / "last.keras")
     callbacks["csv"] = tc.ResumableCSVLogger(out / "log.csv")
-    callbacks["tensorboard"] = keras.callbacks.TensorBoard(
-        log_dir=str(out / "logs"), write_graph=False, update_freq="epoch"
-    )
+    callbacks["tensorboard"] = tc.ScalarTensorBoard(out / "logs")
     return callbacks
 
 

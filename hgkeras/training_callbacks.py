@@ -277,3 +277,69 @@ def read_csv_log(path: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a :class:`ResumableCSVLogger` file."""
     with open(path, newline="", encoding="utf-8") as f:
         return [dict(r) for r in csv.DictReader(f)]
+
+
+class ScalarTensorBoard(keras.callbacks.Callback):
+    """Write every scalar of the epoch logs (losses per stack, learning rate, PCKh) as TensorBoard scalars.
+
+    Uses TensorFlow's core summary writer (``tf.summary.write`` with the ``scalars`` plugin tag), so it
+    needs no ``tensorboard`` package and works under every Keras backend. Training values go to
+    ``log_dir/train``, ``val_*`` values to ``log_dir/validation``; the step is the 1-based epoch.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str):
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        metadata = summary_pb2.SummaryMetadata()
+        metadata.plugin_data.plugin_name = "scalars"
+        groups: dict[str, dict[str, float]] = {}
+        for key, value in (logs or {}).items():
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+            if array.size != 1:
+                continue
+            group, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            groups.setdefault(group, {})[f"epoch_{tag}"] = float(array.reshape(-1)[0])
+        with tf.device("/cpu:0"):
+            for group, values in groups.items():
+                writer = self._writer(group)
+                with writer.as_default():
+                    for tag, value in values.items():
+                        tf.summary.write(
+                            tag, tf.constant(value, tf.float32), step=epoch + 1, metadata=metadata
+                        )
+                writer.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+def read_tensorboard_scalars(directory: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of the scalar summaries in a TensorBoard event directory."""
+    import tensorflow as tf
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = (
+                    float(tf.make_ndarray(value.tensor))
+                    if value.HasField("tensor")
+                    else value.simple_value
+                )
+                scalars.setdefault(value.tag, []).append((int(event.step), number))
+    return scalars

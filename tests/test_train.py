@@ -4,8 +4,9 @@ multi-worker agreement, other backends, and an end-to-end learning test on real 
 from __future__ import annotations
 
 import json
-import math
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ from hgkeras.train import (
     EMBEDDED_DEFAULTS,
     PAPER_DEFAULTS,
     build_parser,
+    default_samples_dir,
     parse_config,
+    prepare_embedded_data,
     resolve_config,
 )
 
@@ -179,3 +182,156 @@ def test_best_checkpoint_survives_resume(tmp_path):
     again.on_epoch_end(4, {"val_pckh": 60.0})
     assert json.loads((tmp_path / "best.json").read_text())["best"] == 60.0
     assert keras.models.load_model(tmp_path / "best.keras").count_params() == 3
+
+
+def test_tensorboard_scalars_are_written(tmp_path):
+    board = tc.ScalarTensorBoard(tmp_path)
+    board.on_epoch_end(0, {"loss": 2.0, "stack_1_loss": 1.5, "learning_rate": 1e-3})
+    board.on_epoch_end(1, {"loss": 1.0, "stack_1_loss": 0.5, "val_pckh": 42.0})
+    board.on_train_end()
+    train = tc.read_tensorboard_scalars(tmp_path / "train")
+    assert train["epoch_stack_1_loss"] == [(1, 1.5), (2, 0.5)]
+    assert train["epoch_learning_rate"] == [(1, pytest.approx(1e-3))]
+    assert tc.read_tensorboard_scalars(tmp_path / "validation")["epoch_pckh"] == [(2, 42.0)]
+
+
+# ------------------------------------------------------------------------------ real runs
+# Tiny networks on TFRecords of the 5 shipped real MPII samples, run as real processes of train.py.
+
+TINY = (
+    "--dataset mpii --stacks 1 --features 32 --input-size 64 --batch-size 2 --val-batch-size 5 "
+    "--no-export --verbose 2"
+).split()
+
+
+@pytest.fixture(scope="module")
+def sample_records(tmp_path_factory) -> Path:
+    """TFRecords (train and valid splits) of the shipped MPII samples."""
+    return prepare_embedded_data(default_samples_dir(), tmp_path_factory.mktemp("records"))
+
+
+def _env(backend: str = "tensorflow", **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _train_command(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), *args]
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        _train_command(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"train.py exited {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
+            f"\n--- stderr ---\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+def test_kill_and_resume_continues_from_the_saved_epoch(sample_records, tmp_path):
+    """SIGKILL a real run once its first backup is committed; the same command then finishes it."""
+    out = tmp_path / "run"
+    epochs, steps = 6, 2
+    args = [*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", str(epochs),
+            "--steps-per-epoch", str(steps), "--lr", "1e-3", "--lr-drops", "3", "--val-every", "2"]  # fmt: skip
+    env = _env()
+    state = out / "backup" / "state.json"
+    process = subprocess.Popen(
+        _train_command(*args), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not state.exists():
+        assert process.poll() is None, (
+            f"run ended before its first backup:\n{process.stderr.read()[-3000:]}"
+        )
+        assert time.monotonic() < deadline, "no backup within 240 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    saved = json.loads(state.read_text())["epoch"]
+    assert 1 <= saved < epochs, f"run was not interrupted mid-way (backup after epoch {saved})"
+
+    result = _run(args, env)
+    assert f"after epoch {saved}" in result.stderr
+    rows = tc.read_csv_log(out / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    lrs = [float(r["learning_rate"]) for r in rows]
+    assert lrs == [pytest.approx(1e-3)] * 3 + [pytest.approx(1e-4)] * 3
+    results = json.loads((out / "results.json").read_text())
+    assert results["optimizer_iterations"] == epochs * steps  # restored optimizer state
+    assert len(results["history"]["loss"]) == epochs - saved  # only the missing epochs ran
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert keras.models.load_model(out / "last.keras").count_params() > 0
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
+    """MultiWorkerMirroredStrategy over two local CPU processes (TF_CONFIG, loopback only)."""
+    out = tmp_path / "mw"
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = [*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
+            "--steps-per-epoch", "2", "--lr", "1e-3"]  # fmt: skip
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = _env(TF_CONFIG=json.dumps(tf_config))
+        processes.append(
+            subprocess.Popen(
+                _train_command(*args),
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    logs = []
+    for process in processes:
+        try:
+            logs.append(process.communicate(timeout=300)[0])
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            pytest.fail("multi-worker run timed out")
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log[-5000:]
+    assert "MultiWorkerMirroredStrategy (2 workers" in logs[0]
+    chief = keras.models.load_model(out / "last.keras")
+    other = keras.models.load_model(out / "worker_1" / "last.keras")
+    for a, b in zip(chief.get_weights(), other.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name in ("results.json", "log.csv"):
+        assert (out / name).exists() and (out / "worker_1" / name).exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["optimizer_iterations"] == 2
+    assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 2
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
+    out = tmp_path / backend
+    _run([*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
+          "--steps-per-epoch", "2"], _env(backend))  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["backend"] == backend and results["optimizer_iterations"] == 2
+    assert all(np.isfinite(results["history"]["loss"]))
+    assert set(results["history"]) >= {"stack_1_loss", "learning_rate", "val_pckh"}
+    assert (out / "best.keras").exists() and (out / "last.keras").exists()
