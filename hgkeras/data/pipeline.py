@@ -1,0 +1,230 @@
+"""``pose_dataset``: the tf.data input pipeline over TFRecord shards (schema 1).
+
+CPU work per example is one decode and one crop. For training, the crop is a *source crop*: a square
+of ``source_margin`` x the person box around the centre, resized to ``source_size`` pixels, large enough
+for the device-side augmentation (:mod:`hgkeras.augment`, run by :class:`hgkeras.training.PoseTrainer`)
+to rotate and scale inside it. For evaluation it is the model input itself: the person box resized to
+``input_size``, no augmentation, in a deterministic order, with the metadata needed to map predictions
+back to the original image.
+
+JPEG images are decoded with libjpeg's DCT down-scaling (1/2, 1/4, 1/8) when the person box is at least
+that many times larger than the crop, which is both faster and an area-averaging (anti-aliased) resize.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+from hgkeras.data.tfrecords import MANIFEST_NAME, SHARD_SUFFIX, feature_spec
+from hgkeras.geometry import PIXELS_PER_SCALE
+
+#: Default side in pixels of the training source crop.
+SOURCE_SIZE = 384
+#: Default source crop side as a multiple of the person box side (200 * scale).
+SOURCE_MARGIN = 1.5
+_RATIOS = (1, 2, 4, 8)
+
+
+def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) -> list[str]:
+    """Shard files for a glob pattern, a list of files, or a directory (+ ``split``) with a manifest.
+
+    Files ending in ``.tmp`` (shards still being written) are never returned.
+    """
+    if isinstance(pattern, (list, tuple)):
+        files = [str(p) for p in pattern]
+    else:
+        path = Path(pattern)
+        if path.is_dir():
+            manifest_path = path / MANIFEST_NAME
+            if manifest_path.is_file():
+                manifest = json.loads(manifest_path.read_text())
+                splits = manifest.get("splits", {})
+                if split is None:
+                    if len(splits) != 1:
+                        raise ValueError(
+                            f"{path} holds splits {sorted(splits)}; pass split=... to choose one"
+                        )
+                    split = next(iter(splits))
+                if split not in splits:
+                    raise ValueError(f"{path}: no split {split!r} (has {sorted(splits)})")
+                files = [str(path / s["file"]) for s in splits[split]["shards"]]
+            else:
+                prefix = f"{split}-" if split else ""
+                files = sorted(glob.glob(str(path / f"{prefix}*{SHARD_SUFFIX}")))
+        else:
+            files = sorted(glob.glob(str(pattern)))
+    files = [f for f in files if not f.endswith(".tmp")]
+    if not files:
+        raise FileNotFoundError(
+            f"no TFRecord shards match {pattern!r}" + (f" (split {split})" if split else "")
+        )
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"TFRecord shard not found: {missing[0]}")
+    return files
+
+
+def _num_joints(files: list[str]) -> int:
+    """Joints per record: from a manifest beside the shards, else from the first record."""
+    manifest_path = Path(files[0]).parent / MANIFEST_NAME
+    if manifest_path.is_file():
+        value = json.loads(manifest_path.read_text()).get("num_joints")
+        if value:
+            return int(value)
+    import tensorflow as tf
+
+    for raw in tf.data.TFRecordDataset(files[:1]).take(1):
+        example = tf.train.Example.FromString(raw.numpy())
+        return len(example.features.feature["visible"].int64_list.value)
+    raise ValueError(f"{files[0]}: empty shard; cannot infer the number of joints")
+
+
+def decode_and_crop(encoded, height, width, center, scale, size: int, margin: float = 1.0):
+    """Decode an image and crop the square of side ``margin * 200 * scale`` around ``center``.
+
+    Returns (uint8 crop (size, size, 3), k, offset) where a point p of the original image lands on
+    ``k * p + offset`` in the crop. Pixels outside the image are zero (as in the Torch code).
+    """
+    import tensorflow as tf
+
+    size_f = float(size)
+    side = margin * PIXELS_PER_SCALE * scale
+    k = size_f / side  # crop pixels per image pixel
+    offset = (size_f / 2.0 - 0.5) - k * center  # (2,)
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 2), b"\xff\xd8")
+    # Largest DCT down-scaling ratio that keeps at least crop resolution.
+    ratio_index = tf.cast(
+        tf.math.floor(tf.math.log(tf.maximum(1.0 / k, 1.0)) / tf.math.log(2.0)), tf.int32
+    )
+    ratio_index = tf.where(is_jpeg, tf.clip_by_value(ratio_index, 0, len(_RATIOS) - 1), 0)
+
+    def decoder(ratio: int):
+        if ratio == 1:
+            return lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        return lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+
+    image = tf.switch_case(ratio_index, [decoder(r) for r in _RATIOS])
+    image.set_shape([None, None, 3])
+    ratio = tf.cast(tf.gather(tf.constant(_RATIOS), ratio_index), tf.float32)
+    # Decoded pixel j (at 1/ratio) covers original pixels around (j + 0.5) * ratio - 0.5.
+    inv = 1.0 / (k * ratio)
+    tx = (-offset[0] / k + 0.5) / ratio - 0.5
+    ty = (-offset[1] / k + 0.5) / ratio - 0.5
+    zero = tf.zeros_like(inv)
+    transform = tf.stack([inv, zero, tx, zero, inv, ty, zero, zero])[None, :]
+    crop = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform,
+        output_shape=tf.constant([size, size], tf.int32),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+    crop.set_shape([size, size, 3])
+    del height, width
+    return crop, k, offset
+
+
+def pose_dataset(
+    pattern,
+    batch_size: int,
+    training: bool = True,
+    *,
+    split: str | None = None,
+    source_size: int = SOURCE_SIZE,
+    source_margin: float = SOURCE_MARGIN,
+    input_size: int = 256,
+    shuffle_buffer: int = 256,
+    repeat: bool = False,
+    drop_remainder: bool | None = None,
+    seed: int | None = None,
+    num_parallel_calls: int | None = None,
+):
+    """A batched ``tf.data.Dataset`` of people from TFRecord shards.
+
+    Args:
+        pattern: glob of shard files, a list of files, or a directory written by ``hgkeras prepare``
+            (then ``split`` chooses the split).
+        batch_size: people per batch.
+        training: True for augmentation source crops (shuffled), False for evaluation crops
+            (deterministic order, every record once).
+        source_size, source_margin: training source crop side in pixels and in person-box sides.
+        input_size: evaluation crop side (the model input).
+        shuffle_buffer: serialized records in the shuffle buffer (training).
+        repeat: repeat forever (training).
+        drop_remainder: drop a last partial batch (default: True when training).
+        seed: shuffle seed.
+
+    Elements (dicts) follow the contract in the module docstring of :mod:`hgkeras.training`:
+    training: ``image`` uint8 (B, S, S, 3), ``joints`` float32 (B, J, 2) in source-crop pixels,
+    ``visible`` float32 (B, J). Evaluation: ``image`` float32 (B, input, input, 3) in [0, 1],
+    ``center`` (B, 2), ``scale`` (B,), ``joints`` (B, J, 2) original pixels, ``visible`` (B, J),
+    ``normalizer`` (B,), ``image_id`` (B,), ``person_id`` (B,) (int32).
+    """
+    import tensorflow as tf
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    files = resolve_shards(pattern, split)
+    num_joints = _num_joints(files)
+    spec = feature_spec(num_joints)
+    autotune = num_parallel_calls or tf.data.AUTOTUNE
+    if drop_remainder is None:
+        drop_remainder = training
+
+    if training:
+        ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+        ds = ds.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 4),
+            num_parallel_calls=autotune,
+            deterministic=False,
+        )
+        if shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+    else:
+        ds = tf.data.TFRecordDataset(files)
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, spec)
+        joints = tf.reshape(ex["joints"], [num_joints, 2])
+        visible = tf.cast(ex["visible"], tf.float32)
+        return ex, joints, visible
+
+    def train_map(serialized):
+        ex, joints, visible = parse(serialized)
+        crop, k, offset = decode_and_crop(
+            ex["image/encoded"], ex["image/height"], ex["image/width"], ex["center"],
+            ex["scale"], source_size, source_margin,
+        )  # fmt: skip
+        return {"image": crop, "joints": joints * k + offset, "visible": visible}
+
+    def eval_map(serialized):
+        ex, joints, visible = parse(serialized)
+        crop, _, _ = decode_and_crop(
+            ex["image/encoded"], ex["image/height"], ex["image/width"], ex["center"],
+            ex["scale"], input_size, 1.0,
+        )  # fmt: skip
+        return {
+            "image": tf.cast(crop, tf.float32) / 255.0,
+            "center": ex["center"],
+            "scale": ex["scale"],
+            "joints": joints,
+            "visible": visible,
+            "normalizer": ex["normalizer"],
+            "image_id": tf.cast(ex["image_id"], tf.int32),
+            "person_id": tf.cast(ex["person_id"], tf.int32),
+        }
+
+    ds = ds.map(
+        train_map if training else eval_map,
+        num_parallel_calls=autotune,
+        deterministic=not training,
+    )
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
