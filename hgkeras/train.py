@@ -608,12 +608,64 @@ def build_datasets(config: TrainConfig, sources: DataSources, dist: Distribution
 # ------------------------------------------------------------------------------------- model
 
 
-def build_trainer(config: TrainConfig):
+def _pose_trainer_class(distributed: bool):
+    """PoseTrainer, or under a ``tf.distribute`` strategy a subclass that builds from one replica's batch.
+
+    Keras 3.15's TensorFlow trainer starts ``fit`` by reducing the first distributed batch across
+    replicas (``strategy.reduce("MEAN", batch)``) to build the model symbolically; with a dict batch
+    under ``MultiWorkerMirroredStrategy`` that reduction fails ("Attempt to convert a value ({'image':
+    PerReplica...}) to a Tensor"). Only the batch's shapes matter for the build, so the subclass takes
+    the first local replica's values instead. Under multi-worker training it also gives the step's
+    scalar logs a batch axis, which Keras' cross-worker reduction of the logs requires (tensorflow
+    issue #72388).
+    """
+    from hgkeras.training import PoseTrainer
+
+    if not distributed:
+        return PoseTrainer
+
+    class StrategyPoseTrainer(PoseTrainer):
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            import tensorflow as tf
+            from keras import tree
+
+            strategy = getattr(self, "_distribute_strategy", None)
+            if strategy is None or iterator is None:
+                return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            for _, _, it in iterator:
+                batch = next(it)
+                break
+            local = tree.map_structure(
+                lambda v: (
+                    strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v
+                ),
+                batch,
+            )
+            with strategy.scope():
+                self._symbolic_build(data_batch=local)
+
+        def train_step(self, data):
+            logs = super().train_step(data)
+            strategy = getattr(self, "_distribute_strategy", None)
+            if strategy is not None and strategy.extended._in_multi_worker_mode():
+                # Keras reduces each log with strategy.reduce("MEAN", v, axis=0), which needs a
+                # batch axis under MultiWorkerMirroredStrategy (scalars raise "Invalid reduction
+                # dimension 0"): give every scalar one, the reduction then averages the workers.
+                from keras import ops
+
+                logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+            return logs
+
+    return StrategyPoseTrainer
+
+
+def build_trainer(config: TrainConfig, distributed: bool = False):
     """The StackedHourglass and its PoseTrainer, compiled with RMSprop (alpha 0.99, eps 1e-8)."""
     import keras
 
     from hgkeras.model import StackedHourglass
-    from hgkeras.training import PoseTrainer
 
     hourglass = StackedHourglass(
         num_stacks=config.stacks,
@@ -624,7 +676,17 @@ def build_trainer(config: TrainConfig):
         image_shape=(config.input_size, config.input_size, 3),
         name="stacked_hourglass",
     )
-    trainer = PoseTrainer(hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed)
+    trainer_class = _pose_trainer_class(distributed)
+    trainer = trainer_class(hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed)
+    # Built up front so that a resumed run can load its backup before the first step.
+    source = source_crop_size(config.input_size)
+    trainer.build(
+        {
+            "image": (None, source, source, 3),
+            "joints": (None, config.joints, 2),
+            "visible": (None, config.joints),
+        }
+    )
     optimizer = keras.optimizers.RMSprop(learning_rate=config.lr, rho=0.99, epsilon=1e-8)
     trainer.compile(
         optimizer=optimizer, stack_weights=config.stack_weights, jit_compile=config.jit_compile
@@ -660,13 +722,13 @@ class _ValidationPCKh:
 
 
 def build_callbacks(config: TrainConfig, out: Path, val_dataset, steps_per_epoch: int) -> dict:
-    """The run's callbacks, by name, in the order they must run (PCKh before its consumers)."""
+    """The run's callbacks, by name, in the order they must run: PCKh before its consumers (best
+    model, CSV, TensorBoard), the backup last."""
     import keras
 
     from hgkeras import training_callbacks as tc
 
     callbacks: dict[str, keras.callbacks.Callback] = {
-        "backup": tc.CrashSafeBackupAndRestore(out / "backup"),
         "lr": tc.step_schedule(config.lr, config.lr_drops, config.lr_factor),
         "nan": tc.StopOnNaN(steps_per_epoch),
     }
@@ -676,6 +738,9 @@ def build_callbacks(config: TrainConfig, out: Path, val_dataset, steps_per_epoch
     callbacks["last"] = tc.LastModelCheckpoint(out / "last.keras")
     callbacks["csv"] = tc.ResumableCSVLogger(out / "log.csv")
     callbacks["tensorboard"] = tc.ScalarTensorBoard(out / "logs")
+    # Last: an epoch counts as done (and is not run again after a kill) only once everything above
+    # has written its files for it.
+    callbacks["backup"] = tc.CrashSafeBackupAndRestore(out / "backup")
     return callbacks
 
 
@@ -747,7 +812,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tc.write_json_atomic(config_path, resolved)
 
     with dist.scope():
-        hourglass, trainer = build_trainer(config)
+        hourglass, trainer = build_trainer(config, distributed=dist.strategy is not None)
     train_ds, val_ds = build_datasets(config, sources, dist)
     callbacks = build_callbacks(config, out, val_ds, config.steps_per_epoch)
 
