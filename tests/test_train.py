@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+import hgkeras.model  # noqa: F401  (registers StackedHourglass for load_model)
 from hgkeras import training_callbacks as tc
 from hgkeras.train import (
     EMBEDDED_DEFAULTS,
@@ -316,8 +317,14 @@ def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
     assert "MultiWorkerMirroredStrategy (2 workers" in logs[0]
     chief = keras.models.load_model(out / "last.keras")
     other = keras.models.load_model(out / "worker_1" / "last.keras")
-    for a, b in zip(chief.get_weights(), other.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Trainable weights are all-reduced every step and must agree; BatchNorm moving statistics are
+    # tracked per worker on its own shard (unsynchronised BatchNorm), so they are only checked finite.
+    assert len(chief.trainable_weights) == len(other.trainable_weights) > 0
+    for a, b in zip(chief.trainable_weights, other.trainable_weights, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=a.path
+        )
+    assert all(np.isfinite(np.asarray(w)).all() for w in chief.non_trainable_weights)
     for name in ("results.json", "log.csv"):
         assert (out / name).exists() and (out / "worker_1" / name).exists()
     results = json.loads((out / "results.json").read_text())
@@ -335,3 +342,29 @@ def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
     assert all(np.isfinite(results["history"]["loss"]))
     assert set(results["history"]) >= {"stack_1_loss", "learning_rate", "val_pckh"}
     assert (out / "best.keras").exists() and (out / "last.keras").exists()
+
+
+def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
+    """From scratch, a 2-stack, 64-feature network at 128x128 input trained on the 5 shipped real MPII
+    people reaches PCKh@0.5 >= 90 (official protocol) on those people, scored in ORIGINAL image pixels
+    through the full chain: evaluation crops -> network -> argmax + quarter-pixel decode -> inverse crop
+    transform. Augmentation is OFF (and with it the flip test, since a network that never saw mirrored
+    people cannot be averaged with its mirror), to fit a CI budget; the learning rate (1e-3, /10 for
+    the last 100 steps) is raised from the paper's 2.5e-4 for the same reason. Every stack's loss must
+    decrease. Together this shows targets, crop geometry, decoding and inverse transform agree."""
+    from hgkeras.train import train
+
+    config = parse_config(
+        ["--dataset", "mpii", "--data-dir", str(sample_records), "--out", str(tmp_path / "learn"),
+         "--stacks", "2", "--features", "64", "--input-size", "128", "--batch-size", "5",
+         "--epochs", "6", "--steps-per-epoch", "100", "--lr", "1e-3", "--lr-drops", "5",
+         "--no-augment", "--no-flip-eval", "--val-every", "6", "--no-export", "--verbose", "0"]
+    )  # fmt: skip
+    summary = train(config)
+    history = summary["history"]
+    for stack in (1, 2):
+        losses = history[f"stack_{stack}_loss"]
+        assert losses[-1] < losses[1] < losses[0], (stack, losses)
+    assert summary["pckh"]["protocol"] == "official" and summary["optimizer_iterations"] == 600
+    assert summary["val_pckh"] >= 90.0, summary["pckh"]
+    assert (tmp_path / "learn" / "best.keras").exists()
