@@ -40,7 +40,7 @@ def test_paper_defaults_when_dataset_given():
     assert config.batch_size == 6 and config.epochs == 100 and config.lr == 2.5e-4
     assert config.lr_drops == [60, 90] and config.lr_factor == 0.1
     assert config.stack_weights == [1.0] * 8
-    assert config.sigma == 1.0 and config.augment and config.flip_eval
+    assert config.sigma == 1.0 and config.augment and config.flip_eval and config.val_every == 1
     assert config.input_size == 256 and config.joints == 16 and not config.embedded
     assert parse_config(["--dataset", "flic", "--data-dir", "d"]).joints == 11
 
@@ -335,10 +335,13 @@ def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
     out = tmp_path / backend
+    extra = ["--mixed-precision", "bfloat16"] if backend == "jax" else []
     _run([*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
-          "--steps-per-epoch", "2"], _env(backend))  # fmt: skip
+          "--steps-per-epoch", "2", *extra], _env(backend))  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["backend"] == backend and results["optimizer_iterations"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["mixed_precision"] == ("bfloat16" if backend == "jax" else "off")
     assert all(np.isfinite(results["history"]["loss"]))
     assert set(results["history"]) >= {"stack_1_loss", "learning_rate", "val_pckh"}
     assert (out / "best.keras").exists() and (out / "last.keras").exists()
