@@ -371,3 +371,20 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
     assert summary["pckh"]["protocol"] == "official" and summary["optimizer_iterations"] == 600
     assert summary["val_pckh"] >= 90.0, summary["pckh"]
     assert (tmp_path / "learn" / "best.keras").exists()
+
+
+def test_cli_train_command_has_the_same_flags(capsys):
+    from hgkeras.cli import main
+    from hgkeras.train import main as train_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    cli_help = capsys.readouterr().out
+    for action in build_parser()._actions:
+        for option in action.option_strings:
+            assert option in cli_help
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--stacks", "2", "--stack-weights", "1"])
+    assert exit_info.value.code == 2
+    assert "one weight per stack" in capsys.readouterr().err
