@@ -335,11 +335,17 @@ def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
     out = tmp_path / backend
+    # jax: two host devices, so the run goes through keras.distribution.DataParallel, in bfloat16.
     extra = ["--mixed-precision", "bfloat16"] if backend == "jax" else []
+    env = _env(backend)
+    if backend == "jax":
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     _run([*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
-          "--steps-per-epoch", "2", *extra], _env(backend))  # fmt: skip
+          "--steps-per-epoch", "2", *extra], env)  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["backend"] == backend and results["optimizer_iterations"] == 2
+    if backend == "jax":
+        assert results["distribution"] == "keras DataParallel (2 JAX devices)"
     config = json.loads((out / "config.json").read_text())
     assert config["mixed_precision"] == ("bfloat16" if backend == "jax" else "off")
     assert all(np.isfinite(results["history"]["loss"]))
