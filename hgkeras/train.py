@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -461,30 +460,14 @@ def default_samples_dir() -> Path:
     return REPO_ROOT / "datasets" / "samples" / "mpii"
 
 
-def _shards(pattern: str, what: str) -> list[str]:
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"{what}: no TFRecord file matches {pattern!r}")
-    return files
+def _split_count(data_dir: Path, split: str) -> int | None:
+    """People in ``split`` according to the directory's manifest (None when the split is absent)."""
+    from hgkeras.data.tfrecords import read_manifest
 
-
-def _manifest_count(data_dir: Path, split: str) -> int | None:
-    manifest = data_dir / "manifest.json"
-    if not manifest.exists():
+    splits = read_manifest(data_dir).get("splits", {})
+    if split not in splits:
         return None
-    try:
-        info = json.loads(manifest.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise ValueError(f"{manifest}: not valid JSON ({error})") from None
-    splits = info.get("splits", info)
-    entry = splits.get(split) if isinstance(splits, dict) else None
-    if isinstance(entry, dict):
-        for key in ("count", "num_records", "records", "people"):
-            if isinstance(entry.get(key), int):
-                return int(entry[key])
-    if isinstance(entry, int):
-        return entry
-    return None
+    return int(splits[split]["records"])
 
 
 def count_records(files: Sequence[str]) -> int:
@@ -547,8 +530,8 @@ def resolve_data(config: TrainConfig, out: Path) -> DataSources:
         if not data_dir.is_dir():
             raise FileNotFoundError(f"--data-dir {data_dir} is not a directory")
         train_files = resolve_shards(str(data_dir), "train")
-        count = _manifest_count(data_dir, "train")
-        val_split = "valid" if _manifest_count(data_dir, "valid") is not None else None
+        count = _split_count(data_dir, "train")
+        val_split = "valid" if _split_count(data_dir, "valid") is not None else None
         return DataSources(
             str(data_dir),
             "train",
