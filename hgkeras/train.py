@@ -63,14 +63,14 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
     "depth": 4,
     "input_size": 128,
     "batch_size": 5,
-    "epochs": 6,
+    "epochs": 9,
     "steps_per_epoch": 100,
     "lr": 1e-3,
-    "lr_drops": [5],
+    "lr_drops": [8],
     "sigma": 1.0,
     "augment": False,
     "flip_eval": False,
-    "val_every": 2,
+    "val_every": 3,
 }
 
 DATASET_JOINTS = {"mpii": 16, "flic": 11}

@@ -359,22 +359,22 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
     through the full chain: evaluation crops -> network -> argmax + quarter-pixel decode -> inverse crop
     transform. Augmentation is OFF (and with it the flip test, since a network that never saw mirrored
     people cannot be averaged with its mirror), to fit a CI budget; the learning rate (1e-3, /10 for
-    the last 100 steps) is raised from the paper's 2.5e-4 for the same reason. Every stack's loss must
+    the last 100 of 900 steps) is raised from the paper's 2.5e-4 for the same reason. Every stack's loss must
     decrease. Together this shows targets, crop geometry, decoding and inverse transform agree."""
     from hgkeras.train import train
 
     config = parse_config(
         ["--dataset", "mpii", "--data-dir", str(sample_records), "--out", str(tmp_path / "learn"),
          "--stacks", "2", "--features", "64", "--input-size", "128", "--batch-size", "5",
-         "--epochs", "6", "--steps-per-epoch", "100", "--lr", "1e-3", "--lr-drops", "5",
-         "--no-augment", "--no-flip-eval", "--val-every", "6", "--no-export", "--verbose", "0"]
+         "--epochs", "9", "--steps-per-epoch", "100", "--lr", "1e-3", "--lr-drops", "8",
+         "--no-augment", "--no-flip-eval", "--val-every", "9", "--no-export", "--verbose", "0"]
     )  # fmt: skip
     summary = train(config)
     history = summary["history"]
     for stack in (1, 2):
         losses = history[f"stack_{stack}_loss"]
         assert losses[-1] < losses[1] < losses[0], (stack, losses)
-    assert summary["pckh"]["protocol"] == "official" and summary["optimizer_iterations"] == 600
+    assert summary["pckh"]["protocol"] == "official" and summary["optimizer_iterations"] == 900
     assert summary["val_pckh"] >= 90.0, summary["pckh"]
     assert (tmp_path / "learn" / "best.keras").exists()
 
