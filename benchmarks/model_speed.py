@@ -105,7 +105,7 @@ def _onnx_rates(model, batches: list[int], min_time: float, threads: int) -> dic
 
 
 def run_worker(args: argparse.Namespace) -> None:
-    """Measure one backend; print one JSON document on stdout."""
+    """Measure one Keras backend; stream JSON lines (header, rows, done) on stdout."""
     import keras
     import numpy as np
 
@@ -120,14 +120,15 @@ def run_worker(args: argparse.Namespace) -> None:
     jit_modes = {"tensorflow": [True, False], "jax": [True], "torch": [False]}[backend]
     if args.torch_compile and backend == "torch":
         jit_modes = [False, True]
-    out: dict = {"backend": backend, "results": [], "devices": _device_names(backend)}
     matmul_dtype = (
         "float16" if args.gpu and backend != "jax" else ("bfloat16" if args.gpu else "float32")
     )
-    out["matmul_flops"] = _framework_matmul_flops(
-        backend, args.matmul_size, matmul_dtype, args.min_time
-    )
-    out["matmul_dtype"] = matmul_dtype
+    _emit({
+        "backend": backend,
+        "devices": _device_names(backend),
+        "matmul_flops": _framework_matmul_flops(backend, args.matmul_size, matmul_dtype, args.min_time),
+        "matmul_dtype": matmul_dtype,
+    })  # fmt: skip
     for stacks in args.stacks:
         model = StackedHourglass(num_stacks=stacks)
         macs = count_macs(model)
@@ -151,17 +152,34 @@ def run_worker(args: argparse.Namespace) -> None:
                 )  # fmt: skip
                 row["training_images_per_s"] = batch / seconds
                 row["training_steps_timed"] = calls
-                out["results"].append(row)
+                _emit({"row": row})
                 print(f"[{backend}] {row}", file=sys.stderr, flush=True)
-        if backend == "tensorflow" and args.onnx and not args.gpu:
-            for batch, rate in _onnx_rates(
-                model, args.batches, args.min_time, os.cpu_count() or 1
-            ).items():
-                out["results"].append(
-                    {"stacks": stacks, "batch": batch, "runtime": "onnxruntime", "macs": macs,
-                     "inference_images_per_s": rate}
-                )  # fmt: skip
-    print(json.dumps(out))
+    _emit({"done": True})
+
+
+def _emit(message: dict) -> None:
+    """One JSON line on stdout, flushed: the parent keeps what was measured even if a worker dies."""
+    print(json.dumps(message), flush=True)
+
+
+def run_onnx_worker(args: argparse.Namespace) -> None:
+    """ONNX Runtime inference per stack count, in its own process (tf2onnx needs much memory)."""
+    import keras
+
+    sys.path.insert(0, str(REPO))
+    from hgkeras import StackedHourglass, count_macs
+
+    _emit({"backend": "onnx", "devices": ["cpu"]})
+    for stacks in args.stacks:
+        keras.backend.clear_session()
+        model = StackedHourglass(num_stacks=stacks)
+        rates = _onnx_rates(model, args.batches, args.min_time, os.cpu_count() or 1)
+        for batch, rate in rates.items():
+            row = {"stacks": stacks, "batch": batch, "runtime": "onnxruntime",
+                   "macs": count_macs(model), "inference_images_per_s": rate}  # fmt: skip
+            _emit({"row": row})
+            print(f"[onnxruntime] {row}", file=sys.stderr, flush=True)
+    _emit({"done": True})
 
 
 def _device_names(backend: str) -> list[str]:
@@ -232,6 +250,9 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help="JSON output (default benchmarks/results/model_speed[_gpu].json)"
     )
+    parser.add_argument(
+        "--update", action="store_true", help="keep rows of runtimes not re-run from --out"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.stacks = [int(s) for s in str(args.stacks).split(",")]
@@ -243,50 +264,84 @@ def main() -> None:
         args.batches = [16] if args.batches == [1, 8] else args.batches
         if args.backends == "tensorflow,jax,torch":
             args.backends = "tensorflow,jax"
+    if args.worker == "onnx":
+        run_onnx_worker(args)
+        return
     if args.worker:
         run_worker(args)
         return
 
     numpy_flops = None if args.gpu else numpy_matmul_flops(args.matmul_size, args.min_time)
+    out = args.out or RESULTS / ("model_speed_gpu.json" if args.gpu else "model_speed.json")
+    names = args.backends.split(",")
+    if args.onnx and not args.gpu and "onnx" not in names:
+        names.append("onnx")
     workers = []
-    for backend in args.backends.split(","):
+    for name in names:
+        backend = "tensorflow" if name == "onnx" else name
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
         if not args.gpu:
             env.setdefault("JAX_PLATFORMS", "cpu")
             env["CUDA_VISIBLE_DEVICES"] = ""
-        cmd = [sys.executable, __file__, "--worker", backend] + [a for a in sys.argv[1:]]
-        print(f"running {backend} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:]]
+        print(f"running {name} ...", file=sys.stderr, flush=True)
         done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
-        if done.returncode != 0:
-            print(f"{backend} worker failed with exit code {done.returncode}", file=sys.stderr)
-            continue
-        workers.append(json.loads(done.stdout.strip().splitlines()[-1]))
-
-    limit = max([w["matmul_flops"] for w in workers] + ([numpy_flops] if numpy_flops else []))
-    rows = []
-    for w in workers:
-        for r in w["results"]:
-            runtime = r.get(
-                "runtime", f"keras/{w['backend']}" + ("+jit" if r.get("jit_compile") else "")
+        worker: dict = {"backend": name, "results": [], "matmul_flops": None, "complete": False}
+        for line in done.stdout.splitlines():
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "row" in message:
+                worker["results"].append(message["row"])
+            elif message.get("done"):
+                worker["complete"] = True
+            else:
+                worker.update(message)
+        if done.returncode != 0 or not worker["complete"]:
+            print(
+                f"{name} worker stopped early (exit code {done.returncode}); keeping its "
+                f"{len(worker['results'])} measured rows",
+                file=sys.stderr,
             )
-            row = {"runtime": runtime, "stacks": r["stacks"], "batch": r["batch"]}
-            if "inference_images_per_s" in r:
-                ips = r["inference_images_per_s"]
-                row["inference_images_per_s"] = round(ips, 3)
-                row["inference_fraction_of_limit"] = round(r["macs"] * 2 * ips / limit, 3)
-            if "training_images_per_s" in r:
-                ips = r["training_images_per_s"]
-                row["training_images_per_s"] = round(ips, 3)
-                row["training_fraction_of_limit"] = round(3 * r["macs"] * 2 * ips / limit, 3)
-            rows.append(row)
+        workers.append(worker)
+
+    previous = []
+    if args.update and out.exists():
+        # keep the rows of runtimes not re-measured now (their fractions are recomputed below)
+        old = json.loads(out.read_text())
+        rerun = {w["backend"] for w in workers}
+        previous = [r for r in old.get("raw_rows", []) if r["_worker"] not in rerun]
+        numpy_flops = (
+            max(numpy_flops or 0.0, old.get("matmul_flops", {}).get("numpy") or 0.0) or None
+        )
+        for backend, flops in old.get("matmul_flops", {}).items():
+            if backend != "numpy" and backend not in rerun and flops:
+                workers.append({"backend": backend, "results": [], "matmul_flops": flops})
+    flops_seen = [w["matmul_flops"] for w in workers if w.get("matmul_flops")]
+    limit = max(flops_seen + ([numpy_flops] if numpy_flops else []))
+    raw_rows = previous + [dict(r, _worker=w["backend"]) for w in workers for r in w["results"]]
+    rows = []
+    for r in sorted(raw_rows, key=lambda r: (r["_worker"], r["stacks"], r["batch"])):
+        runtime = r.get(
+            "runtime", f"keras/{r['_worker']}" + ("+jit" if r.get("jit_compile") else "")
+        )
+        row = {"runtime": runtime, "stacks": r["stacks"], "batch": r["batch"]}
+        if "inference_images_per_s" in r:
+            ips = r["inference_images_per_s"]
+            row["inference_images_per_s"] = round(ips, 3)
+            row["inference_fraction_of_limit"] = round(r["macs"] * 2 * ips / limit, 3)
+        if "training_images_per_s" in r:
+            ips = r["training_images_per_s"]
+            row["training_images_per_s"] = round(ips, 3)
+            row["training_fraction_of_limit"] = round(3 * r["macs"] * 2 * ips / limit, 3)
+        rows.append(row)
     result = {
         "benchmark": "model_speed",
         "date": time.strftime("%Y-%m-%d"),
         "machine": cpu_description()
         if not args.gpu
-        else ", ".join(workers[0]["devices"])
-        if workers
-        else "?",
+        else ", ".join(workers[0].get("devices", ["?"]) if workers else ["?"]),
         "device": "gpu" if args.gpu else "cpu",
         "precision": "mixed (float16 TF / bfloat16 JAX)" if args.gpu else "float32",
         "matmul_flops_limit": limit,
@@ -296,8 +351,8 @@ def main() -> None:
         },
         "macs_per_image": {"2": 8.33e9, "8": 27.44e9},
         "rows": rows,
+        "raw_rows": raw_rows,
     }
-    out = args.out or RESULTS / ("model_speed_gpu.json" if args.gpu else "model_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
