@@ -863,6 +863,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
         config = resolve_config(args)
     except ValueError as error:
         parser.error(str(error))
+    return run_training(config, prog)
+
+
+def run_training(config: TrainConfig, prog: str) -> int:
+    """Train ``config``; exit code 0, 1 for a NaN stop, 2 for bad input (one-line message)."""
     try:
         train(config)
     except RuntimeError as error:

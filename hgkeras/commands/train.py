@@ -20,16 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hgkeras.train import resolve_config, train
+    from hgkeras.train import resolve_config, run_training
 
-    config = resolve_config(args)
-    try:
-        train(config)
-    except RuntimeError as error:
-        if str(error).startswith("training stopped"):
-            import sys
-
-            print(f"hgkeras train: {error}", file=sys.stderr)
-            return 1
-        raise
-    return 0
+    return run_training(resolve_config(args), "hgkeras train")

@@ -31,6 +31,7 @@ import numpy as np
 
 from hgkeras.data.records import PoseRecord
 from hgkeras.geometry import MATLAB_OFFSET
+from hgkeras.metrics import FLIC_TORSO_JOINTS, flic_torso_size
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ FLIC_COLUMNS = (1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 17)
 #: The Torch FLIC annot files use one fixed scale for every person.
 FLIC_SCALE = 2.2
 #: FLIC joint indices (person-centric order) used by the readers.
-_FLIC_LSHO, _FLIC_RSHO, _FLIC_LHIP, _FLIC_RHIP = 0, 3, 6, 7
+_FLIC_LSHO, _FLIC_RSHO = 0, 3
 _FLIC_FLIP_PAIRS = ((0, 3), (1, 4), (2, 5), (6, 7), (8, 9))
 
 SPLITS = ("train", "valid", "test")
@@ -63,19 +64,12 @@ def head_size(box: Iterable[float]) -> float:
     return HEAD_SIZE_FACTOR * math.hypot(x2 - x1, y2 - y1)
 
 
-def flic_torso_size(joints: np.ndarray) -> float:
-    """FLIC PCK normaliser (METHOD.md): the distance from the left shoulder to the right hip.
-
-    The Torch FLIC annot files store the other diagonal (right shoulder to left hip) in ``normalize``;
-    readers keep that value in ``record.extra["torch_normalize"]``.
-    """
-    return float(np.linalg.norm(joints[_FLIC_LSHO] - joints[_FLIC_RHIP]))
-
-
 def _flic_normalizer(joints: np.ndarray, visible: np.ndarray) -> float:
-    """:func:`flic_torso_size` where both of its joints are annotated, else NaN."""
-    if visible[_FLIC_LSHO] and visible[_FLIC_RHIP]:
-        return flic_torso_size(joints)
+    """FLIC PCK normaliser, :func:`hgkeras.metrics.flic_torso_size` (left shoulder to right hip, as
+    METHOD.md), where both of its joints are annotated, else NaN. The Torch FLIC annot files store the
+    other diagonal in ``normalize``; readers keep it in ``record.extra["torch_normalize"]``."""
+    if all(visible[j] for j in FLIC_TORSO_JOINTS):
+        return float(flic_torso_size(joints[None])[0])
     return float("nan")
 
 
@@ -405,7 +399,7 @@ def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
     """Read FLIC ``examples.mat`` (11 joints, person-centric; split from ``istrain``/``istest``).
 
     Centre and scale are those of the Torch FLIC annot files (torso-box x centre, image mid-height,
-    scale 2.2); the normaliser is :func:`flic_torso_size`. ``image_id`` is the record index.
+    scale 2.2); the normaliser is :func:`hgkeras.metrics.flic_torso_size`. ``image_id`` is the record index.
     """
     import scipy.io
 
