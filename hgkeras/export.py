@@ -527,13 +527,17 @@ def export_model(
     verify: bool = True,
     models_config: bool = True,
     base_path: str = "/models",
+    fold: bool = True,
 ) -> ExportResult:
     """Export ``model`` (a Keras model or a ``.keras`` path) to ``out_dir/name/version``.
 
     Writes the SavedModel (and with ``onnx=True`` ``model.onnx`` inside the version folder) into a
     temporary folder, checks parity with Keras (``verify``), then renames it into place. An existing
-    version is an error unless ``force``. Under a jax or torch backend the export re-runs in a
-    TensorFlow subprocess (the ``.keras`` file is backend independent).
+    version is an error unless ``force``. With ``fold`` (the default) the exported graphs are those
+    of :func:`hgkeras.fold.fold_batch_norms` (batch norms folded into the convolutions before them:
+    the same outputs, faster); the parity check compares them with the model as given. Under a jax
+    or torch backend the export re-runs in a TensorFlow subprocess (the ``.keras`` file is backend
+    independent).
     """
     import keras
 
@@ -546,7 +550,7 @@ def export_model(
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow(
             model, out_dir, name, version, flip=flip, onnx=onnx, force=force, verify=verify,
-            models_config=models_config, base_path=base_path,
+            models_config=models_config, base_path=base_path, fold=fold,
         )  # fmt: skip
     if isinstance(model, (str, Path)):
         path = Path(model)
@@ -555,13 +559,19 @@ def export_model(
         model = keras.models.load_model(path)
     # a training wrapper (PoseTrainer) holds the network as .hourglass, sharing its weights
     model = getattr(model, "hourglass", model)
+    if fold:
+        from hgkeras.fold import fold_batch_norms
+
+        network = fold_batch_norms(model)
+    else:
+        network = model
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
     try:
-        save_signatures(model, tmp, flip=flip)
+        save_signatures(network, tmp, flip=flip)
         onnx_tmp = None
         if onnx:
-            onnx_tmp = export_onnx(model, tmp / ONNX_FILENAME, flip=flip)
+            onnx_tmp = export_onnx(network, tmp / ONNX_FILENAME, flip=flip)
         checks = check_parity(model, tmp, flip, onnx_tmp) if verify else {}
         if final.exists():  # force
             old = final.parent / f".old-{final.name}-{uuid.uuid4().hex}"
@@ -625,6 +635,7 @@ def export_argv(
     verify: bool = True,
     models_config: bool = True,
     base_path: str = "/models",
+    fold: bool = True,
 ) -> list[str]:
     """The ``hgkeras export`` arguments equivalent to :func:`export_model`'s."""
     argv = ["export", "--model", str(model_path), "--out", str(out_dir), "--name", name]
@@ -635,5 +646,6 @@ def export_argv(
         (force, "--force"),
         (not verify, "--no-verify"),
         (not models_config, "--no-models-config"),
+        (not fold, "--no-fold"),
     )
     return argv + [flag for on, flag in flags if on]

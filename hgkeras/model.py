@@ -19,7 +19,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from hgkeras.layers import BatchNorm
+from hgkeras.layers import BatchNorm, NearestUpsample2x, UpsampleAdd
 
 #: BatchNorm as in Torch/PyTorch: eps 1e-5, momentum 0.1 (Keras convention: 0.9).
 BN_EPSILON = 1e-5
@@ -82,8 +82,8 @@ def apply_hourglass(x, order: int, num_features: int, num_modules: int, name: st
     else:
         low2 = apply_residuals(low1, num_features, num_modules, f"{prefix}_low2")
     low3 = apply_residuals(low2, num_features, num_modules, f"{prefix}_low3")
-    up2 = layers.UpSampling2D(2, interpolation="nearest", name=f"{prefix}_upsample")(low3)
-    return layers.Add(name=f"{prefix}_add")([up1, up2])
+    up2 = NearestUpsample2x(name=f"{prefix}_upsample")(low3)  # a broadcast view: no copy
+    return UpsampleAdd(name=f"{prefix}_add")([up1, up2])
 
 
 def apply_stem(x, num_features: int):

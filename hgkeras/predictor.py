@@ -244,6 +244,16 @@ def load_model(model_or_path: Any):
     return model_or_path
 
 
+def _inference_copy(model):
+    """``model`` with its batch norms folded, or ``model`` itself when it is not functional."""
+    from hgkeras.fold import fold_batch_norms
+
+    try:
+        return fold_batch_norms(model)
+    except TypeError:
+        return model
+
+
 class PosePredictor:
     """Keypoints of people in whole images from a Stacked Hourglass model.
 
@@ -252,6 +262,9 @@ class PosePredictor:
         flip: average with the mirrored image (METHOD.md "Flip test").
         batch_size: person crops per network call.
         antialias: shrink large person boxes with area averaging before the bilinear crop.
+        fold_batch_norms: run an inference copy of the model with each conv -> BatchNorm pair folded
+            into one conv (:func:`hgkeras.fold.fold_batch_norms`: same outputs, faster). The copy is
+            made here: weights changed on ``model`` later are not seen by this predictor.
     """
 
     def __init__(
@@ -260,8 +273,10 @@ class PosePredictor:
         flip: bool = True,
         batch_size: int = 16,
         antialias: bool = True,
+        fold_batch_norms: bool = True,
     ) -> None:
         self.model = load_model(model_or_path)
+        self.network = _inference_copy(self.model) if fold_batch_norms else self.model
         shape = getattr(self.model, "image_shape", None) or tuple(self.model.input_shape[1:])
         if len(shape) != 3 or shape[0] is None or shape[1] is None:
             raise ValueError(
@@ -376,7 +391,7 @@ class PosePredictor:
             from hgkeras.inference import predict_keypoints
 
             keypoints, scores = predict_keypoints(
-                self.model, crops, centers_arr, scales_arr, self.flip, self.batch_size
+                self.network, crops, centers_arr, scales_arr, self.flip, self.batch_size
             )
         people = []
         for i, box in enumerate(boxes):
@@ -404,7 +419,7 @@ class PosePredictor:
         keypoints, scores, maps = [], [], []
         for start in range(0, len(crops), self.batch_size):
             stop = start + self.batch_size
-            hm = heatmaps_with_flip(self.model, crops[start:stop], perm, flip=self.flip)
+            hm = heatmaps_with_flip(self.network, crops[start:stop], perm, flip=self.flip)
             k, s = decode_to_image(hm, centers[start:stop], scales[start:stop])
             keypoints.append(ops.convert_to_numpy(k))
             scores.append(ops.convert_to_numpy(s))

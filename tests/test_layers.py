@@ -1,8 +1,10 @@
-"""The BatchNorm layer: identical to Keras' under every backend, PyTorch's fused kernel under torch."""
+"""The BatchNorm layer: identical to Keras' under every backend; fused kernels under torch and TF."""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
+import pytest
 
 from hgkeras import StackedHourglass
 from hgkeras.layers import BatchNorm
@@ -41,6 +43,38 @@ if keras.backend.backend() == "torch":
     assert (xa.grad - xb.grad).abs().max() < 1e-5
     for p, q in ((stock.gamma, ours.gamma), (stock.beta, ours.beta)):
         assert (p.value.grad - q.value.grad).abs().max() < 1e-4 * max(1.0, p.value.grad.abs().max())
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    w = tf.constant(rng.normal(size=x.shape).astype("float32"))
+    xt = tf.constant(x)
+
+    def grads(layer, jit):
+        @tf.function(jit_compile=jit)
+        def step(inputs):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                loss = tf.reduce_sum(layer(inputs, training=True) * w)
+            return tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+        return [g.numpy() for g in step(xt)]
+
+    for jit in (False, True):
+        for g, h in zip(grads(stock, jit), grads(ours, jit)):
+            assert np.abs(g - h).max() < 1e-4 * max(1.0, np.abs(g).max()), (jit, np.abs(g - h).max())
+    # mixed precision: float16 activations, float32 statistics, float16 outputs
+    half = BatchNorm(epsilon=1e-5, momentum=0.9, dtype="mixed_float16")
+    half.build(x.shape)
+    half.gamma.assign(stock.gamma.numpy())
+    half.beta.assign(stock.beta.numpy())
+    out = half(tf.cast(x, "float16"), training=True)
+    assert out.dtype == tf.float16 and half.moving_mean.dtype == "float32"
+    ref = layers.BatchNormalization(epsilon=1e-5, momentum=0.9)
+    ref.build(x.shape)
+    ref.gamma.assign(stock.gamma.numpy())
+    ref.beta.assign(stock.beta.numpy())
+    expected = ref(tf.cast(tf.cast(x, "float16"), "float32"), training=True).numpy()
+    assert np.abs(out.numpy().astype("float32") - expected).max() < 2e-2
+    assert np.abs(half.moving_mean.numpy() - ref.moving_mean.numpy()).max() < 1e-3
 print("OK")
 """
 
@@ -58,3 +92,65 @@ def test_model_batch_norms_are_keras_batch_normalization_with_torch_settings():
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(isinstance(layer, BatchNorm) for layer in norms)
     assert all(layer.epsilon == 1e-5 for layer in norms)
+
+
+def test_upsample_add_equals_upsampling2d_then_add_with_gradients():
+    import tensorflow as tf
+
+    from hgkeras.layers import NearestUpsample2x, UpsampleAdd
+
+    rng = np.random.default_rng(3)
+    full = tf.constant(rng.normal(size=(2, 8, 6, 5)).astype("float32"))
+    half = tf.constant(rng.normal(size=(2, 4, 3, 5)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([full, half])
+        ours = UpsampleAdd()([full, NearestUpsample2x()(half)])
+        stock = keras.layers.Add()([full, keras.layers.UpSampling2D(2)(half)])
+        weights = tf.constant(rng.normal(size=(2, 8, 6, 5)).astype("float32"))
+        loss_ours, loss_stock = tf.reduce_sum(ours * weights), tf.reduce_sum(stock * weights)
+    np.testing.assert_array_equal(ours.numpy(), stock.numpy())
+    for tensor in (full, half):
+        np.testing.assert_allclose(
+            tape.gradient(loss_ours, tensor).numpy(),
+            tape.gradient(loss_stock, tensor).numpy(),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+
+
+def test_upsample_add_names_the_shapes_it_cannot_add():
+    from hgkeras.layers import NearestUpsample2x, UpsampleAdd
+
+    half = NearestUpsample2x()(keras.Input((4, 4, 8)))
+    with pytest.raises(ValueError, match=r"not twice the size"):
+        UpsampleAdd(name="hg_add")([keras.Input((6, 8, 8)), half])
+    with pytest.raises(ValueError, match=r"hg_add.*NearestUpsample2x"):
+        UpsampleAdd(name="hg_add")([keras.Input((8, 8, 8)), keras.Input((4, 4, 8))])
+
+
+def test_weights_of_the_upsampling2d_graph_load_into_the_same_layers(tmp_path, monkeypatch):
+    """`.keras` files key weights by layer order: the graph must keep the order it had with
+    ``UpSampling2D`` + ``Add`` (hgkeras 0.1 checkpoints), or they would load into the wrong layers."""
+    import hgkeras.model as hourglass
+
+    config = dict(num_stacks=2, num_features=32, image_shape=(64, 64, 3))
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            hourglass, "NearestUpsample2x", lambda name: keras.layers.UpSampling2D(2, name=name)
+        )
+        patch.setattr(hourglass, "UpsampleAdd", lambda name: keras.layers.Add(name=name))
+        legacy = StackedHourglass(**config)
+    assert any(isinstance(layer, keras.layers.UpSampling2D) for layer in legacy.layers)
+    rng = np.random.default_rng(4)
+    for variable in legacy.weights:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    legacy.save_weights(tmp_path / "legacy.weights.h5")
+    model = StackedHourglass(**config)
+    assert [layer.name for layer in model.layers if layer.weights] == [
+        layer.name for layer in legacy.layers if layer.weights
+    ]
+    model.load_weights(tmp_path / "legacy.weights.h5")
+    x = rng.random((1, 64, 64, 3)).astype("float32")
+    want = keras.ops.convert_to_numpy(legacy(x, training=False)[-1])
+    got = keras.ops.convert_to_numpy(model(x, training=False)[-1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -74,8 +74,10 @@ def _load_model(path: str):
         import hgkeras.training  # noqa: F401  (registers training wrappers, if present)
     except ImportError:
         pass
+    from hgkeras.fold import fold_batch_norms
+
     model = keras.models.load_model(path, compile=False)
-    return getattr(model, "hourglass", model)
+    return fold_batch_norms(getattr(model, "hourglass", model))
 
 
 def _read_image(path: Path):

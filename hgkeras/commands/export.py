@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-models-config", action="store_true", help="do not (re)write OUT/models.config"
     )
     parser.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="export the graph as trained, without folding each conv -> BatchNorm pair into one conv",
+    )
+    parser.add_argument(
         "--base-path",
         default="/models",
         help="where OUT is mounted inside the server, for models.config (/models)",
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.out, args.name, args.version, flip=args.flip, onnx=args.onnx,
             force=args.force, verify=not args.no_verify,
             models_config=not args.no_models_config, base_path=args.base_path,
+            fold=not args.no_fold,
         )  # fmt: skip
         print(f"backend is {keras.backend.backend()}: exporting under TensorFlow", file=sys.stderr)
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.out, args.name, args.version, flip=args.flip, onnx=args.onnx,
         force=args.force, verify=not args.no_verify,
         models_config=not args.no_models_config, base_path=args.base_path,
+        fold=not args.no_fold,
     )  # fmt: skip
     print(f"SavedModel: {result.version_dir}")
     if result.onnx_path is not None:

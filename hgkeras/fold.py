@@ -1,0 +1,134 @@
+"""An inference copy of a trained model with each ``conv -> BatchNorm`` pair folded into the conv.
+
+At inference a batch norm is a per-channel affine map ``y = s * x + t`` with
+``s = gamma / sqrt(moving_variance + eps)`` and ``t = beta - s * moving_mean``. When it directly
+follows a convolution (whose output nothing else reads) it folds into that convolution's kernel and
+bias: ``W' = s * W``, ``b' = s * (b - moving_mean) + beta``. In the hourglass this removes two of the
+three batch norms of every residual module (those after ``conv1`` and ``conv2``) plus the stem's and
+each stack head's, and lets oneDNN/cuDNN fuse the ReLU into the convolution. The pre-activation batch
+norm at the start of each residual module reads a sum, not a convolution, and stays.
+
+The copy gives the same outputs as the model in inference mode (to float rounding) and is meant only
+for inference: it has no batch norms left to train. Backend-neutral (numpy weights, Keras cloning).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="hgkeras")
+class FoldedBatchNorm(layers.Layer):
+    """Stands where a batch norm was folded into the preceding convolution: passes its input on."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _single_source(layer) -> Any:
+    """The layer whose output is ``layer``'s only input, if ``layer`` is called exactly once."""
+    if len(layer._inbound_nodes) != 1:
+        return None
+    parents = layer._inbound_nodes[0].parent_nodes
+    if len(parents) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1:
+        return None
+    return parents[0].operation
+
+
+def foldable_pairs(model) -> dict[str, Any]:
+    """``{conv name: batch norm layer}`` for every batch norm that can fold into its convolution.
+
+    A pair folds when the batch norm normalises the last (channel) axis of a channels-last,
+    ungrouped, activation-free convolution that is called once and whose output only the batch
+    norm reads.
+    """
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        conv = _single_source(layer)
+        if not isinstance(conv, (layers.Conv1D, layers.Conv2D, layers.Conv3D)) or isinstance(
+            conv, (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
+        ):
+            continue
+        axis = layer.axis if layer.axis >= 0 else layer.axis + len(layer.input.shape)
+        if (
+            axis != len(layer.input.shape) - 1
+            or conv.data_format != "channels_last"
+            or getattr(conv, "groups", 1) != 1
+            or conv.activation not in (None, keras.activations.linear)
+            or len(conv._inbound_nodes) != 1
+            or len(conv._outbound_nodes) != 1
+            or getattr(layer, "renorm", False)
+        ):
+            continue
+        pairs[conv.name] = layer
+    return pairs
+
+
+def folded_conv_weights(conv, norm) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel and bias of ``norm(conv(x))`` in inference mode, as one convolution."""
+    kernel = np.asarray(keras.ops.convert_to_numpy(conv.kernel), dtype=np.float64)
+    filters = kernel.shape[-1]
+    bias = (
+        np.asarray(keras.ops.convert_to_numpy(conv.bias), dtype=np.float64)
+        if conv.use_bias
+        else np.zeros(filters)
+    )
+
+    def values(variable, default: float) -> np.ndarray:
+        if variable is None:
+            return np.full(filters, default)
+        return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
+
+    gamma = values(norm.gamma if norm.scale else None, 1.0)
+    beta = values(norm.beta if norm.center else None, 0.0)
+    mean = values(norm.moving_mean, 0.0)
+    variance = values(norm.moving_variance, 1.0)
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    return kernel * scale, (bias - mean) * scale + beta
+
+
+def fold_batch_norms(model) -> keras.Model:
+    """A functional copy of ``model`` for inference, each foldable ``conv -> BatchNorm`` as one conv.
+
+    ``model`` is any functional Keras model (e.g. :class:`hgkeras.StackedHourglass`); the copy has the
+    same inputs, outputs and layer names, holds its own weights, and returns the same values as
+    ``model(x, training=False)`` to float rounding. Batch norms that follow something other than a
+    lone convolution are kept. A model with nothing to fold is still copied.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"fold_batch_norms needs a functional keras model, got {type(model).__name__}"
+        )
+    pairs = foldable_pairs(model)
+    folded_norms = {norm.name for norm in pairs.values()}
+
+    def clone(layer):
+        if layer.name in folded_norms:
+            return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy.name)
+        config = layer.get_config()
+        if layer.name in pairs:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone)
+    except ValueError as error:
+        raise TypeError(f"fold_batch_norms needs a functional keras model: {error}") from error
+    for new in copy.layers:
+        if not new.weights:  # inputs, activations, folded norms
+            continue
+        old = model.get_layer(new.name)
+        if new.name in pairs:
+            new.set_weights(list(folded_conv_weights(old, pairs[new.name])))
+        else:
+            new.set_weights(old.get_weights())
+    return copy
