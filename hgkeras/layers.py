@@ -1,9 +1,110 @@
-"""Layers of the model that need more than Keras' stock versions."""
+"""Layers of the model that need more than Keras' stock versions.
+
+Under the torch backend Keras computes a channels-last convolution or pooling by copying the input
+to channels-first, running the kernel and copying the result back; with ``BatchNorm`` built from
+element-wise ops that is most of the hourglass' time on CPU. The subclasses here run PyTorch's
+kernels on a channels-first *view* of the channels-last tensor (PyTorch's ``channels_last`` memory
+format, which oneDNN computes natively), so nothing is copied. They keep the stock layers' class
+names, variables and configs (``.keras`` files are unchanged) and are the stock layers under every
+other backend.
+"""
 
 from __future__ import annotations
 
 import keras
 from keras import layers, ops
+
+
+def _torch_channels_first(x):
+    """An NHWC torch tensor as NCHW without a copy (PyTorch's channels_last memory format)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _torch_channels_last(x):
+    """The NHWC view of an NCHW torch tensor (contiguous when ``x`` is channels_last)."""
+    return x.permute(0, 2, 3, 1)
+
+
+@keras.saving.register_keras_serializable(package="hgkeras")
+class Conv2D(layers.Conv2D):
+    """``keras.layers.Conv2D`` with faster paths under torch and JAX, the stock layer otherwise.
+
+    * torch: convolves a channels-last view (no layout copies), with the bias fused;
+    * JAX: a 1x1, stride-1 convolution is one ``(n*h*w, cin) x (cin, cout)`` matrix product, which
+      XLA:CPU runs about 4x faster than its convolution for these shapes (and the same on GPU).
+    """
+
+    def call(self, inputs):
+        backend = keras.backend.backend()
+        if backend == "jax" and self._is_pointwise():
+            return self._matmul_call(inputs)
+        if (
+            backend != "torch"
+            or self.data_format != "channels_last"
+            or self.groups != 1
+            or self.lora_enabled
+            or (self.padding == "same" and any(s != 1 for s in self.strides))
+            or self.padding not in ("same", "valid")
+        ):
+            return super().call(inputs)
+        import torch.nn.functional as F
+
+        kernel = ops.convert_to_tensor(self.kernel).permute(3, 2, 0, 1)  # (out, in, kh, kw)
+        bias = ops.convert_to_tensor(self.bias) if self.use_bias else None
+        outputs = F.conv2d(
+            _torch_channels_first(ops.convert_to_tensor(inputs)),
+            kernel,
+            bias,
+            stride=tuple(self.strides),
+            padding=self.padding,
+            dilation=tuple(self.dilation_rate),
+        )
+        outputs = _torch_channels_last(outputs)
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+    def _is_pointwise(self) -> bool:
+        return (
+            tuple(self.kernel_size) == (1, 1)
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+            and not self.lora_enabled
+        )
+
+    def _matmul_call(self, inputs):
+        _, height, width, channels = inputs.shape
+        kernel = ops.reshape(self.kernel, (channels, self.filters))
+        outputs = ops.matmul(ops.reshape(inputs, (-1, channels)), kernel)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        outputs = ops.reshape(outputs, (-1, height, width, self.filters))
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="hgkeras")
+class MaxPooling2D(layers.MaxPooling2D):
+    """``keras.layers.MaxPooling2D`` that, under torch, pools a channels-last view (no copies)."""
+
+    def call(self, inputs):
+        if (
+            keras.backend.backend() != "torch"
+            or self.data_format != "channels_last"
+            or self.padding != "valid"
+        ):
+            return super().call(inputs)
+        import torch.nn.functional as F
+
+        outputs = F.max_pool2d(
+            _torch_channels_first(ops.convert_to_tensor(inputs)),
+            kernel_size=tuple(self.pool_size),
+            stride=tuple(self.strides),
+        )
+        return _torch_channels_last(outputs)
 
 
 @keras.saving.register_keras_serializable(package="hgkeras")
@@ -84,13 +185,16 @@ class BatchNorm(layers.BatchNormalization):
         gamma = ops.cast(ops.convert_to_tensor(self.gamma), x.dtype)
         beta = ops.cast(ops.convert_to_tensor(self.beta), x.dtype)
         if training:
+            # momentum 1 makes torch store the batch's mean and unbiased variance in these buffers
+            mean = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+            variance = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
             outputs = F.batch_norm(
-                x.permute(to_first), None, None, gamma, beta, training=True, eps=self.epsilon
-            )
+                x.permute(to_first), mean, variance, gamma, beta, training=True, momentum=1.0,
+                eps=self.epsilon,
+            )  # fmt: skip
             with torch.no_grad():
-                variance, mean = torch.var_mean(
-                    x.detach(), dim=tuple(range(ndim - 1)), correction=0
-                )
+                count = x.numel() // x.shape[-1]
+                variance = variance * (max(count - 1, 0) / max(count, 1))  # Keras: biased
                 m = self.momentum
                 self.moving_mean.assign(
                     ops.convert_to_tensor(self.moving_mean) * m + mean * (1.0 - m)

@@ -19,7 +19,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from hgkeras.layers import BatchNorm, NearestUpsample2x, UpsampleAdd
+from hgkeras.layers import BatchNorm, Conv2D, MaxPooling2D, NearestUpsample2x, UpsampleAdd
 
 #: BatchNorm as in Torch/PyTorch: eps 1e-5, momentum 0.1 (Keras convention: 0.9).
 BN_EPSILON = 1e-5
@@ -35,7 +35,7 @@ def _batch_norm(x, name: str):
 
 def _conv(x, filters: int, kernel_size: int, name: str):
     """A stride-1 convolution with bias and symmetric 'same' padding."""
-    return layers.Conv2D(filters, kernel_size, padding="same", use_bias=True, name=name)(x)
+    return Conv2D(filters, kernel_size, padding="same", use_bias=True, name=name)(x)
 
 
 def apply_residual(x, out_channels: int, name: str):
@@ -75,7 +75,7 @@ def apply_hourglass(x, order: int, num_features: int, num_modules: int, name: st
     """
     prefix = f"{name}_n{order}"
     up1 = apply_residuals(x, num_features, num_modules, f"{prefix}_up1")
-    low1 = layers.MaxPooling2D(2, strides=2, name=f"{prefix}_pool")(x)
+    low1 = MaxPooling2D(2, strides=2, name=f"{prefix}_pool")(x)
     low1 = apply_residuals(low1, num_features, num_modules, f"{prefix}_low1")
     if order > 1:
         low2 = apply_hourglass(low1, order - 1, num_features, num_modules, name)
@@ -89,11 +89,11 @@ def apply_hourglass(x, order: int, num_features: int, num_modules: int, name: st
 def apply_stem(x, num_features: int):
     """256 -> 64 px: conv7x7/2 (Torch padding 3) -> BN -> ReLU -> R(64,128) -> pool -> R(128,128) -> R(128,f)."""
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
-    x = layers.Conv2D(64, 7, strides=2, padding="valid", use_bias=True, name="stem_conv")(x)
+    x = Conv2D(64, 7, strides=2, padding="valid", use_bias=True, name="stem_conv")(x)
     x = _batch_norm(x, "stem_bn")
     x = layers.ReLU(name="stem_relu")(x)
     x = apply_residual(x, 128, name="stem_res1")
-    x = layers.MaxPooling2D(2, strides=2, name="stem_pool")(x)
+    x = MaxPooling2D(2, strides=2, name="stem_pool")(x)
     x = apply_residual(x, 128, name="stem_res2")
     return apply_residual(x, num_features, name="stem_res3")
 

@@ -87,6 +87,61 @@ def test_batch_norm_matches_keras_under_tensorflow(run_backend):
     assert "OK" in run_backend("tensorflow", COMPARE)
 
 
+CONV_AND_POOL = """
+import numpy as np
+import keras
+from keras import layers, ops
+from hgkeras.layers import Conv2D, MaxPooling2D
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 12, 10, 6)).astype("float32")
+cases = [
+    dict(filters=5, kernel_size=3, padding="same"),
+    dict(filters=7, kernel_size=1, activation="relu"),
+    dict(filters=4, kernel_size=1, use_bias=False),
+    dict(filters=8, kernel_size=7, strides=2, padding="valid"),
+    dict(filters=3, kernel_size=3, strides=2, padding="same"),  # stock path under torch
+]
+backend = keras.backend.backend()
+
+
+def grad_of_input(layer, w):
+    if backend == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        (layer(xt) * torch.tensor(w)).sum().backward()
+        return xt.grad.numpy()
+    import jax
+    import jax.numpy as jnp
+
+    return np.asarray(jax.grad(lambda v: jnp.sum(layer(v) * w))(jnp.asarray(x)))
+
+
+for kwargs in cases:
+    stock, ours = layers.Conv2D(**kwargs), Conv2D(**kwargs)
+    stock.build(x.shape)
+    ours.build(x.shape)
+    stock.set_weights([rng.normal(size=v.shape).astype("float32") for v in stock.weights])
+    ours.set_weights(stock.get_weights())
+    a, b = ops.convert_to_numpy(stock(x)), ops.convert_to_numpy(ours(x))
+    assert a.shape == b.shape and np.abs(a - b).max() < 1e-4, (kwargs, np.abs(a - b).max())
+    w = rng.normal(size=a.shape).astype("float32")
+    ga, gb = grad_of_input(stock, w), grad_of_input(ours, w)
+    assert np.abs(ga - gb).max() < 1e-4, (kwargs, np.abs(ga - gb).max())
+for kwargs in (dict(pool_size=2, strides=2), dict(pool_size=3, strides=1)):
+    a = ops.convert_to_numpy(layers.MaxPooling2D(**kwargs)(x))
+    b = ops.convert_to_numpy(MaxPooling2D(**kwargs)(x))
+    np.testing.assert_array_equal(a, b)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_conv_and_pooling_match_keras(run_backend, backend):
+    assert "OK" in run_backend(backend, CONV_AND_POOL)
+
+
 def test_model_batch_norms_are_keras_batch_normalization_with_torch_settings():
     model = StackedHourglass(num_stacks=1, num_features=32, image_shape=(64, 64, 3))
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
