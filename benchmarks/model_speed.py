@@ -3,9 +3,11 @@
 For each backend (each in its own process, since Keras reads KERAS_BACKEND at import) and for
 2 and 8 stacks at batch 1 and 8 (256x256 input, f=256, J=16) this measures:
 
-* inference images/s through ``model.predict_on_batch`` (the compiled Keras predict step);
+* inference images/s through ``predict_on_batch`` (the compiled Keras predict step) of the network as
+  ``PosePredictor``, ``hgkeras evaluate`` and the exports run it: ``fold_batch_norms(model)``, each
+  conv -> BatchNorm pair folded into one conv; and of the model as trained (``unfolded`` columns);
 * training images/s through ``model.train_on_batch`` (RMSprop, one MSE loss per stack);
-* ONNX Runtime inference images/s of the same network converted with tf2onnx.
+* ONNX Runtime inference images/s of the folded network converted with tf2onnx (as exported).
 
 It also measures the float32 matrix-multiply rate of the machine (the best of numpy and each
 framework on a large square matmul) and reports every result as a fraction of the limit it implies:
@@ -111,6 +113,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(REPO))
     from hgkeras import StackedHourglass, compile_model, count_macs
+    from hgkeras.fold import fold_batch_norms
 
     backend = keras.backend.backend()
     if args.gpu:
@@ -131,6 +134,7 @@ def run_worker(args: argparse.Namespace) -> None:
     })  # fmt: skip
     for stacks in args.stacks:
         model = StackedHourglass(num_stacks=stacks)
+        folded = None if args.gpu else fold_batch_norms(model)
         macs = count_macs(model)
         for batch in args.batches:
             rng = np.random.default_rng(0)
@@ -139,12 +143,16 @@ def run_worker(args: argparse.Namespace) -> None:
             for jit in jit_modes:
                 row = {"stacks": stacks, "batch": batch, "jit_compile": jit, "macs": macs}
                 if not args.gpu:
-                    model.compile(jit_compile=jit)  # inference only: no optimizer needed
-                    seconds, calls = _timed(
-                        lambda x=x, model=model: _sync(backend, model.predict_on_batch(x)),
-                        args.min_time, args.min_steps, args.warmup,
-                    )  # fmt: skip
-                    row["inference_images_per_s"] = batch / seconds
+                    for key, network in (
+                        ("inference_images_per_s", folded),
+                        ("inference_unfolded_images_per_s", model),
+                    ):
+                        network.compile(jit_compile=jit)  # inference only: no optimizer needed
+                        seconds, calls = _timed(
+                            lambda x=x, net=network: _sync(backend, net.predict_on_batch(x)),
+                            args.min_time, args.min_steps, args.warmup,
+                        )  # fmt: skip
+                        row[key] = batch / seconds
                 compile_model(model, jit_compile=jit)
                 seconds, calls = _timed(
                     lambda x=x, y=y, model=model: _sync(backend, model.train_on_batch(x, y)),
@@ -168,12 +176,15 @@ def run_onnx_worker(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(REPO))
     from hgkeras import StackedHourglass, count_macs
+    from hgkeras.fold import fold_batch_norms
 
     _emit({"backend": "onnx", "devices": ["cpu"]})
     for stacks in args.stacks:
         keras.backend.clear_session()
         model = StackedHourglass(num_stacks=stacks)
-        rates = _onnx_rates(model, args.batches, args.min_time, os.cpu_count() or 1)
+        rates = _onnx_rates(
+            fold_batch_norms(model), args.batches, args.min_time, os.cpu_count() or 1
+        )
         for batch, rate in rates.items():
             row = {"stacks": stacks, "batch": batch, "runtime": "onnxruntime",
                    "macs": count_macs(model), "inference_images_per_s": rate}  # fmt: skip
@@ -327,10 +338,11 @@ def main() -> None:
             "runtime", f"keras/{r['_worker']}" + ("+jit" if r.get("jit_compile") else "")
         )
         row = {"runtime": runtime, "stacks": r["stacks"], "batch": r["batch"]}
-        if "inference_images_per_s" in r:
-            ips = r["inference_images_per_s"]
-            row["inference_images_per_s"] = round(ips, 3)
-            row["inference_fraction_of_limit"] = round(r["macs"] * 2 * ips / limit, 3)
+        for kind in ("inference", "inference_unfolded"):
+            if f"{kind}_images_per_s" in r:
+                ips = r[f"{kind}_images_per_s"]
+                row[f"{kind}_images_per_s"] = round(ips, 3)
+                row[f"{kind}_fraction_of_limit"] = round(r["macs"] * 2 * ips / limit, 3)
         if "training_images_per_s" in r:
             ips = r["training_images_per_s"]
             row["training_images_per_s"] = round(ips, 3)
@@ -361,21 +373,30 @@ def main() -> None:
     print(
         f"\nmachine: {result['machine']}; matmul limit {limit / 1e9:.1f} GFLOP/s ({result['precision']})"
     )
-    header = f"{'runtime':22s} {'stacks':>6s} {'batch':>5s} {'infer img/s':>11s} {'of limit':>8s} {'train img/s':>11s} {'of limit':>8s}"
+    header = (
+        f"{'runtime':22s} {'stacks':>6s} {'batch':>5s} {'infer img/s':>11s} {'of limit':>8s} "
+        f"{'unfolded':>8s} {'train img/s':>11s} {'of limit':>8s}"
+    )
     print(header)
     print("-" * len(header))
+    print(f"{'':36s}(infer: BatchNorms folded, as exported; unfolded: the model as trained)")
     for r in rows:
         inf = (
             f"{r['inference_images_per_s']:11.2f} {r['inference_fraction_of_limit']:8.0%}"
             if "inference_images_per_s" in r
             else f"{'-':>11s} {'-':>8s}"
         )
+        unfolded = (
+            f"{r['inference_unfolded_fraction_of_limit']:8.0%}"
+            if "inference_unfolded_images_per_s" in r
+            else f"{'-':>8s}"
+        )
         tr = (
             f"{r['training_images_per_s']:11.2f} {r['training_fraction_of_limit']:8.0%}"
             if "training_images_per_s" in r
             else f"{'-':>11s} {'-':>8s}"
         )
-        print(f"{r['runtime']:22s} {r['stacks']:6d} {r['batch']:5d} {inf} {tr}")
+        print(f"{r['runtime']:22s} {r['stacks']:6d} {r['batch']:5d} {inf} {unfolded} {tr}")
     print(f"\nwrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
 
 
