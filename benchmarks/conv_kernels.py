@@ -20,28 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _workers import emit, spawn_worker, timed  # noqa: E402
+
 SHAPES = {  # name: (batch, size, in channels, out channels, kernel)
     "conv3x3": (8, 64, 128, 128, 3),
     "conv1x1": (8, 64, 256, 128, 1),
 }
-
-
-def _timed(step, min_time: float) -> float:
-    step()
-    step()
-    calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < min_time:
-        step()
-        calls += 1
-    return (time.perf_counter() - start) / calls
 
 
 def run_worker(min_time: float) -> None:
@@ -116,7 +107,7 @@ def run_worker(min_time: float) -> None:
         "tensorflow": lambda: ops.convert_to_numpy(ops.matmul(a, a)),
         "torch": lambda: ops.matmul(a, a),
     }[backend]
-    print(json.dumps({"matmul_flops": 2 * size**3 / _timed(matmul, min_time)}), flush=True)
+    emit({"matmul_flops": 2 * size**3 / timed(matmul, min_time, 3, 2)[0]})
 
     for name, (batch, hw, cin, cout, k) in SHAPES.items():
         x = rng.random((batch, hw, hw, cin), dtype=np.float32)
@@ -137,11 +128,11 @@ def run_worker(min_time: float) -> None:
             variants["matmul (1x1 as matrix product)"] = (as_matmul, params)
         for label, layer in variants.items():
             fwd, step = forward_backward(layer, x, g)
-            t_fwd, t_step = _timed(fwd, min_time), _timed(step, min_time)
+            t_fwd, t_step = timed(fwd, min_time, 3, 2)[0], timed(step, min_time, 3, 2)[0]
             # a training step: forward + gradients w.r.t. input and kernel = 3x the forward FLOPs
             row = {"conv": name, "variant": label, "forward_flops": flops / t_fwd,
                    "training_flops": 3 * flops / t_step}  # fmt: skip
-            print(json.dumps({"row": row}), flush=True)
+            emit({"row": row})
 
 
 def main() -> None:
@@ -158,18 +149,13 @@ def main() -> None:
         return
     rows, limits = [], {}
     for backend in args.backends.split(","):
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        env.setdefault("JAX_PLATFORMS", "cpu")
-        cmd = [sys.executable, __file__, "--worker", "--min-time", str(args.min_time)]
         print(f"running {backend} ...", file=sys.stderr, flush=True)
-        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            print(f"{backend} worker failed (exit {done.returncode})", file=sys.stderr)
-        for line in done.stdout.splitlines():
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        code, messages = spawn_worker(
+            __file__, backend, ["--worker", "--min-time", str(args.min_time)]
+        )
+        if code != 0:
+            print(f"{backend} worker failed (exit {code})", file=sys.stderr)
+        for message in messages:
             if "row" in message:
                 rows.append(dict(message["row"], backend=backend))
             else:

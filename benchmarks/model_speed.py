@@ -27,27 +27,16 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _workers import emit, spawn_worker, timed  # noqa: E402
 
 # ----------------------------------------------------------------------------- worker side
-
-
-def _timed(step, min_time: float, min_steps: int, warmup: int) -> tuple[float, int]:
-    """Seconds per call of ``step`` after ``warmup`` calls, over at least min_steps and min_time."""
-    for _ in range(warmup):
-        step()
-    calls, start = 0, time.perf_counter()
-    while calls < min_steps or time.perf_counter() - start < min_time:
-        step()
-        calls += 1
-    return (time.perf_counter() - start) / calls, calls
 
 
 def _sync(backend: str, value) -> None:
@@ -75,7 +64,7 @@ def _framework_matmul_flops(backend: str, size: int, dtype: str, min_time: float
         fn = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=False)
     else:
         fn = ops.matmul
-    seconds, _ = _timed(lambda: _sync(backend, fn(a, b)), min_time, 3, 2)
+    seconds, _ = timed(lambda: _sync(backend, fn(a, b)), min_time, 3, 2)
     del keras
     return 2.0 * size**3 / seconds
 
@@ -101,7 +90,7 @@ def _onnx_rates(model, batches: list[int], min_time: float, threads: int) -> dic
     rates = {}
     for batch in batches:
         x = np.random.default_rng(0).random((batch, *model.input_shape[1:]), dtype=np.float32)
-        seconds, _ = _timed(lambda x=x: session.run(None, {"images": x}), min_time, 3, 2)
+        seconds, _ = timed(lambda x=x: session.run(None, {"images": x}), min_time, 3, 2)
         rates[batch] = batch / seconds
     return rates
 
@@ -126,7 +115,7 @@ def run_worker(args: argparse.Namespace) -> None:
     matmul_dtype = (
         "float16" if args.gpu and backend != "jax" else ("bfloat16" if args.gpu else "float32")
     )
-    _emit({
+    emit({
         "backend": backend,
         "devices": _device_names(backend),
         "matmul_flops": _framework_matmul_flops(backend, args.matmul_size, matmul_dtype, args.min_time),
@@ -148,26 +137,21 @@ def run_worker(args: argparse.Namespace) -> None:
                         ("inference_unfolded_images_per_s", model),
                     ):
                         network.compile(jit_compile=jit)  # inference only: no optimizer needed
-                        seconds, calls = _timed(
+                        seconds, calls = timed(
                             lambda x=x, net=network: _sync(backend, net.predict_on_batch(x)),
                             args.min_time, args.min_steps, args.warmup,
                         )  # fmt: skip
                         row[key] = batch / seconds
                 compile_model(model, jit_compile=jit)
-                seconds, calls = _timed(
+                seconds, calls = timed(
                     lambda x=x, y=y, model=model: _sync(backend, model.train_on_batch(x, y)),
                     args.min_time, args.min_steps, args.warmup,
                 )  # fmt: skip
                 row["training_images_per_s"] = batch / seconds
                 row["training_steps_timed"] = calls
-                _emit({"row": row})
+                emit({"row": row})
                 print(f"[{backend}] {row}", file=sys.stderr, flush=True)
-    _emit({"done": True})
-
-
-def _emit(message: dict) -> None:
-    """One JSON line on stdout, flushed: the parent keeps what was measured even if a worker dies."""
-    print(json.dumps(message), flush=True)
+    emit({"done": True})
 
 
 def run_onnx_worker(args: argparse.Namespace) -> None:
@@ -178,7 +162,7 @@ def run_onnx_worker(args: argparse.Namespace) -> None:
     from hgkeras import StackedHourglass, count_macs
     from hgkeras.fold import fold_batch_norms
 
-    _emit({"backend": "onnx", "devices": ["cpu"]})
+    emit({"backend": "onnx", "devices": ["cpu"]})
     for stacks in args.stacks:
         keras.backend.clear_session()
         model = StackedHourglass(num_stacks=stacks)
@@ -188,9 +172,9 @@ def run_onnx_worker(args: argparse.Namespace) -> None:
         for batch, rate in rates.items():
             row = {"stacks": stacks, "batch": batch, "runtime": "onnxruntime",
                    "macs": count_macs(model), "inference_images_per_s": rate}  # fmt: skip
-            _emit({"row": row})
+            emit({"row": row})
             print(f"[onnxruntime] {row}", file=sys.stderr, flush=True)
-    _emit({"done": True})
+    emit({"done": True})
 
 
 def _device_names(backend: str) -> list[str]:
@@ -223,7 +207,7 @@ def numpy_matmul_flops(size: int, min_time: float) -> float:
 
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     b = np.random.default_rng(1).random((size, size), dtype=np.float32)
-    seconds, _ = _timed(lambda: a @ b, min_time, 3, 1)
+    seconds, _ = timed(lambda: a @ b, min_time, 3, 1)
     return 2.0 * size**3 / seconds
 
 
@@ -290,28 +274,21 @@ def main() -> None:
     workers = []
     for name in names:
         backend = "tensorflow" if name == "onnx" else name
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        if not args.gpu:
-            env.setdefault("JAX_PLATFORMS", "cpu")
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        cmd = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:]]
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
+        code, messages = spawn_worker(
+            __file__, backend, ["--worker", name, *sys.argv[1:]], cpu_only=not args.gpu
+        )
         worker: dict = {"backend": name, "results": [], "matmul_flops": None, "complete": False}
-        for line in done.stdout.splitlines():
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for message in messages:
             if "row" in message:
                 worker["results"].append(message["row"])
             elif message.get("done"):
                 worker["complete"] = True
             else:
                 worker.update(message)
-        if done.returncode != 0 or not worker["complete"]:
+        if code != 0 or not worker["complete"]:
             print(
-                f"{name} worker stopped early (exit code {done.returncode}); keeping its "
+                f"{name} worker stopped early (exit code {code}); keeping its "
                 f"{len(worker['results'])} measured rows",
                 file=sys.stderr,
             )
