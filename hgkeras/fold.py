@@ -75,23 +75,16 @@ def foldable_pairs(model) -> dict[str, Any]:
 
 def folded_conv_weights(conv, norm) -> tuple[np.ndarray, np.ndarray]:
     """The kernel and bias of ``norm(conv(x))`` in inference mode, as one convolution."""
-    kernel = np.asarray(keras.ops.convert_to_numpy(conv.kernel), dtype=np.float64)
-    filters = kernel.shape[-1]
-    bias = (
-        np.asarray(keras.ops.convert_to_numpy(conv.bias), dtype=np.float64)
-        if conv.use_bias
-        else np.zeros(filters)
-    )
 
-    def values(variable, default: float) -> np.ndarray:
-        if variable is None:
-            return np.full(filters, default)
+    def values(variable) -> np.ndarray:
         return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
 
-    gamma = values(norm.gamma if norm.scale else None, 1.0)
-    beta = values(norm.beta if norm.center else None, 0.0)
-    mean = values(norm.moving_mean, 0.0)
-    variance = values(norm.moving_variance, 1.0)
+    kernel = values(conv.kernel)
+    filters = kernel.shape[-1]
+    bias = values(conv.bias) if conv.use_bias else np.zeros(filters)
+    gamma = values(norm.gamma) if norm.scale else np.ones(filters)
+    beta = values(norm.beta) if norm.center else np.zeros(filters)
+    mean, variance = values(norm.moving_mean), values(norm.moving_variance)
     scale = gamma / np.sqrt(variance + norm.epsilon)
     return kernel * scale, (bias - mean) * scale + beta
 

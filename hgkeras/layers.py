@@ -36,13 +36,12 @@ class Conv2D(layers.Conv2D):
 
     def call(self, inputs):
         backend = keras.backend.backend()
-        if backend == "jax" and self._is_pointwise():
+        plain = self.data_format == "channels_last" and self.groups == 1 and not self.lora_enabled
+        if backend == "jax" and plain and self._is_pointwise():
             return self._matmul_call(inputs)
         if (
             backend != "torch"
-            or self.data_format != "channels_last"
-            or self.groups != 1
-            or self.lora_enabled
+            or not plain
             or (self.padding == "same" and any(s != 1 for s in self.strides))
             or self.padding not in ("same", "valid")
         ):
@@ -69,9 +68,6 @@ class Conv2D(layers.Conv2D):
             tuple(self.kernel_size) == (1, 1)
             and tuple(self.strides) == (1, 1)
             and tuple(self.dilation_rate) == (1, 1)
-            and self.groups == 1
-            and self.data_format == "channels_last"
-            and not self.lora_enabled
         )
 
     def _matmul_call(self, inputs):
@@ -123,18 +119,17 @@ class BatchNorm(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         backend = keras.backend.backend()
         if (
-            backend not in ("torch", "tensorflow")
-            or mask is not None
-            or self.renorm
-            or self.synchronized
-            or not (self.scale and self.center)
-            or self.axis not in (-1, len(inputs.shape) - 1)
+            mask is None
+            and not (self.renorm or self.synchronized)
+            and self.scale
+            and self.center
+            and self.axis in (-1, len(inputs.shape) - 1)
         ):
-            return super().call(inputs, training=training, mask=mask)
-        if backend == "tensorflow" and len(inputs.shape) == 4:
-            return self._tensorflow_call(inputs, bool(training and self.trainable))
-        if backend == "torch":
-            return self._torch_call(inputs, bool(training and self.trainable))
+            training = bool(training and self.trainable)
+            if backend == "torch":
+                return self._torch_call(inputs, training)
+            if backend == "tensorflow" and len(inputs.shape) == 4:
+                return self._tensorflow_call(inputs, training)
         return super().call(inputs, training=training, mask=mask)
 
     def _tensorflow_call(self, inputs, training: bool):

@@ -54,24 +54,19 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(
             f"{target} already exists; choose another --version or pass --force to replace it"
         )
+    positional = (args.model, args.out, args.name, args.version)
+    options = dict(
+        flip=args.flip, onnx=args.onnx, force=args.force, verify=not args.no_verify,
+        models_config=not args.no_models_config, base_path=args.base_path, fold=not args.no_fold,
+    )  # fmt: skip
     if keras.backend.backend() != "tensorflow":
         # The .keras file is backend independent: export it from a TensorFlow process.
-        argv = export.export_argv(
-            args.model, args.out, args.name, args.version, flip=args.flip, onnx=args.onnx,
-            force=args.force, verify=not args.no_verify,
-            models_config=not args.no_models_config, base_path=args.base_path,
-            fold=not args.no_fold,
-        )  # fmt: skip
+        argv = export.export_argv(*positional, **options)
         print(f"backend is {keras.backend.backend()}: exporting under TensorFlow", file=sys.stderr)
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         return subprocess.run([sys.executable, "-m", "hgkeras", *argv], env=env).returncode
 
-    result = export.export_model(
-        args.model, args.out, args.name, args.version, flip=args.flip, onnx=args.onnx,
-        force=args.force, verify=not args.no_verify,
-        models_config=not args.no_models_config, base_path=args.base_path,
-        fold=not args.no_fold,
-    )  # fmt: skip
+    result = export.export_model(*positional, **options)
     print(f"SavedModel: {result.version_dir}")
     if result.onnx_path is not None:
         print(f"ONNX:       {result.onnx_path}")
