@@ -1,8 +1,8 @@
-"""Train a Stacked Hourglass network: ``python train.py --help`` (the logic is in hgkeras.train)."""
+"""Train a Stacked Hourglass network: ``python train.py --help`` (the logic is in hgkeras.training.run)."""
 
 import sys
 
-from hgkeras.train import main
+from hgkeras.training.run import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="train.py"))

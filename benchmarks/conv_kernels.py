@@ -7,7 +7,7 @@ kernel, counted as 3x the forward FLOPs like ``model_speed.py``), each backend i
 * ``conv3x3``: 3x3, 128 -> 128 channels (a residual module's ``conv2``);
 * ``conv1x1``: 1x1, 256 -> 128 channels (a residual module's ``conv1``).
 
-Variants per backend: ``keras`` (Keras' stock ``Conv2D``), ``hgkeras`` (``hgkeras.layers.Conv2D``,
+Variants per backend: ``keras`` (Keras' stock ``Conv2D``), ``hgkeras`` (``hgkeras.models.layers.Conv2D``,
 the layer the model uses) and, under JAX, the 1x1 convolution written as a matrix product. Also the
 float32 matmul rate of the framework, so every figure reads as a fraction of the machine's limit.
 
@@ -42,7 +42,7 @@ def run_worker(min_time: float) -> None:
     from keras import layers, ops
 
     sys.path.insert(0, str(REPO))
-    from hgkeras.layers import Conv2D
+    from hgkeras.models.layers import Conv2D
 
     backend = keras.backend.backend()
     rng = np.random.default_rng(0)

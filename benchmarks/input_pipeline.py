@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from hgkeras.data import pose_dataset, read_annotations
     from hgkeras.data.tfrecords import write_tfrecords
-    from hgkeras.model import StackedHourglass
-    from hgkeras.training import PoseTrainer
+    from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training.trainer import PoseTrainer
 
     samples = ROOT / "datasets" / "samples" / "mpii"
     base = read_annotations(samples / "samples.json")

@@ -102,7 +102,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(REPO))
     from hgkeras import StackedHourglass, compile_model, count_macs
-    from hgkeras.fold import fold_batch_norms
+    from hgkeras.models.fold import fold_batch_norms
 
     backend = keras.backend.backend()
     if args.gpu:
@@ -160,7 +160,7 @@ def run_onnx_worker(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(REPO))
     from hgkeras import StackedHourglass, count_macs
-    from hgkeras.fold import fold_batch_norms
+    from hgkeras.models.fold import fold_batch_norms
 
     emit({"backend": "onnx", "devices": ["cpu"]})
     for stacks in args.stacks:

@@ -3,7 +3,7 @@
     KERAS_BACKEND=tensorflow python benchmarks/serving.py [--stacks 2] [--features 256] [--batches 1 8]
 
 Builds a StackedHourglass (random weights: speed does not depend on them), exports it with
-:func:`hgkeras.export.export_model` (SavedModel + ONNX, no flip test) to a temporary folder, then times
+:func:`hgkeras.deploy.export.export_model` (SavedModel + ONNX, no flip test) to a temporary folder, then times
 each engine on random 256x256 images: ``--warmup`` untimed calls, then ``--repeats`` timed calls per
 batch size. Prints a table and writes ``benchmarks/results/serving.json``.
 Keras predict returns the stacks' heatmaps; the SavedModel and ONNX graphs also decode keypoints.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from hgkeras import StackedHourglass
-    from hgkeras.export import ONNX_FILENAME, SERVING_DEFAULT, export_model
+    from hgkeras.deploy.export import ONNX_FILENAME, SERVING_DEFAULT, export_model
 
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("run with KERAS_BACKEND=tensorflow (the SavedModel engine needs it)")

@@ -8,15 +8,15 @@ import os as _os
 # Keep TensorFlow's C++ start-up chatter out of the user's terminal (set the variable to override).
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from hgkeras.joints import FLIC, MPII, Skeleton, get_skeleton  # noqa: E402
-from hgkeras.model import StackedHourglass, compile_model, count_macs, count_params  # noqa: E402
+from hgkeras.models.hourglass import StackedHourglass, compile_model, count_macs, count_params  # noqa: E402
+from hgkeras.spec import FLIC, MPII, Skeleton, get_skeleton  # noqa: E402
 
 __version__ = "0.1.0"
 
 #: Names imported on first use (they pull in TensorFlow's tf.data or OpenCV).
 _LAZY = {
-    "PosePredictor": "hgkeras.predictor",
-    "PoseTrainer": "hgkeras.training",
+    "PosePredictor": "hgkeras.inference.predictor",
+    "PoseTrainer": "hgkeras.training.trainer",
     "pose_dataset": "hgkeras.data",
     "read_annotations": "hgkeras.data",
 }

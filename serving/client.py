@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from hgkeras.serving import client_main  # noqa: E402
+from hgkeras.deploy.client import client_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(client_main())

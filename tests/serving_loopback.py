@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from hgkeras import StackedHourglass
-from hgkeras.export import export_model
+from hgkeras.deploy.export import export_model
 
 NAME = "hourglass"
 IMAGE_SIZE = 64

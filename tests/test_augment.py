@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 from keras import ops
 
-from hgkeras import augment
-from hgkeras.data import pose_dataset, read_annotations
+from hgkeras.codec import render_heatmaps
+from hgkeras.data import augment, pose_dataset, read_annotations
 from hgkeras.data.tfrecords import write_tfrecords
 from hgkeras.geometry import apply_matrix, crop_matrix
-from hgkeras.heatmaps import render_heatmaps
-from hgkeras.joints import MPII
+from hgkeras.spec import MPII
 
-SAMPLES = "datasets/samples/mpii"
+SAMPLES = "hgkeras/data/samples/mpii"
 SOURCE = 384
 
 

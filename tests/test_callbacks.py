@@ -16,8 +16,8 @@ import tensorflow as tf
 from keras import ops
 
 from hgkeras import geometry
-from hgkeras.callbacks import PCKhCallback
-from hgkeras.heatmaps import render_heatmaps
+from hgkeras.training.validation import PCKhCallback
+from hgkeras.codec import render_heatmaps
 
 
 def pooling_model():
@@ -85,7 +85,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from hgkeras.callbacks import PCKhCallback
+from hgkeras.training.validation import PCKhCallback
 
 keras.utils.set_random_seed(0)
 # A tiny trainable stand-in for the hourglass (same input/output contract, fast to compile).
@@ -130,7 +130,7 @@ def test_callback_feeds_model_checkpoint_during_fit(tmp_path, recwarn):
 
 
 def test_callback_rejects_bad_arguments():
-    from hgkeras.callbacks import PCKhCallback
+    from hgkeras.training.validation import PCKhCallback
 
     with pytest.raises(ValueError, match="every_n_epochs"):
         PCKhCallback([], every_n_epochs=0)
@@ -162,8 +162,8 @@ def test_flic_model_logs_pck_against_torso(tmp_path):
     from keras import ops
 
     from hgkeras import geometry
-    from hgkeras.callbacks import PCKhCallback
-    from hgkeras.heatmaps import render_heatmaps
+    from hgkeras.codec import render_heatmaps
+    from hgkeras.training.validation import PCKhCallback
 
     inputs = keras.Input((32, 32, 11))
     model = keras.Model(inputs, [keras.layers.AveragePooling2D(4)(inputs)])

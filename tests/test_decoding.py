@@ -17,9 +17,9 @@ import keras
 from keras import ops
 
 from hgkeras import MPII
-from hgkeras.evaluation import from_matlab, to_matlab
-from hgkeras.heatmaps import decode_heatmaps
-from hgkeras.inference import decode_to_image, final_heatmaps, heatmaps_with_flip
+from hgkeras.evaluation.evaluate import from_matlab, to_matlab
+from hgkeras.codec import decode_heatmaps
+from hgkeras.codec import decode_to_image, final_heatmaps, heatmaps_with_flip
 
 # 1. argmax + quarter pixel towards the higher neighbour, confidence = peak value (batched N=2, J=2).
 maps = np.zeros((2, 8, 8, 2), "float32")
@@ -71,14 +71,13 @@ def test_decoding_conventions_tensorflow():
     exec(compile(DECODE, "decode", "exec"), {})
 
 
-def test_matlab_round_trip_on_real_mpii_annotations(shared_data):
+def test_matlab_round_trip_on_real_mpii_annotations(real_data):
     """1-based annot joints -> 0-based -> heatmap -> rendered -> decoded -> 1-based lands within a heatmap px."""
     from hgkeras import geometry
-    from hgkeras.evaluation import from_matlab, to_matlab
-    from hgkeras.heatmaps import render_heatmaps
-    from hgkeras.inference import decode_to_image
+    from hgkeras.codec import decode_to_image, render_heatmaps
+    from hgkeras.evaluation.evaluate import from_matlab, to_matlab
 
-    with h5py.File(shared_data / "mpii" / "valid.h5", "r") as f:
+    with h5py.File(real_data / "mpii" / "valid.h5", "r") as f:
         part, center, scale = f["part"][:8], f["center"][:8], f["scale"][:8]
     visible = (part != 0).any(-1)
     joints0 = from_matlab(part)
@@ -97,6 +96,6 @@ def test_matlab_round_trip_on_real_mpii_annotations(shared_data):
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 640.5])
 def test_matlab_helpers_are_inverse(value):
-    from hgkeras.evaluation import from_matlab, to_matlab
+    from hgkeras.evaluation.evaluate import from_matlab, to_matlab
 
     assert to_matlab(value) == value + 1 and from_matlab(to_matlab(value)) == value

@@ -10,12 +10,12 @@ import pytest
 import scipy.io
 
 from hgkeras.cli import main
-from hgkeras.evaluation import read_predictions, write_mpii_submission, write_predictions
+from hgkeras.evaluation.evaluate import read_predictions, write_mpii_submission, write_predictions
 
 
 @pytest.fixture(scope="module")
-def valid_h5(shared_data):
-    path = shared_data / "mpii" / "valid.h5"
+def valid_h5(real_data):
+    path = real_data / "mpii" / "valid.h5"
     with h5py.File(path, "r") as f:
         return path, f["part"][:], f["normalize"][:], f["index"][:], f["person"][:]
 
@@ -121,13 +121,13 @@ def _tiny_model(path):
     StackedHourglass(num_stacks=1, num_features=16, image_shape=(64, 64, 3)).save(path)
 
 
-def test_model_on_annotation_file_with_images(shared_data, repo_root, tmp_path, capsys):
+def test_model_on_annotation_file_with_images(real_data, repo_root, tmp_path, capsys):
     model = tmp_path / "m.keras"
     _tiny_model(model)
     samples = repo_root / "datasets" / "samples" / "mpii" / "samples.json"
     out = tmp_path / "r.json"
     argv = ["evaluate", "--model", str(model), "--data", str(samples),
-            "--images", str(shared_data / "mpii" / "images"), "--out", str(out),
+            "--images", str(real_data / "mpii" / "images"), "--out", str(out),
             "--write-predictions", str(tmp_path / "p.h5"), "--protocol", "hrnet"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(out.read_text())
@@ -136,14 +136,14 @@ def test_model_on_annotation_file_with_images(shared_data, repo_root, tmp_path, 
     assert "Mean" in capsys.readouterr().out
 
 
-def test_model_on_tfrecords(shared_data, repo_root, tmp_path):
+def test_model_on_tfrecords(real_data, repo_root, tmp_path):
     from hgkeras.data import read_annotations
     from hgkeras.data.tfrecords import write_tfrecords
 
     records = read_annotations(repo_root / "datasets" / "samples" / "mpii" / "samples.json")[:2]
     for r in records:
         r.split = "valid"
-    write_tfrecords(records, shared_data / "mpii" / "images", tmp_path / "tfr", progress=False)
+    write_tfrecords(records, real_data / "mpii" / "images", tmp_path / "tfr", progress=False)
     model = tmp_path / "m.keras"
     _tiny_model(model)
     out = tmp_path / "r.json"
@@ -154,8 +154,8 @@ def test_model_on_tfrecords(shared_data, repo_root, tmp_path):
     assert result["num_people"] == 2 and 0.0 <= result["results"]["Total"] <= 100.0
 
 
-def test_flic_predictions_score_pck_against_torso(shared_data, tmp_path, capsys):
-    data = shared_data / "flic" / "valid_personcentric.h5"
+def test_flic_predictions_score_pck_against_torso(real_data, tmp_path, capsys):
+    data = real_data / "flic" / "valid_personcentric.h5"
     with h5py.File(data, "r") as f:
         part = f["part"][:]
     preds = part.copy()

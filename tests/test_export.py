@@ -12,7 +12,8 @@ from keras import ops
 from serving_loopback import NAME, exported
 
 from hgkeras import geometry
-from hgkeras.export import (
+from hgkeras.codec import decode_to_image, decode_to_input, heatmaps_with_flip
+from hgkeras.deploy.export import (
     PREDICT_IMAGE,
     SERVING_DEFAULT,
     SERVING_UINT8,
@@ -22,7 +23,6 @@ from hgkeras.export import (
     signature_summary,
     write_models_config,
 )
-from hgkeras.inference import decode_to_image, decode_to_input, heatmaps_with_flip
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +99,18 @@ def test_onnx_matches_keras_with_dynamic_batch(export):
         np.testing.assert_array_equal(got["keypoints"], want[1])
 
 
-def _mpii_person(shared_data):
+def _mpii_person(real_data):
     """First MPII sample: image bytes, adjusted 0-based centre and scale (METHOD.md "Crop")."""
-    record = json.loads((shared_data / "mpii" / "samples.json").read_text())[0]
+    record = json.loads((real_data / "mpii" / "samples.json").read_text())[0]
     raw_scale = float(record["scale"])
     center = np.array(record["center"], np.float64) + [0.0, 15.0 * raw_scale] - 1.0
-    path = shared_data / "mpii" / "images" / record["image"]
+    path = real_data / "mpii" / "images" / record["image"]
     return path, center.astype(np.float32), np.float32(raw_scale * 1.25)
 
 
-def test_predict_image_crops_like_cv2_and_returns_original_pixels(export, loaded, shared_data):
+def test_predict_image_crops_like_cv2_and_returns_original_pixels(export, loaded, real_data):
     model, _ = export
-    path, center, scale = _mpii_person(shared_data)
+    path, center, scale = _mpii_person(real_data)
     data = path.read_bytes()
     # decoding and the in-graph crop agree with OpenCV's warpAffine of the crop_matrix convention
     decoded = decode_image_bytes(tf.constant(data)).numpy()

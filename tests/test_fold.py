@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from hgkeras.fold import FoldedBatchNorm, fold_batch_norms, foldable_pairs
-from hgkeras.model import StackedHourglass
+from hgkeras.models.fold import FoldedBatchNorm, fold_batch_norms, foldable_pairs
+from hgkeras.models.hourglass import StackedHourglass
 
 
 def _randomize_batch_norms(model, seed: int = 0) -> None:
@@ -89,8 +89,8 @@ def test_fold_rejects_what_is_not_a_keras_model():
 
 FOLD_UNDER_BACKEND = """
 import numpy as np, keras
-from hgkeras.model import StackedHourglass
-from hgkeras.fold import fold_batch_norms
+from hgkeras.models.hourglass import StackedHourglass
+from hgkeras.models.fold import fold_batch_norms
 model = StackedHourglass(num_stacks=1, num_features=32, image_shape=(64, 64, 3))
 rng = np.random.default_rng(0)
 for layer in model.layers:

@@ -7,7 +7,7 @@ import pytest
 from keras import ops
 
 from hgkeras import MPII
-from hgkeras.heatmaps import decode_heatmaps, flip_heatmaps, flip_joints, render_heatmaps
+from hgkeras.codec import decode_heatmaps, flip_heatmaps, flip_joints, render_heatmaps
 
 
 def test_render_gaussian_peak_sigma_and_zeroed_joints():

@@ -7,12 +7,13 @@ import numpy as np
 from keras import ops
 
 from hgkeras import MPII, StackedHourglass, geometry
-from hgkeras.heatmaps import flip_heatmaps, render_heatmaps
-from hgkeras.inference import (
+from hgkeras.codec import (
     decode_to_image,
     decode_to_input,
+    flip_heatmaps,
     heatmaps_with_flip,
     predict_keypoints,
+    render_heatmaps,
 )
 
 

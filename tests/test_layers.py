@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from hgkeras import StackedHourglass
-from hgkeras.layers import BatchNorm
+from hgkeras.models.layers import BatchNorm
 
 COMPARE = """
 import numpy as np
 import keras
 from keras import layers, ops
-from hgkeras.layers import BatchNorm
+from hgkeras.models.layers import BatchNorm
 
 rng = np.random.default_rng(0)
 x = rng.normal(2, 3, (4, 6, 5, 8)).astype("float32")
@@ -91,7 +91,7 @@ CONV_AND_POOL = """
 import numpy as np
 import keras
 from keras import layers, ops
-from hgkeras.layers import Conv2D, MaxPooling2D
+from hgkeras.models.layers import Conv2D, MaxPooling2D
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(2, 12, 10, 6)).astype("float32")
@@ -152,7 +152,7 @@ def test_model_batch_norms_are_keras_batch_normalization_with_torch_settings():
 def test_upsample_add_equals_upsampling2d_then_add_with_gradients():
     import tensorflow as tf
 
-    from hgkeras.layers import NearestUpsample2x, UpsampleAdd
+    from hgkeras.models.layers import NearestUpsample2x, UpsampleAdd
 
     rng = np.random.default_rng(3)
     full = tf.constant(rng.normal(size=(2, 8, 6, 5)).astype("float32"))
@@ -174,7 +174,7 @@ def test_upsample_add_equals_upsampling2d_then_add_with_gradients():
 
 
 def test_upsample_add_names_the_shapes_it_cannot_add():
-    from hgkeras.layers import NearestUpsample2x, UpsampleAdd
+    from hgkeras.models.layers import NearestUpsample2x, UpsampleAdd
 
     half = NearestUpsample2x()(keras.Input((4, 4, 8)))
     with pytest.raises(ValueError, match=r"not twice the size"):
@@ -186,7 +186,7 @@ def test_upsample_add_names_the_shapes_it_cannot_add():
 def test_weights_of_the_upsampling2d_graph_load_into_the_same_layers(tmp_path, monkeypatch):
     """`.keras` files key weights by layer order: the graph must keep the order it had with
     ``UpSampling2D`` + ``Add`` (hgkeras 0.1 checkpoints), or they would load into the wrong layers."""
-    import hgkeras.model as hourglass
+    import hgkeras.models.hourglass as hourglass
 
     config = dict(num_stacks=2, num_features=32, image_shape=(64, 64, 3))
     with monkeypatch.context() as patch:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hgkeras.metrics import (
+from hgkeras.evaluation.metrics import (
     flic_pck,
     flic_torso_size,
     format_table,
@@ -25,8 +25,8 @@ FLIC_KEYS = ("Shoulder", "Elbow", "Wrist", "Hip", "Head", "Mean")
 
 
 @pytest.fixture(scope="module")
-def mpii_valid(shared_data):
-    with h5py.File(shared_data / "mpii" / "valid.h5", "r") as f:
+def mpii_valid(real_data):
+    with h5py.File(real_data / "mpii" / "valid.h5", "r") as f:
         part = f["part"][:]
         head = f["normalize"][:]
     annotated = (part != 0).any(axis=-1)  # missing joints are (0, 0) in the Torch annot file
@@ -34,8 +34,8 @@ def mpii_valid(shared_data):
 
 
 @pytest.fixture(scope="module")
-def flic_valid(shared_data):
-    with h5py.File(shared_data / "flic" / "valid_personcentric.h5", "r") as f:
+def flic_valid(real_data):
+    with h5py.File(real_data / "flic" / "valid_personcentric.h5", "r") as f:
         return f["part"][:], f["visible"][:]
 
 

@@ -23,8 +23,8 @@ def _no_partial_files(folder) -> bool:
     return not [p for p in folder.iterdir() if "partial" in p.name or p.name.startswith(".")]
 
 
-def test_image_gives_json_and_overlay_png(model_path, shared_data, tmp_path, capsys):
-    image = shared_data / "mpii" / "images" / "052475643.jpg"
+def test_image_gives_json_and_overlay_png(model_path, real_data, tmp_path, capsys):
+    image = real_data / "mpii" / "images" / "052475643.jpg"
     out = tmp_path / "out"
     code = main(
         ["predict", str(image), "--model", str(model_path), "--out", str(out), "--heatmaps"]

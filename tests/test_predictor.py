@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from hgkeras import MPII, StackedHourglass, geometry
-from hgkeras.detect import detect_people, nms
-from hgkeras.draw import SIDE_COLORS, draw_people, heatmap_montage
-from hgkeras.predictor import PersonPose, PosePredictor, crop_person, to_rgb_float
+from hgkeras.inference.detect import detect_people, nms
+from hgkeras.inference.predictor import PersonPose, PosePredictor, crop_person, to_rgb_float
+from hgkeras.vis.draw import SIDE_COLORS, draw_people, heatmap_montage
 
 # 0-based MPII head boxes of the five shipped people (data/README.md, same order as samples.json).
 HEAD_BOXES = {
@@ -36,12 +36,12 @@ def predictor(tiny_model):
     return PosePredictor(tiny_model)
 
 
-def _mpii_people(shared_data):
+def _mpii_people(real_data):
     """Images (RGB uint8) and people of samples.json in 0-based pixels with Torch-adjusted boxes."""
-    records = json.loads((shared_data / "mpii" / "samples.json").read_text())
+    records = json.loads((real_data / "mpii" / "samples.json").read_text())
     people = []
     for record in records:
-        bgr = cv2.imread(str(shared_data / "mpii" / "images" / record["image"]))
+        bgr = cv2.imread(str(real_data / "mpii" / "images" / record["image"]))
         raw_scale = float(record["scale"])
         # Torch's adjustment (METHOD.md "Crop"): centre 15*scale px lower, scale x 1.25.
         center = np.asarray(record["center"], np.float64) - geometry.MATLAB_OFFSET
@@ -70,11 +70,11 @@ def _mpii_people(shared_data):
 
 
 @pytest.fixture(scope="module")
-def mpii_trained(shared_data):
-    return train_tiny_mpii_model(shared_data)
+def mpii_trained(real_data):
+    return train_tiny_mpii_model(real_data)
 
 
-def train_tiny_mpii_model(shared_data):
+def train_tiny_mpii_model(real_data):
     """A tiny hourglass overfit to the five shipped MPII people (no augmentation, no mirrors).
 
     64x64 input, 16x16 heatmaps: the PCKh threshold is about 0.8 heatmap pixel for these people,
@@ -84,10 +84,10 @@ def train_tiny_mpii_model(shared_data):
     """
     import keras
 
-    from hgkeras.heatmaps import render_heatmaps
-    from hgkeras.model import compile_model
+    from hgkeras.codec import render_heatmaps
+    from hgkeras.models.hourglass import compile_model
 
-    people = _mpii_people(shared_data)
+    people = _mpii_people(real_data)
     size, hm = TRAIN_SIZE, TRAIN_SIZE // 4
     crops, joints, visible = [], [], []
     for p in people:
@@ -122,10 +122,10 @@ def test_keypoints_in_original_pixels_match_mpii_ground_truth_within_pckh(mpii_t
     assert hits / total >= 0.8, f"PCKh@0.5 {hits}/{total}"
 
 
-def test_path_and_bgr_array_give_the_same_result(mpii_trained, shared_data):
+def test_path_and_bgr_array_give_the_same_result(mpii_trained, real_data):
     model, people = mpii_trained
     predictor = PosePredictor(model, flip=False)
-    path = shared_data / "mpii" / "images" / people[1]["image"]
+    path = real_data / "mpii" / "images" / people[1]["image"]
     from_path = predictor.predict(path, boxes=people[1]["box"])[0]
     from_bgr = predictor.predict(cv2.imread(str(path)), people[1]["box"], color="bgr")[0]
     from_rgb = predictor.predict(people[1]["rgb"], people[1]["box"])[0]
@@ -264,8 +264,8 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert nms(boxes, scores, 0.45).tolist() == [1, 3, 2]
 
 
-def test_hog_detector_finds_a_person_in_a_real_image(shared_data, predictor):
-    image = cv2.imread(str(shared_data / "mpii" / "images" / "052475643.jpg"))
+def test_hog_detector_finds_a_person_in_a_real_image(real_data, predictor):
+    image = cv2.imread(str(real_data / "mpii" / "images" / "052475643.jpg"))
     boxes, scores = detect_people(image)
     assert len(boxes) >= 1 and np.all(np.diff(scores) <= 0)
     assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
@@ -315,7 +315,7 @@ def test_predictor_runs_under_torch(run_backend, tiny_model, tmp_path):
     code = """
 import json, sys
 import numpy as np
-from hgkeras.predictor import PosePredictor
+from hgkeras.inference.predictor import PosePredictor
 image = np.random.default_rng(0).integers(0, 256, (90, 60, 3), dtype=np.uint8)
 people = PosePredictor(sys.argv[1]).predict(image, boxes=[(10, 20, 50, 80)], return_heatmaps=True)
 print(json.dumps([p.to_dict() for p in people] + [list(people[0].heatmaps.shape)]))

@@ -15,11 +15,11 @@ from hgkeras.data.prepare import assign_validation_split
 from hgkeras.data.records import PoseRecord
 
 
-def test_prepare_flic_real_images(tmp_path, shared_data, capsys):
+def test_prepare_flic_real_images(tmp_path, real_data, capsys):
     out = tmp_path / "flic"
     code = main([
-        "prepare", "flic", "--annotations", str(shared_data / "flic" / "examples.mat"),
-        "--images", str(shared_data / "flic" / "images"), "--out", str(out), "--no-progress",
+        "prepare", "flic", "--annotations", str(real_data / "flic" / "examples.mat"),
+        "--images", str(real_data / "flic" / "images"), "--out", str(out), "--no-progress",
         "--observer-centric",
     ])  # fmt: skip
     assert code == 0
@@ -37,7 +37,7 @@ def test_prepare_flic_real_images(tmp_path, shared_data, capsys):
     ids = batch["image_id"].numpy().tolist()
     assert ids == [140, 141, 142, 143, 144, 145, 146, 395]
     reference = {
-        r.image_id: r for r in read_annotations(shared_data / "flic" / "valid_observercentric.h5")
+        r.image_id: r for r in read_annotations(real_data / "flic" / "valid_observercentric.h5")
     }
     for i, image_id in enumerate(ids):
         np.testing.assert_allclose(batch["joints"][i], reference[image_id].joints, atol=1e-3)

@@ -14,11 +14,11 @@ from hgkeras.data.readers import (
     read_annotations,
 )
 
-SAMPLES = "datasets/samples/mpii/samples.json"
+SAMPLES = "hgkeras/data/samples/mpii/samples.json"
 
 
-def test_mpii_valid_h5_reads_all_records(shared_data):
-    records = read_annotations(shared_data / "mpii" / "valid.h5")
+def test_mpii_valid_h5_reads_all_records(real_data):
+    records = read_annotations(real_data / "mpii" / "valid.h5")
     assert len(records) == 2958
     first = records[0]
     assert first.image == "005808361.jpg" and first.split == "valid" and first.dataset == "mpii"
@@ -31,7 +31,7 @@ def test_mpii_valid_h5_reads_all_records(shared_data):
     # the image (y <= 0: 45 of them in the validation split) stay annotated, as MPII's toolkit scores them.
     import h5py
 
-    with h5py.File(shared_data / "mpii" / "valid.h5") as f:
+    with h5py.File(real_data / "mpii" / "valid.h5") as f:
         part = f["part"][:]
     missing = (part[..., 0] == 0) & (part[..., 1] == 0)
     visible = np.stack([r.visible for r in records])
@@ -40,10 +40,10 @@ def test_mpii_valid_h5_reads_all_records(shared_data):
     assert outside.sum() == 45 and visible[outside].all()
 
 
-def test_samples_json_matches_valid_h5(shared_data, repo_root):
+def test_samples_json_matches_valid_h5(real_data, repo_root):
     """Raw JSON centre/scale get the Torch adjustment once and agree with the adjusted .h5."""
-    h5 = read_annotations(shared_data / "mpii" / "valid.h5")[:5]
-    for path in (shared_data / "mpii" / "samples.json", repo_root / SAMPLES):
+    h5 = read_annotations(real_data / "mpii" / "valid.h5")[:5]
+    for path in (real_data / "mpii" / "samples.json", repo_root / SAMPLES):
         js = read_annotations(path)
         assert len(js) == 5
         for a, b in zip(js, h5, strict=True):
@@ -120,12 +120,12 @@ def test_mpii_release_nan_and_negative_coordinates(tmp_path):
     np.testing.assert_allclose(record.joints[1], [-6.0, 29.0])
 
 
-def test_flic_examples_mat_matches_torch_annot(shared_data):
-    flic = read_annotations(shared_data / "flic" / "examples.mat")
+def test_flic_examples_mat_matches_torch_annot(real_data):
+    flic = read_annotations(real_data / "flic" / "examples.mat")
     assert len(flic) == 5003
     assert flic[0].image == "12-oclock-high-special-edition-00006361.jpg"
     assert flic[0].split == "train" and flic[140].split == "test"
-    h5 = read_annotations(shared_data / "flic" / "valid_personcentric.h5")
+    h5 = read_annotations(real_data / "flic" / "valid_personcentric.h5")
     assert len(h5) == 1016 and all(r.split == "test" for r in h5)
     for r in h5:
         m = flic[r.image_id]
@@ -136,12 +136,12 @@ def test_flic_examples_mat_matches_torch_annot(shared_data):
         assert m.normalizer == pytest.approx(r.normalizer, rel=1e-5)
 
 
-def test_flic_observer_centric(shared_data):
-    person = read_annotations(shared_data / "flic" / "examples.mat", split="test")
+def test_flic_observer_centric(real_data):
+    person = read_annotations(real_data / "flic" / "examples.mat", split="test")
     observer = read_annotations(
-        shared_data / "flic" / "examples.mat", split="test", observer_centric=True
+        real_data / "flic" / "examples.mat", split="test", observer_centric=True
     )
-    reference = read_annotations(shared_data / "flic" / "valid_observercentric.h5")
+    reference = read_annotations(real_data / "flic" / "valid_observercentric.h5")
     by_id = {r.image_id: r for r in observer}
     for r in reference:
         np.testing.assert_allclose(by_id[r.image_id].joints, r.joints, atol=1e-3)
@@ -152,7 +152,7 @@ def test_flic_observer_centric(shared_data):
     np.testing.assert_allclose(o395.joints[0], p395.joints[3])
 
 
-def test_wrong_layouts_name_file_and_field(tmp_path, shared_data):
+def test_wrong_layouts_name_file_and_field(tmp_path, real_data):
     bad_json = tmp_path / "bad.json"
     bad_json.write_text(json.dumps([{"image": "x.jpg", "centre": [1, 2], "scale": 1.0}]))
     with pytest.raises(ValueError, match=r"bad\.json.*'center'"):
@@ -170,7 +170,7 @@ def test_wrong_layouts_name_file_and_field(tmp_path, shared_data):
     with pytest.raises(ValueError, match=r"bad\.h5.*'center'"):
         read_annotations(bad_h5)
     with pytest.raises(ValueError, match="expected flic"):
-        read_annotations(shared_data / "mpii" / "valid.h5", dataset="flic")
+        read_annotations(real_data / "mpii" / "valid.h5", dataset="flic")
     with pytest.raises(FileNotFoundError):
         read_annotations(tmp_path / "nope.json")
 

@@ -20,7 +20,7 @@ from serving_loopback import (
     start_rest_server,
 )
 
-from hgkeras.serving import (
+from hgkeras.deploy.client import (
     InvalidRequestError,
     ModelNotFoundError,
     PoseClient,
@@ -43,11 +43,11 @@ def grpc_target(service):
 
 
 @pytest.fixture(scope="module")
-def person(shared_data):
-    record = json.loads((shared_data / "mpii" / "samples.json").read_text())[1]
+def person(real_data):
+    record = json.loads((real_data / "mpii" / "samples.json").read_text())[1]
     s = float(record["scale"])
     center = np.array(record["center"], np.float32) + [0.0, 15.0 * s] - 1.0
-    path = shared_data / "mpii" / "images" / record["image"]
+    path = real_data / "mpii" / "images" / record["image"]
     return path, center.astype(np.float32), np.float32(1.25 * s)
 
 

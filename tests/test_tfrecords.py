@@ -13,7 +13,7 @@ from hgkeras.data import pose_dataset, read_annotations
 from hgkeras.data.tfrecords import read_manifest, write_tfrecords
 from hgkeras.geometry import apply_matrix, crop_matrix
 
-SAMPLES = "datasets/samples/mpii"
+SAMPLES = "hgkeras/data/samples/mpii"
 
 
 @pytest.fixture(scope="module")

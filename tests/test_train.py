@@ -1,4 +1,4 @@
-"""The training run (hgkeras.train, train.py): flags and config, callbacks, resume, NaN stop,
+"""The training run (hgkeras.training.run, train.py): flags and config, callbacks, resume, NaN stop,
 multi-worker agreement, other backends, and an end-to-end learning test on real MPII samples."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import keras
 import numpy as np
 import pytest
 
-import hgkeras.model  # noqa: F401  (registers StackedHourglass for load_model)
-from hgkeras import training_callbacks as tc
-from hgkeras.train import (
+import hgkeras.models.hourglass  # noqa: F401  (registers StackedHourglass for load_model)
+from hgkeras.training import callbacks as tc
+from hgkeras.training.run import (
     EMBEDDED_DEFAULTS,
     PAPER_DEFAULTS,
     build_parser,
@@ -361,7 +361,7 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
     people cannot be averaged with its mirror), to fit a CI budget; the learning rate (1e-3, /10 for
     the last 100 of 900 steps) is raised from the paper's 2.5e-4 for the same reason. Every stack's loss must
     decrease. Together this shows targets, crop geometry, decoding and inverse transform agree."""
-    from hgkeras.train import train
+    from hgkeras.training.run import train
 
     config = parse_config(
         ["--dataset", "mpii", "--data-dir", str(sample_records), "--out", str(tmp_path / "learn"),
@@ -381,7 +381,7 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
 
 def test_cli_train_command_has_the_same_flags(capsys):
     from hgkeras.cli import main
-    from hgkeras.train import main as train_main
+    from hgkeras.training.run import main as train_main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])

@@ -11,15 +11,15 @@ import pytest
 from hgkeras.data import read_annotations
 from hgkeras.data.tfrecords import write_tfrecords
 
-SAMPLES = "datasets/samples/mpii"
+SAMPLES = "hgkeras/data/samples/mpii"
 
 FIT_CODE = """
 import json, sys
 import numpy as np
 import keras
 from hgkeras.data import pose_dataset
-from hgkeras.model import StackedHourglass
-from hgkeras.training import PoseTrainer
+from hgkeras.models.hourglass import StackedHourglass
+from hgkeras.training.trainer import PoseTrainer
 
 stacks = int(sys.argv[2])
 hourglass = StackedHourglass(num_stacks=stacks, num_features=16, num_modules=1, num_joints=16,
@@ -65,8 +65,8 @@ def test_fit_other_backends(shards, run_backend, backend):
 
 
 def test_trainer_rejects_bad_input(tmp_path):
-    from hgkeras.model import StackedHourglass
-    from hgkeras.training import PoseTrainer
+    from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training.trainer import PoseTrainer
 
     hourglass = StackedHourglass(
         num_stacks=2, num_features=16, num_joints=11, depth=1, image_shape=(64, 64, 3)

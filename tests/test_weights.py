@@ -2,7 +2,7 @@
 
 The PyTorch reference below is written from METHOD.md with the module names of the published
 ``PoseNet`` (``pre``, ``hgs``, ``features``, ``outs``, ``merge_features``, ``merge_preds``; residuals
-with ``bn1, conv1.conv, ..., skip_layer.conv``). It is independent of hgkeras.model: Keras must
+with ``bn1, conv1.conv, ..., skip_layer.conv``). It is independent of hgkeras.models.hourglass: Keras must
 reproduce its eval-mode outputs from the imported weights alone.
 """
 
@@ -17,8 +17,8 @@ nn = torch.nn
 import keras  # noqa: E402
 
 from hgkeras.cli import main  # noqa: E402
-from hgkeras.model import StackedHourglass, count_params  # noqa: E402
-from hgkeras.weights import (  # noqa: E402
+from hgkeras.models.hourglass import StackedHourglass, count_params  # noqa: E402
+from hgkeras.models.torch_import import (  # noqa: E402
     checkpoint_architecture,
     load_torch_checkpoint,
     read_torch_state_dict,
@@ -236,8 +236,8 @@ BACKEND_PARITY = """
 import sys
 import numpy as np
 import keras
-from hgkeras.model import StackedHourglass
-from hgkeras.weights import load_torch_checkpoint
+from hgkeras.models.hourglass import StackedHourglass
+from hgkeras.models.torch_import import load_torch_checkpoint
 
 backend, directory = sys.argv[1], sys.argv[2]
 assert keras.backend.backend() == backend

@@ -2,7 +2,7 @@
 
 CPU work per example is one decode and one crop. For training, the crop is a *source crop*: a square
 of ``source_margin`` x the person box around the centre, resized to ``source_size`` pixels, large enough
-for the device-side augmentation (:mod:`hgkeras.augment`, run by :class:`hgkeras.training.PoseTrainer`)
+for the device-side augmentation (:mod:`hgkeras.data.augment`, run by :class:`hgkeras.training.trainer.PoseTrainer`)
 to rotate and scale inside it. For evaluation it is the model input itself: the person box resized to
 ``input_size``, no augmentation, in a deterministic order, with the metadata needed to map predictions
 back to the original image.
@@ -192,7 +192,7 @@ def pose_dataset(
         num_parallel_calls: parallel decode/crop calls (default autotuned).
         use_opencv: crop with OpenCV through ``tf.numpy_function`` (else a TensorFlow op).
 
-    Elements (dicts) follow the contract in the module docstring of :mod:`hgkeras.training`:
+    Elements (dicts) follow the contract in the module docstring of :mod:`hgkeras.training.trainer`:
     training: ``image`` uint8 (B, S, S, 3), ``joints`` float32 (B, J, 2) in source-crop pixels,
     ``visible`` float32 (B, J). Evaluation: ``image`` float32 (B, input, input, 3) in [0, 1],
     ``center`` (B, 2), ``scale`` (B,), ``joints`` (B, J, 2) original pixels, ``visible`` (B, J),

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from hgkeras.data.records import PoseRecord
+from hgkeras.evaluation.metrics import FLIC_TORSO_JOINTS, flic_torso_size
 from hgkeras.geometry import MATLAB_OFFSET
-from hgkeras.metrics import FLIC_TORSO_JOINTS, flic_torso_size
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ MPII_CENTER_SHIFT = 15.0
 MPII_SCALE_FACTOR = 1.25
 #: PCKh head size = this factor times the head box diagonal.
 HEAD_SIZE_FACTOR = 0.6
-#: FLIC ``coords`` columns (1-based) of the 11 joints in :data:`hgkeras.joints.FLIC` order.
+#: FLIC ``coords`` columns (1-based) of the 11 joints in :data:`hgkeras.spec.FLIC` order.
 FLIC_COLUMNS = (1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 17)
 #: The Torch FLIC annot files use one fixed scale for every person.
 FLIC_SCALE = 2.2
@@ -65,7 +65,7 @@ def head_size(box: Iterable[float]) -> float:
 
 
 def _flic_normalizer(joints: np.ndarray, visible: np.ndarray) -> float:
-    """FLIC PCK normaliser, :func:`hgkeras.metrics.flic_torso_size` (left shoulder to right hip, as
+    """FLIC PCK normaliser, :func:`hgkeras.evaluation.metrics.flic_torso_size` (left shoulder to right hip, as
     METHOD.md), where both of its joints are annotated, else NaN. The Torch FLIC annot files store the
     other diagonal in ``normalize``; readers keep it in ``record.extra["torch_normalize"]``."""
     if all(visible[j] for j in FLIC_TORSO_JOINTS):
@@ -399,7 +399,7 @@ def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
     """Read FLIC ``examples.mat`` (11 joints, person-centric; split from ``istrain``/``istest``).
 
     Centre and scale are those of the Torch FLIC annot files (torso-box x centre, image mid-height,
-    scale 2.2); the normaliser is :func:`hgkeras.metrics.flic_torso_size`. ``image_id`` is the record index.
+    scale 2.2); the normaliser is :func:`hgkeras.evaluation.metrics.flic_torso_size`. ``image_id`` is the record index.
     """
     import scipy.io
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from hgkeras.data.records import PoseRecord
-from hgkeras.joints import get_skeleton
+from hgkeras.spec import get_skeleton
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -1,0 +1,48 @@
+"""The ``hgkeras`` console script: one subcommand per module in :mod:`hgkeras.cli.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+
+def command_modules() -> list[str]:
+    """Every module of :mod:`hgkeras.cli.commands`, sorted by name (each registers one subcommand)."""
+    import hgkeras.cli.commands as package
+
+    return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hgkeras",
+        description="Stacked Hourglass human pose estimation with Keras 3 "
+        "(set KERAS_BACKEND=tensorflow|jax|torch to choose the backend).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in command_modules():
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        # Clear one-line message for bad input; the traceback is not the user's problem.
+        print(f"hgkeras {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Deployment: SavedModel / ONNX export and the TF Serving clients."""

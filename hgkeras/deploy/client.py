@@ -1,0 +1,371 @@
+"""Clients for a pose model served by TensorFlow Serving (gRPC and REST).
+
+The server runs a SavedModel written by :mod:`hgkeras.deploy.export`. :class:`PoseClient` talks gRPC
+(``tensorflow-serving-api``'s ``PredictionService``, port 8500), :class:`RestPoseClient` the REST
+``:predict`` API (port 8501). Both retry a request while the server is ``UNAVAILABLE`` (exponential
+backoff) and turn ``INVALID_ARGUMENT`` / ``NOT_FOUND`` answers into :class:`InvalidRequestError` /
+:class:`ModelNotFoundError` carrying the server's message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Signature names written by :mod:`hgkeras.deploy.export` (kept here so the client does not import it).
+SERVING_DEFAULT = "serving_default"
+SERVING_UINT8 = "serving_uint8"
+PREDICT_IMAGE = "predict_image"
+
+
+class ServingError(RuntimeError):
+    """A request to the model server failed; ``code`` is the gRPC status name (e.g. "INTERNAL")."""
+
+    def __init__(self, code: str, message: str, target: str = "") -> None:
+        self.code = code
+        self.message = message
+        self.target = target
+        where = f" from {target}" if target else ""
+        super().__init__(f"{code}{where}: {message}")
+
+
+class InvalidRequestError(ServingError, ValueError):
+    """The server rejected the request (``INVALID_ARGUMENT``): wrong shape, dtype, bytes or box."""
+
+
+class ModelNotFoundError(ServingError, LookupError):
+    """The server does not serve that model, version or signature (``NOT_FOUND``)."""
+
+
+class ServerUnavailableError(ServingError, ConnectionError):
+    """The server stayed ``UNAVAILABLE`` through every retry."""
+
+
+def _error_for(code: str, message: str, target: str) -> ServingError:
+    if code == "INVALID_ARGUMENT":
+        return InvalidRequestError(code, message, target)
+    if code == "NOT_FOUND":
+        return ModelNotFoundError(code, message, target)
+    if code == "UNAVAILABLE":
+        return ServerUnavailableError(code, message, target)
+    return ServingError(code, message, target)
+
+
+def _check_box(center: Sequence[float], scale: float) -> tuple[np.ndarray, np.float32]:
+    center = np.asarray(center, np.float32).reshape(-1)
+    if center.shape != (2,) or not np.all(np.isfinite(center)):
+        raise ValueError(f"center must be two finite numbers (x, y), got {center!r}")
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number (box side / 200), got {scale!r}")
+    return center, np.float32(scale)
+
+
+class _RetryingClient:
+    """Shared request plumbing: the model spec, retries with exponential backoff on UNAVAILABLE."""
+
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        version: int | None,
+        signature: str,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        sleep: Callable[[float], None],
+    ) -> None:
+        if not model_name:
+            raise ValueError("model_name must be a non-empty string")
+        if version is not None and (isinstance(version, bool) or int(version) < 1):
+            raise ValueError(f"version must be None or an integer >= 1, got {version!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        self.target = target
+        self.model_name = model_name
+        self.version = None if version is None else int(version)
+        self.signature = signature
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self._sleep = sleep
+
+    def _send(self, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def predict(
+        self, inputs: Mapping[str, Any], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Send named input tensors to ``signature`` (default: the client's); returns named outputs."""
+        signature = signature or self.signature
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        attempt = 0
+        while True:
+            try:
+                return self._send(arrays, signature)
+            except ServerUnavailableError:
+                if attempt >= self.retries:
+                    raise
+                delay = min(self.max_backoff, self.backoff * 2**attempt)
+                self._sleep(delay * (0.5 + random.random() / 2))  # jitter: 50-100% of the step
+                attempt += 1
+
+    def predict_image(
+        self,
+        image_bytes: bytes,
+        center: Sequence[float],
+        scale: float,
+        signature: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints (J, 2) in original image pixels and scores (J,) for one person box.
+
+        ``image_bytes``: an encoded JPEG/PNG; ``center`` (x, y) in 0-based pixels; ``scale`` = box
+        side / 200 (see :mod:`hgkeras.geometry`).
+        """
+        if not isinstance(image_bytes, (bytes, bytearray)):
+            raise TypeError(f"image_bytes must be bytes, got {type(image_bytes).__name__}")
+        center, scale = _check_box(center, scale)
+        signature = signature or (
+            self.signature
+            if self.signature not in (SERVING_DEFAULT, SERVING_UINT8)
+            else PREDICT_IMAGE
+        )
+        outputs = self.predict(
+            {"image_bytes": np.array(bytes(image_bytes), dtype=object), "center": center,
+             "scale": np.array(scale, np.float32)},
+            signature,
+        )  # fmt: skip
+        return outputs["keypoints"], outputs["scores"]
+
+    def predict_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``heatmaps``, ``keypoints`` (input pixels) and ``scores`` for a batch of model-sized crops.
+
+        float32 images in [0, 1] go to ``serving_default``, uint8 images to ``serving_uint8``.
+        """
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            return self.predict({"images": images}, SERVING_UINT8)
+        return self.predict({"images": images.astype(np.float32, copy=False)}, SERVING_DEFAULT)
+
+
+class PoseClient(_RetryingClient):
+    """gRPC client of TensorFlow Serving's ``PredictionService`` for an exported pose model.
+
+    Args:
+        target: "host:port" of the gRPC endpoint (TF Serving's default port is 8500).
+        model_name: the served model's name (``--name`` of ``hgkeras export``).
+        version: a model version, or None for the server's latest.
+        signature: default signature of :meth:`predict` / :meth:`predict_image`.
+        timeout: seconds per attempt.
+        retries: extra attempts while the server is UNAVAILABLE; waits ``backoff * 2**k`` seconds
+            (at most ``max_backoff``, with jitter) before attempt k + 1.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        version: int | None = None,
+        signature: str = PREDICT_IMAGE,
+        timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(
+            target, model_name, version, signature, timeout, retries, backoff, max_backoff, sleep
+        )
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def _send(self, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        try:
+            response = self._stub.Predict(request, timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            code = error.code().name if error.code() is not None else "UNKNOWN"
+            raise _error_for(code, error.details() or "", self.target) from None
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PoseClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: HTTP status -> gRPC status name, as TF Serving's REST API maps them.
+_HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}
+
+
+def _to_json(value: np.ndarray) -> Any:
+    if value.dtype == object or value.dtype.kind in "SV":
+        if value.ndim:
+            return [_to_json(v) for v in value]
+        item = value.item()
+        data = item if isinstance(item, (bytes, bytearray)) else str(item).encode()
+        return {"b64": base64.b64encode(bytes(data)).decode("ascii")}
+    return value.tolist()
+
+
+class RestPoseClient(_RetryingClient):
+    """TF Serving REST ``:predict`` client (columnar ``inputs`` format); same API as :class:`PoseClient`.
+
+    ``base_url`` is e.g. "http://localhost:8501" (TF Serving's default REST port).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        version: int | None = None,
+        signature: str = PREDICT_IMAGE,
+        timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        super().__init__(
+            base_url.rstrip("/"), model_name, version, signature, timeout, retries, backoff,
+            max_backoff, sleep,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        version = f"/versions/{self.version}" if self.version is not None else ""
+        return f"{self.target}/v1/models/{self.model_name}{version}:predict"
+
+    def _send(self, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        body = json.dumps(
+            {"signature_name": signature, "inputs": {k: _to_json(v) for k, v in inputs.items()}}
+        ).encode()
+        request = urllib.request.Request(
+            self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                message = json.loads(error.read()).get("error", "")
+            except (ValueError, AttributeError):
+                message = str(error)
+            raise _error_for(_HTTP_CODES.get(error.code, "UNKNOWN"), message, self.url) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+            reason = getattr(error, "reason", error)
+            raise ServerUnavailableError("UNAVAILABLE", str(reason), self.url) from None
+        outputs = payload.get("outputs")
+        if outputs is None:
+            raise ServingError("INTERNAL", f"response without 'outputs': {payload!r}", self.url)
+        if not isinstance(outputs, dict):  # a signature with one output returns it bare
+            outputs = {"output": outputs}
+        return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# ``python serving/client.py IMAGE --box ...``
+
+
+def client_main(argv: Sequence[str] | None = None) -> int:
+    """Send one image and person box to a server, print the keypoints and write an overlay PNG."""
+    parser = argparse.ArgumentParser(
+        prog="serving/client.py",
+        description="Ask a TF Serving pose model (the predict_image signature) for the keypoints of "
+        "one person and draw them.",
+    )
+    parser.add_argument("image", help="a JPEG or PNG file")
+    box = parser.add_mutually_exclusive_group(required=True)
+    box.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        metavar=("X1", "Y1", "X2", "Y2"),
+        help="person box in 0-based pixels; the crop is its longer side x --padding",
+    )
+    box.add_argument("--center", nargs=2, type=float, metavar=("X", "Y"), help="box centre")
+    parser.add_argument("--scale", type=float, help="box side / 200 (with --center)")
+    parser.add_argument("--padding", type=float, default=1.25, help="box enlargement (1.25)")
+    parser.add_argument("--target", default="localhost:8500", help="gRPC host:port")
+    parser.add_argument("--rest", help="use REST at this base URL (e.g. http://localhost:8501)")
+    parser.add_argument("--model-name", default="hourglass")
+    parser.add_argument("--version", type=int, help="model version (default: latest)")
+    parser.add_argument("--signature", default=PREDICT_IMAGE)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt")
+    parser.add_argument("--dataset", default="mpii", help="skeleton to draw: mpii or flic")
+    parser.add_argument("--threshold", type=float, default=0.0, help="hide joints scoring below")
+    parser.add_argument("--out", help="overlay PNG (default IMAGE_pose.png beside the image)")
+    args = parser.parse_args(argv)
+
+    from hgkeras import geometry
+    from hgkeras.spec import get_skeleton
+
+    try:
+        path = Path(args.image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        if args.box is not None:
+            center, scale = geometry.box_to_center_scale(args.box, padding=args.padding)
+        elif args.scale is None:
+            raise ValueError("--center needs --scale")
+        else:
+            center, scale = np.asarray(args.center), args.scale
+        skeleton = get_skeleton(args.dataset)
+        cls = RestPoseClient if args.rest else PoseClient
+        client = cls(
+            args.rest or args.target, args.model_name, args.version, args.signature, args.timeout
+        )
+        keypoints, scores = client.predict_image(path.read_bytes(), center, scale)
+        if keypoints.shape[0] != skeleton.num_joints:
+            skeleton = get_skeleton(int(keypoints.shape[0]))
+        from hgkeras.vis.draw import write_overlay
+
+        out = Path(args.out) if args.out else path.with_name(f"{path.stem}_pose.png")
+        write_overlay(out, path, keypoints, scores, skeleton, threshold=args.threshold)
+    except (ServingError, ValueError, OSError) as error:
+        print(f"client: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{'joint':12s} {'x':>8s} {'y':>8s} {'score':>7s}")
+    for name, (x, y), s in zip(skeleton.joint_names, keypoints, scores, strict=True):
+        print(f"{name:12s} {x:8.1f} {y:8.1f} {s:7.3f}")
+    print(f"overlay: {out}")
+    return 0

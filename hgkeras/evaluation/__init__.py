@@ -1,0 +1,1 @@
+"""Evaluation: MPII PCKh / FLIC PCK metrics, prediction files and the prediction of evaluation sets."""

@@ -1,0 +1,334 @@
+"""Evaluation plumbing: predict an evaluation set, score it, and read/write prediction files.
+
+Coordinates inside hgkeras are 0-based pixel centres (:mod:`hgkeras.geometry`). Prediction files in the
+layouts of the original Torch code, HRNet and the MPII benchmark are 1-based MATLAB pixels: the
+readers here subtract :data:`~hgkeras.geometry.MATLAB_OFFSET` and the writers add it back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hgkeras.evaluation import metrics
+from hgkeras.geometry import MATLAB_OFFSET
+
+PREDICTION_KEYS = ("preds", "pred", "predictions", "keypoints")
+
+
+# ------------------------------------------------------------------------------- coordinate helpers
+
+
+def to_matlab(points) -> np.ndarray:
+    """0-based pixel coordinates -> MATLAB 1-based pixels (NaN stays NaN)."""
+    return np.asarray(points, np.float64) + MATLAB_OFFSET
+
+
+def from_matlab(points) -> np.ndarray:
+    """MATLAB 1-based pixel coordinates -> 0-based pixel centres (NaN stays NaN)."""
+    return np.asarray(points, np.float64) - MATLAB_OFFSET
+
+
+# ------------------------------------------------------------------------------------- file writes
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_call(path: Path, write) -> None:
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------- prediction files
+
+
+def _as_njc(array: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """(N, J, 2), or MATLAB's column-major (2, J, N), -> (N, J, 2)."""
+    array = np.asarray(array, np.float64)
+    if array.ndim == 3 and array.shape[-1] == 2:
+        return array
+    if array.ndim == 3 and array.shape[0] == 2:
+        return np.transpose(array, (2, 1, 0))
+    raise ValueError(
+        f"{path}: prediction array {key!r} must be (N, J, 2) or (2, J, N), got {array.shape}"
+    )
+
+
+def _pick_key(keys: Iterable[str], path: Path) -> str:
+    keys = [k for k in keys if not k.startswith("__")]
+    for key in PREDICTION_KEYS:
+        if key in keys:
+            return key
+    if len(keys) == 1:
+        return keys[0]
+    raise ValueError(
+        f"{path}: no prediction array (expected one of {PREDICTION_KEYS}, found {sorted(keys)})"
+    )
+
+
+def read_predictions(path: str | Path, one_based: bool = True) -> np.ndarray:
+    """Joint predictions (N, J, 2) in 0-based pixels from an ``.h5`` or ``.mat`` file.
+
+    Reads the array ``preds`` (the original Torch code's HDF5 layout and HRNet's ``pred.mat``; also
+    ``pred``/``predictions``/``keypoints`` or a file's only array), (N, J, 2) or MATLAB's (2, J, N).
+    ``one_based`` (default): the file holds 1-based MATLAB pixels, converted to 0-based.
+    MATLAB v7.3 ``.mat`` files (HDF5 inside) are read with h5py.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    import h5py
+
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as handle:
+            key = _pick_key(list(handle.keys()), path)
+            raw = handle[key][()]
+    elif path.suffix.lower() == ".mat":
+        import scipy.io
+
+        try:
+            contents = scipy.io.loadmat(path)
+        except (ValueError, TypeError, OSError) as err:
+            raise ValueError(f"{path}: not a readable .mat file: {err}") from None
+        key = _pick_key(list(contents.keys()), path)
+        raw = contents[key]
+    else:
+        raise ValueError(f"{path}: predictions must be an HDF5 (.h5) or MATLAB (.mat) file")
+    preds = _as_njc(raw, path, key)
+    return from_matlab(preds) if one_based else preds
+
+
+def write_predictions(path: str | Path, preds, scores=None) -> None:
+    """Write predictions (N, J, 2) (0-based) as 1-based ``preds`` (+ ``scores``) to ``.h5`` or ``.mat``.
+
+    The ``.h5`` layout is the original Torch code's; ``.mat`` is HRNet's ``pred.mat`` (``preds`` N x J x 2).
+    """
+    path = Path(path)
+    preds = np.asarray(preds, np.float64)
+    if preds.ndim != 3 or preds.shape[-1] != 2:
+        raise ValueError(f"preds must have shape (N, J, 2), got {preds.shape}")
+    data = {"preds": to_matlab(preds)}
+    if scores is not None:
+        scores = np.asarray(scores, np.float64)
+        if scores.shape != preds.shape[:2]:
+            raise ValueError(f"scores must have shape {preds.shape[:2]}, got {scores.shape}")
+        data["scores"] = scores
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        def write(tmp: str) -> None:
+            with h5py.File(tmp, "w") as handle:
+                for key, value in data.items():
+                    handle.create_dataset(key, data=value)
+
+    elif suffix == ".mat":
+        import scipy.io
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                scipy.io.savemat(handle, data)
+
+    else:
+        raise ValueError(f"{path}: predictions are written as .h5 or .mat, not {suffix!r}")
+    _atomic_call(path, write)
+
+
+def mpii_test_images(release_path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """0-based ``annolist`` indices and names of the MPII test images (``RELEASE.img_train == 0``)."""
+    import scipy.io
+
+    release_path = Path(release_path)
+    try:
+        release = scipy.io.loadmat(release_path, struct_as_record=False, squeeze_me=True)["RELEASE"]
+    except (KeyError, ValueError, OSError, NotImplementedError) as err:
+        raise ValueError(
+            f"{release_path}: not an MPII release .mat with a RELEASE struct: {err}"
+        ) from None
+    img_train = np.asarray(release.img_train).reshape(-1)
+    annolist = np.asarray(release.annolist).reshape(-1)
+    indices = np.flatnonzero(img_train == 0)
+    names = [str(annolist[i].image.name) for i in indices]
+    return indices, names
+
+
+def write_mpii_submission(
+    path: str | Path,
+    preds,
+    image_index: Sequence[int],
+    person_index: Sequence[int],
+    test_images: Sequence[int] | None = None,
+    image_names: Sequence[str] | None = None,
+) -> None:
+    """Write test-set predictions in the MPII benchmark's ``pred_keypoints_mpii.mat`` layout.
+
+    The file holds one MATLAB struct array ``pred`` (1 x number of test images), like
+    ``RELEASE.annolist(RELEASE.img_train == 0)``: ``pred(i).image.name`` and
+    ``pred(i).annorect(r).annopoints.point(k)`` with fields ``x``, ``y`` (1-based pixels) and ``id``
+    (0-based MPII joint id). ``annorect`` entries of people without a prediction have empty
+    ``annopoints``.
+
+    Args:
+        preds: (N, 16, 2) 0-based predictions (written 1-based).
+        image_index: (N,) 0-based ``RELEASE.annolist`` index of each person's image (annot ``index``).
+        person_index: (N,) 0-based ``annorect`` index of each person (annot ``person``).
+        test_images: 0-based annolist indices of all test images in order (see :func:`mpii_test_images`);
+            None: the distinct ``image_index`` values in increasing order.
+        image_names: names of ``test_images`` (optional).
+    """
+    path = Path(path)
+    preds = np.asarray(preds, np.float64)
+    if preds.ndim != 3 or preds.shape[1:] != (16, 2):
+        raise ValueError(f"preds must have shape (N, 16, 2), got {preds.shape}")
+    image_index = np.asarray(image_index).astype(np.int64).reshape(-1)
+    person_index = np.asarray(person_index).astype(np.int64).reshape(-1)
+    n = preds.shape[0]
+    if image_index.shape != (n,) or person_index.shape != (n,):
+        raise ValueError(
+            f"image_index {image_index.shape} and person_index {person_index.shape} must have shape ({n},)"
+        )
+    if test_images is None:
+        test_images = np.unique(image_index)
+    test_images = np.asarray(test_images, np.int64).reshape(-1)
+    if image_names is not None and len(image_names) != len(test_images):
+        raise ValueError(
+            f"image_names has {len(image_names)} entries for {len(test_images)} test images"
+        )
+    position = {int(idx): k for k, idx in enumerate(test_images)}
+    missing = sorted({int(i) for i in image_index} - set(position))
+    if missing:
+        raise ValueError(
+            f"image_index {missing[0]} is not one of the test images ({len(missing)} such)"
+        )
+    people: dict[int, dict[int, np.ndarray]] = {}
+    for i in range(n):
+        people.setdefault(position[int(image_index[i])], {})[int(person_index[i])] = to_matlab(
+            preds[i]
+        )
+
+    point_dtype = [("x", object), ("y", object), ("id", object)]
+    pred = np.empty((1, len(test_images)), dtype=[("image", object), ("annorect", object)])
+    for k in range(len(test_images)):
+        name = image_names[k] if image_names is not None else ""
+        pred[0, k]["image"] = {"name": name}
+        rects = people.get(k, {})
+        annorect = np.empty((1, max(rects) + 1 if rects else 0), dtype=[("annopoints", object)])
+        for r in range(annorect.shape[1]):
+            if r in rects:
+                points = np.empty((1, 16), dtype=point_dtype)
+                for j in range(16):
+                    points[0, j] = (float(rects[r][j, 0]), float(rects[r][j, 1]), float(j))
+                annorect[0, r]["annopoints"] = {"point": points}
+            else:
+                annorect[0, r]["annopoints"] = np.zeros((0, 0))
+        pred[0, k]["annorect"] = annorect
+    import scipy.io
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            scipy.io.savemat(handle, {"pred": pred}, do_compression=True)
+
+    _atomic_call(path, write)
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def score(
+    pred, gt, visible, normalizer, dataset: str = "mpii", protocol: str = "official"
+) -> dict[str, object]:
+    """PCKh@0.5 (MPII, ``protocol`` official|hrnet, plus the PCKh curve's AUC) or PCK@0.2 (FLIC)."""
+    dataset = dataset.lower()
+    if dataset == "mpii":
+        result = metrics.mpii_pckh(pred, gt, visible, normalizer, protocol=protocol)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # already warned above
+            result["AUC"] = metrics.pckh_curve(pred, gt, visible, normalizer, protocol=protocol)[
+                "AUC"
+            ]
+        result["protocol"] = protocol
+        result["threshold"] = 0.5
+        return result
+    if dataset == "flic":
+        result = metrics.flic_pck(pred, gt, visible, normalizer)
+        result["threshold"] = 0.2
+        return result
+    raise ValueError(f"dataset must be 'mpii' or 'flic', got {dataset!r}")
+
+
+def summary_key(result: dict[str, object]) -> str:
+    """The headline key of a result: ``Total`` (official MPII) or ``Mean`` (HRNet protocol, FLIC)."""
+    return "Total" if "Total" in result else "Mean"
+
+
+# -------------------------------------------------------------------------------------- prediction
+
+
+def predict_eval_dataset(model, dataset, flip: bool = True) -> dict[str, np.ndarray]:
+    """Predict every batch of an evaluation dataset and decode to original image pixels.
+
+    ``dataset`` yields the evaluation dict of :func:`hgkeras.data.pose_dataset` (``training=False``):
+    ``image`` (B, S, S, 3) model input crops in [0, 1], ``center`` (B, 2), ``scale`` (B,),
+    ``joints`` (B, J, 2) original 0-based pixels, ``visible`` (B, J), ``normalizer`` (B,), and optional
+    ``image_id``/``person_id``. ``model`` is a StackedHourglass (or a wrapper with ``.hourglass``).
+    Returns numpy arrays ``pred``, ``scores``, ``joints``, ``visible``, ``normalizer`` (+ ids).
+    """
+    from keras import ops
+
+    from hgkeras.codec import decode_to_image, flip_permutation_for, heatmaps_with_flip
+
+    network = getattr(model, "hourglass", model)
+    perm = flip_permutation_for(network)
+    out: dict[str, list] = {}
+    for batch in dataset:
+        if not isinstance(batch, dict):
+            raise ValueError(
+                f"evaluation dataset elements must be dicts with image/center/scale/joints/visible/"
+                f"normalizer, got {type(batch).__name__}"
+            )
+        for key in ("image", "center", "scale", "joints", "visible", "normalizer"):
+            if key not in batch:
+                raise ValueError(
+                    f"evaluation dataset element has no {key!r} (keys: {sorted(batch)})"
+                )
+        images = np.asarray(batch["image"], np.float32)
+        heatmaps = heatmaps_with_flip(network, images, perm, flip=flip)
+        center = np.asarray(batch["center"], np.float32).reshape(-1, 2)
+        scale = np.asarray(batch["scale"], np.float32).reshape(-1)
+        keypoints, scores = decode_to_image(heatmaps, center, scale)
+        out.setdefault("pred", []).append(ops.convert_to_numpy(keypoints))
+        out.setdefault("scores", []).append(ops.convert_to_numpy(scores))
+        for key in ("joints", "visible", "normalizer", "image_id", "person_id"):
+            if key in batch:
+                out.setdefault(key, []).append(np.asarray(batch[key]))
+    if not out:
+        raise ValueError("the evaluation dataset is empty")
+    return {key: np.concatenate(values) for key, values in out.items()}

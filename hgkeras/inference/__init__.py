@@ -1,0 +1,1 @@
+"""Inference on whole images: image loading, person boxes and :class:`PosePredictor`."""

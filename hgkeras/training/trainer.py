@@ -1,0 +1,205 @@
+"""``PoseTrainer``: trains a stacked hourglass from source crops, augmenting on the device.
+
+The trainer wraps the hourglass (sharing its weights; saved or exported models are ``trainer.hourglass``)
+and takes the training elements of :func:`hgkeras.data.pose_dataset`::
+
+    {"image": uint8 (B, S, S, 3) source crop, "joints": float32 (B, J, 2) source-crop pixels,
+     "visible": float32 (B, J)}
+
+In ``call`` it draws augmentation parameters, warps and colour-jitters the images to the hourglass
+input size, renders Gaussian targets at the heatmap size with the same parameters (one target for every
+stack), and runs the hourglass. ``compute_loss`` sums the per-stack MSE (weighted) and logs
+``stack_1_loss`` ... next to ``loss``. Everything is ``keras.ops``, so ``fit`` works under TensorFlow,
+JAX and PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+from hgkeras.codec import DEFAULT_SIGMA, render_heatmaps
+from hgkeras.data import augment
+from hgkeras.data.pipeline import SOURCE_MARGIN
+from hgkeras.spec import get_skeleton
+
+
+@keras.saving.register_keras_serializable(package="hgkeras")
+class PoseTrainer(keras.Model):
+    """A training model around ``hourglass`` that augments and renders targets inside ``call``.
+
+    Args:
+        hourglass: a model mapping (B, H, W, 3) images in [0, 1] to a list of per-stack heatmaps.
+        augment: apply random rotation/scale/flip/colour in training; otherwise only the centre crop.
+        sigma: target Gaussian standard deviation in heatmap pixels.
+        flip_permutation: left/right joint swap; default from the joint count (MPII 16, FLIC 11).
+        source_margin: person-box sides shown by the source crop (must match ``pose_dataset``).
+        seed: seed of the augmentation random stream.
+        **augment_options: ``rotation``, ``rotation_probability``, ``scale_sigma``, ``scale_range``,
+            ``flip_probability``, ``color_range`` (see :func:`hgkeras.data.augment.sample_params`).
+    """
+
+    def __init__(
+        self,
+        hourglass: keras.Model,
+        *,
+        augment: bool = True,
+        sigma: float = DEFAULT_SIGMA,
+        flip_permutation: Sequence[int] | None = None,
+        source_margin: float = SOURCE_MARGIN,
+        seed: int | None = None,
+        name: str = "pose_trainer",
+        **augment_options,
+    ) -> None:
+        super().__init__(name=name)
+        self.seed = seed
+        self.hourglass = hourglass
+        input_shape = hourglass.input_shape
+        outputs = hourglass.output_shape
+        if not isinstance(outputs, list):
+            outputs = [outputs]
+        if input_shape[1] is None or outputs[0][1] is None:
+            raise ValueError("PoseTrainer needs an hourglass with a fixed input size")
+        self.input_size = int(input_shape[1])
+        self.heatmap_size = int(outputs[0][1])
+        self.num_joints = int(outputs[0][-1])
+        self.num_stacks = len(outputs)
+        self.augment = bool(augment)
+        self.sigma = float(sigma)
+        self.source_margin = float(source_margin)
+        if flip_permutation is None:
+            flip_permutation = get_skeleton(self.num_joints).flip_permutation
+        self.flip_permutation = [int(i) for i in flip_permutation]
+        unknown = set(augment_options) - {
+            "rotation", "rotation_probability", "scale_sigma", "scale_range",
+            "flip_probability", "color_range",
+        }  # fmt: skip
+        if unknown:
+            raise TypeError(f"unknown augmentation options: {sorted(unknown)}")
+        self.augment_options = augment_options
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.stack_trackers = [
+            keras.metrics.Mean(name=f"stack_{i + 1}_loss") for i in range(self.num_stacks)
+        ]
+        self.stack_weights = [1.0] * self.num_stacks
+
+    def compile(
+        self,
+        optimizer: keras.optimizers.Optimizer | str | None = None,
+        stack_weights: Sequence[float] | None = None,
+        jit_compile: bool | str = "auto",
+        **kwargs,
+    ) -> None:
+        """Compile with the paper's RMSprop (lr 2.5e-4, rho 0.99, eps 1e-8) unless told otherwise."""
+        if stack_weights is not None:
+            if len(stack_weights) != self.num_stacks:
+                raise ValueError(
+                    f"stack_weights must have {self.num_stacks} values (one per stack), "
+                    f"got {len(stack_weights)}"
+                )
+            self.stack_weights = [float(w) for w in stack_weights]
+        if optimizer is None:
+            optimizer = keras.optimizers.RMSprop(learning_rate=2.5e-4, rho=0.99, epsilon=1e-8)
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    def _check_inputs(self, inputs) -> None:
+        if not isinstance(inputs, dict) or not {"image", "joints", "visible"} <= set(inputs):
+            raise ValueError(
+                "PoseTrainer expects dicts with 'image', 'joints' and 'visible' "
+                "(pose_dataset(..., training=True)); got "
+                + (str(sorted(inputs)) if isinstance(inputs, dict) else type(inputs).__name__)
+            )
+        shape = tuple(inputs["joints"].shape)
+        if len(shape) != 3 or shape[1] != self.num_joints or shape[2] != 2:
+            raise ValueError(
+                f"'joints' must be (B, {self.num_joints}, 2) for this hourglass, got {shape}"
+            )
+
+    def prepare(self, inputs, training: bool = False):
+        """(images (B, H, W, 3) in [0, 1], targets (B, h, w, J)) for a training batch."""
+        self._check_inputs(inputs)
+        images = inputs["image"]
+        source_size = int(images.shape[1])
+        batch = ops.shape(images)[0]
+        if training and self.augment:
+            params = augment.sample_params(batch, self.seed_generator, **self.augment_options)
+        else:
+            params = augment.identity_params(batch)
+        m_in = augment.augmentation_matrices(
+            params, source_size, self.source_margin, self.input_size
+        )
+        m_hm = augment.augmentation_matrices(
+            params, source_size, self.source_margin, self.heatmap_size
+        )
+        x = augment.warp_images(images, m_in, self.input_size) / 255.0
+        if training and self.augment:
+            x = augment.color_jitter(x, params["color"])
+        joints, visible = augment.transform_joints(
+            inputs["joints"], inputs["visible"], m_hm, params["flip"], self.flip_permutation
+        )
+        targets = render_heatmaps(joints, visible, self.heatmap_size, self.sigma)
+        return x, targets
+
+    def call(self, inputs, training: bool = False):
+        x, targets = self.prepare(inputs, training=training)
+        heatmaps = self.hourglass(x, training=training)
+        if not isinstance(heatmaps, (list, tuple)):
+            heatmaps = [heatmaps]
+        return {"heatmaps": list(heatmaps), "targets": targets}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Weighted sum over stacks of the mean squared error against the shared targets."""
+        targets = ops.cast(y_pred["targets"], "float32")
+        total = 0.0
+        for tracker, weight, heatmap in zip(
+            self.stack_trackers, self.stack_weights, y_pred["heatmaps"], strict=True
+        ):
+            loss = ops.mean(ops.square(ops.cast(heatmap, "float32") - targets))
+            tracker.update_state(loss)
+            total = total + weight * loss
+        if self.losses:
+            total = total + ops.sum(ops.stack(self.losses))
+        return total
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "hourglass": keras.saving.serialize_keras_object(self.hourglass),
+            "augment": self.augment,
+            "sigma": self.sigma,
+            "flip_permutation": self.flip_permutation,
+            "source_margin": self.source_margin,
+            "seed": self.seed,
+            **self.augment_options,
+        }
+
+    def build_from_config(self, config: dict) -> None:
+        """Nothing to build: the wrapped hourglass is built when the trainer is created."""
+        self.built = True
+
+    def get_compile_config(self) -> dict | None:
+        config = super().get_compile_config()
+        if config is not None:
+            config = {**config, "stack_weights": list(self.stack_weights)}
+        return config
+
+    def compile_from_config(self, config: dict) -> None:
+        config = dict(config)
+        optimizer = config.get("optimizer")
+        if optimizer is not None:
+            optimizer = keras.optimizers.deserialize(optimizer)
+        self.compile(
+            optimizer=optimizer,
+            stack_weights=config.get("stack_weights"),
+            jit_compile=config.get("jit_compile", "auto"),
+        )
+        if self.built and optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_config(cls, config: dict) -> PoseTrainer:
+        config = dict(config)
+        hourglass = keras.saving.deserialize_keras_object(config.pop("hourglass"))
+        return cls(hourglass, **config)

@@ -1,0 +1,1 @@
+"""Pictures: pose overlays, heatmap montages and augmented-sample previews."""
