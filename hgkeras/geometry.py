@@ -6,9 +6,10 @@ Coordinate convention used everywhere in hgkeras:
   (x=j, y=i), and an image of width W spans x in [-0.5, W - 0.5].
 * MPII and FLIC annotation files use 1-based MATLAB pixels; readers subtract :data:`MATLAB_OFFSET`
   on the way in and writers of MATLAB-layout files add it back.
-* A person box is the square of side ``200 * scale`` centred on ``center`` (METHOD.md "Crop").
+* A person box is centred on ``center``; its height is ``200 * scale`` and it has the output grid's
+  aspect ratio (a square for 256x256, width = 0.75 x height for 256x192), so pixels stay square.
   It maps onto the whole output grid: the box's edges land on the grid's outer pixel edges, so the same
-  formula gives the 256x256 input crop and the 64x64 heatmap grid.
+  formula gives the input crop and the heatmap grid.
 
 ``crop_matrix`` (numpy, one box) serves OpenCV warps on the CPU; ``crop_matrices`` and
 ``transform_points`` (``keras.ops``, batched) run inside models on every backend.
@@ -46,7 +47,7 @@ def crop_matrix(
 
     Args:
         center: box centre (x, y) in 0-based image pixels.
-        scale: box side / 200 px.
+        scale: box height / 200 px (the box has the aspect ratio of ``output_size``).
         output_size: crop size in pixels (int for square, or (height, width)).
         rotation: degrees; the crop shows the image content turned counter-clockwise by this angle
             about the box centre (OpenCV's ``getRotationMatrix2D`` convention).
@@ -58,7 +59,7 @@ def crop_matrix(
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     h, w = _size_hw(output_size)
     side = PIXELS_PER_SCALE * float(scale)
-    sx, sy = w / side, h / side
+    sx = sy = h / side
     theta = math.radians(rotation)
     cos, sin = math.cos(theta), math.sin(theta)
     # q = S R (p - c) + (size/2 - 0.5); R turns image content by -rotation (y axis points down).
@@ -89,7 +90,7 @@ def crop_matrices(center, scale, output_size: int | Sequence[int], rotation=None
     center = ops.cast(ops.convert_to_tensor(center), "float32")
     scale = ops.cast(ops.convert_to_tensor(scale), "float32")
     side = PIXELS_PER_SCALE * scale
-    sx, sy = w / side, h / side
+    sx = sy = h / side
     if rotation is None:
         cos, sin = ops.ones_like(scale), ops.zeros_like(scale)
     else:
@@ -140,16 +141,23 @@ def image_to_heatmap(points, center, scale, heatmap_size: int | Sequence[int]):
     return transform_points(crop_matrices(center, scale, heatmap_size), points)
 
 
-def box_to_center_scale(box: Sequence[float], padding: float = 1.25) -> tuple[np.ndarray, float]:
-    """A person box (x1, y1, x2, y2) -> (centre, scale) of the square crop that holds it, padded.
+def box_to_center_scale(
+    box: Sequence[float], padding: float = 1.25, aspect_ratio: float = 1.0
+) -> tuple[np.ndarray, float]:
+    """A person box (x1, y1, x2, y2) -> (centre, scale) of the crop box that holds it, padded.
 
-    ``padding`` = 1.25 follows the Torch code's enlargement of MPII's person scale.
+    The crop box has ``aspect_ratio`` = width / height (that of the model input: 1 for 256x256,
+    0.75 for 256x192): the person box is first widened or heightened to that ratio about its centre,
+    then both sides are multiplied by ``padding`` (1.25, the Torch code's enlargement of MPII's
+    person scale and the usual top-down COCO padding). ``scale`` is the crop box height / 200.
     """
     x1, y1, x2, y2 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
         raise ValueError(
             f"box must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {box!r}"
         )
+    if not (math.isfinite(aspect_ratio) and aspect_ratio > 0):
+        raise ValueError(f"aspect_ratio must be a positive finite number, got {aspect_ratio!r}")
     center = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0])
-    side = max(x2 - x1, y2 - y1) * padding
-    return center, side / PIXELS_PER_SCALE
+    height = max(y2 - y1, (x2 - x1) / aspect_ratio) * padding
+    return center, height / PIXELS_PER_SCALE
