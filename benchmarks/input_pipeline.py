@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from hgkeras.models.hourglass import StackedHourglass
     from hgkeras.training.trainer import PoseTrainer
 
-    samples = ROOT / "datasets" / "samples" / "mpii"
+    samples = ROOT / "hgkeras" / "data" / "samples" / "mpii"
     base = read_annotations(samples / "samples.json")
     records = [base[i % len(base)] for i in range(args.records)]
     results = {}

@@ -124,7 +124,7 @@ def _tiny_model(path):
 def test_model_on_annotation_file_with_images(real_data, repo_root, tmp_path, capsys):
     model = tmp_path / "m.keras"
     _tiny_model(model)
-    samples = repo_root / "datasets" / "samples" / "mpii" / "samples.json"
+    samples = repo_root / "hgkeras" / "data" / "samples" / "mpii" / "samples.json"
     out = tmp_path / "r.json"
     argv = ["evaluate", "--model", str(model), "--data", str(samples),
             "--images", str(real_data / "mpii" / "images"), "--out", str(out),
@@ -140,7 +140,7 @@ def test_model_on_tfrecords(real_data, repo_root, tmp_path):
     from hgkeras.data import read_annotations
     from hgkeras.data.tfrecords import write_tfrecords
 
-    records = read_annotations(repo_root / "datasets" / "samples" / "mpii" / "samples.json")[:2]
+    records = read_annotations(repo_root / "hgkeras" / "data" / "samples" / "mpii" / "samples.json")[:2]
     for r in records:
         r.split = "valid"
     write_tfrecords(records, real_data / "mpii" / "images", tmp_path / "tfr", progress=False)

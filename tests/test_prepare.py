@@ -49,7 +49,7 @@ def test_prepare_flic_real_images(tmp_path, real_data, capsys):
 
 def test_prepare_script_and_bad_annotations(tmp_path, repo_root, monkeypatch, capsys):
     out = tmp_path / "mpii"
-    samples = repo_root / "datasets" / "samples" / "mpii"
+    samples = repo_root / "hgkeras" / "data" / "samples" / "mpii"
     argv = ["prepare_mpii.py", "--annotations", str(samples / "samples.json"),
             "--images", str(samples / "images"), "--out", str(out), "--shards", "2", "--no-progress"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
@@ -78,7 +78,7 @@ def test_assign_validation_split():
 def test_preview_grid(tmp_path, repo_root):
     import cv2
 
-    samples = repo_root / "datasets" / "samples" / "mpii"
+    samples = repo_root / "hgkeras" / "data" / "samples" / "mpii"
     out = tmp_path / "tfr"
     assert main(["prepare", "mpii", "--annotations", str(samples / "samples.json"), "--images",
                  str(samples / "images"), "--out", str(out), "--no-progress"]) == 0  # fmt: skip
