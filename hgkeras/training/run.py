@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: The paper's settings (METHOD.md "Targets, loss, training"), used when ``--dataset`` is given.
+#: The paper's settings (docs/method.md "Targets, loss, training"), used when ``--dataset`` is given.
 PAPER_DEFAULTS: dict[str, Any] = {
     "stacks": 8,
     "features": 256,
@@ -201,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--lr-drops",
         type=_int_list,
         help="comma-separated epochs at which the learning rate is multiplied by --lr-factor, "
-        "'none' for a constant rate " + p % ("60,90", "5"),
+        "'none' for a constant rate " + both("lr_drops"),
     )
     opt.add_argument(
         "--lr-factor", type=float, help="multiplier at each learning-rate drop (default 0.1)"
