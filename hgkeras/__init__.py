@@ -3,7 +3,9 @@
 Runs under every Keras 3 backend (``KERAS_BACKEND=tensorflow|jax|torch``); exports to TF Serving and ONNX.
 
 Importing :mod:`hgkeras` is cheap: the names below are imported on first use (PEP 562), so
-``hgkeras --help`` and the scoring of a predictions file never load Keras or TensorFlow.
+``hgkeras --help`` and the scoring of a predictions file never load Keras or TensorFlow. Once Keras
+is imported (by hgkeras or by you), hgkeras' Keras classes are registered, so
+``import hgkeras; keras.models.load_model("best.keras")`` works.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import importlib
 
 from hgkeras import _env
 
-_env.quiet_startup()
-
 __version__ = "0.1.0"
+
+#: Modules whose Keras classes ``keras.models.load_model`` must know (registered on import).
+_KERAS_CLASS_MODULES = (
+    "hgkeras.models.hourglass",
+    "hgkeras.models.fold",
+    "hgkeras.training.trainer",
+)
 
 #: Public name -> the module that defines it (imported on first access).
 _LAZY = {
@@ -41,8 +48,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'hgkeras' has no attribute {name!r}")
 
 
+def _register_keras_classes() -> None:
+    for module in _KERAS_CLASS_MODULES:
+        importlib.import_module(module)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+_env.quiet_startup()
+_env.when_imported("keras", _register_keras_classes)

@@ -1,4 +1,5 @@
-"""Quiet start-up: TensorFlow's C++/absl/CUDA log lines are kept off the terminal unless asked for.
+"""Process start-up: TensorFlow's C++/absl/CUDA log lines kept off the terminal unless asked for,
+and work deferred until a heavy module is imported (:func:`when_imported`).
 
 :func:`quiet_startup` runs once, when :mod:`hgkeras` is imported (so every entry point gets it:
 ``hgkeras``, ``train.py``, ``datasets/*.py``, ``serving/*.py``). It sets ``TF_CPP_MIN_LOG_LEVEL=3``
@@ -21,7 +22,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: Environment variable that shows the start-up logs (any value but "" or "0").
 DEBUG_VARIABLE = "HGKERAS_DEBUG"
@@ -48,10 +49,8 @@ def quiet_startup() -> None:
     if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # inherited by subprocesses too
         _state["set_log_level"] = True
-    if "tensorflow" not in sys.modules and not any(
-        isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path
-    ):
-        sys.meta_path.insert(0, _QuietTensorFlowFinder())
+    if "tensorflow" not in sys.modules:
+        _install(_ImportHook("tensorflow", around=filtered_stderr, after=_quiet_python_loggers))
 
 
 def show_startup_logs() -> None:
@@ -60,7 +59,15 @@ def show_startup_logs() -> None:
     if _state["set_log_level"]:
         os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         _state["set_log_level"] = False
-    sys.meta_path = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowFinder)]
+    sys.meta_path = [f for f in sys.meta_path if not _is_hook(f, "tensorflow")]
+
+
+def when_imported(name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the top-level module ``name`` is imported (now, if it already is)."""
+    if name in sys.modules:
+        callback()
+    else:
+        _install(_ImportHook(name, after=callback))
 
 
 @contextlib.contextmanager
@@ -101,11 +108,20 @@ def _quiet_python_loggers() -> None:
         absl_logging.set_verbosity(absl_logging.ERROR)
 
 
-class _QuietLoader(importlib.abc.Loader):
-    """Runs the real loader of ``tensorflow`` inside :func:`filtered_stderr`, then steps aside."""
+def _is_hook(finder, name: str) -> bool:
+    return isinstance(finder, _ImportHook) and finder.name == name
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
+
+def _install(hook: _ImportHook) -> None:
+    if not any(_is_hook(f, hook.name) for f in sys.meta_path):
+        sys.meta_path = [hook, *sys.meta_path]
+
+
+class _HookedLoader(importlib.abc.Loader):
+    """Runs the real loader inside ``around()``, then ``after()``; the module keeps the real loader."""
+
+    def __init__(self, loader: importlib.abc.Loader, around, after) -> None:
+        self.loader, self.around, self.after = loader, around, after
 
     def create_module(self, spec: importlib.machinery.ModuleSpec):
         return self.loader.create_module(spec)
@@ -114,23 +130,25 @@ class _QuietLoader(importlib.abc.Loader):
         module.__loader__ = self.loader
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
-        with filtered_stderr():
+        with self.around():
             self.loader.exec_module(module)
-        _quiet_python_loggers()
+        if self.after is not None:
+            self.after()
 
 
-class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` with the other finders and wraps its loader in :class:`_QuietLoader`."""
+class _ImportHook(importlib.abc.MetaPathFinder):
+    """Finds the top-level module ``name`` with the other finders and wraps its loader, once."""
+
+    def __init__(self, name: str, around=contextlib.nullcontext, after=None) -> None:
+        self.name, self.around, self.after = name, around, after
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != self.name:
             return None
         # One import per process. A new list: the import system is iterating over the old one.
         sys.meta_path = [finder for finder in sys.meta_path if finder is not self]
-        if debug():
-            return None
         spec = importlib.util.find_spec(name)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _QuietLoader(spec.loader)
+        spec.loader = _HookedLoader(spec.loader, self.around, self.after)
         return spec

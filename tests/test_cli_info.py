@@ -136,8 +136,9 @@ def test_debug_switch_leaves_tensorflow_logging_alone(how, repo_root, tmp_path):
         "import os, sys, hgkeras\n"
         "from hgkeras.cli import main\n"
         "if len(sys.argv) > 1: main(sys.argv[1:])\n"
-        "quiet = [type(f).__name__ for f in sys.meta_path if 'Quiet' in type(f).__name__]\n"
-        "print(quiet, os.environ.get('TF_CPP_MIN_LOG_LEVEL'), os.environ.get('HGKERAS_DEBUG'))\n"
+        "hooked = [getattr(f, 'name', None) for f in sys.meta_path]\n"
+        "print('tensorflow' in hooked, os.environ.get('TF_CPP_MIN_LOG_LEVEL'),\n"
+        "      os.environ.get('HGKERAS_DEBUG'))\n"
     )
     env = _plain_env(repo_root, **(how if isinstance(how, dict) else {}))
     argv = [how] if isinstance(how, str) else []
@@ -146,11 +147,15 @@ def test_debug_switch_leaves_tensorflow_logging_alone(how, repo_root, tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[] None 1"
+    assert result.stdout.strip().splitlines()[-1] == "False None 1"
 
 
 def test_quiet_by_default(repo_root, tmp_path):
-    code = "import os, sys, hgkeras; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], len(sys.meta_path))"
+    code = (
+        "import os, sys, hgkeras\n"
+        "hooked = [getattr(f, 'name', None) for f in sys.meta_path]\n"
+        "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in hooked)\n"
+    )
     quiet = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=_plain_env(repo_root),
         capture_output=True, text=True, timeout=120,
@@ -160,8 +165,8 @@ def test_quiet_by_default(repo_root, tmp_path):
         env=_plain_env(repo_root, TF_CPP_MIN_LOG_LEVEL="1"), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
-    assert quiet.stdout.split()[0] == "3"
-    assert chosen.stdout.split()[0] == "1"  # the user's own setting wins
+    assert quiet.stdout.split() == ["3", "True"]
+    assert chosen.stdout.split() == ["1", "True"]  # the user's own level wins
 
 
 NATIVE_LINES = (
@@ -184,3 +189,28 @@ def test_filtered_stderr_keeps_everything_when_the_import_fails(capfd):
         os.write(2, NATIVE_LINES)
         raise ImportError("broken")
     assert capfd.readouterr().err == NATIVE_LINES.decode()
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_import_hgkeras_then_keras_loads_saved_models(backend, repo_root, tmp_path):
+    """The documented ``import hgkeras; keras.models.load_model(...)``: importing Keras registers
+    hgkeras' classes, though ``import hgkeras`` itself loads no Keras."""
+    save = (
+        "from hgkeras import StackedHourglass\n"
+        "StackedHourglass(num_stacks=1, num_features=16, image_shape=(64, 64, 3)).save('m.keras')\n"
+    )
+    load = (
+        "import sys, hgkeras\n"
+        "assert 'keras' not in sys.modules\n"
+        "import keras\n"
+        "model = keras.models.load_model('m.keras')\n"
+        "print(type(model).__name__, 'tensorflow' in sys.modules)\n"
+    )
+    env = _plain_env(repo_root, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    for code in (save, load):
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["StackedHourglass", str(backend == "tensorflow")]
