@@ -854,7 +854,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     """Command-line entry: parse flags, train, report errors in one line (exit code 2) or NaN (1)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
