@@ -59,5 +59,7 @@ def __dir__() -> list[str]:
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
+# Last, once the package is complete: when Keras is already loaded, the registration imports
+# hgkeras' submodules right here.
 _env.quiet_startup()
 _env.when_imported("keras", _register_keras_classes)
