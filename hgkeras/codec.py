@@ -17,7 +17,7 @@ from keras import ops
 from hgkeras import geometry
 from hgkeras.spec import get_skeleton
 
-#: Default Gaussian standard deviation in heatmap pixels (METHOD.md: sigma = 1 at 64x64).
+#: Default Gaussian standard deviation in heatmap pixels (docs/method.md: sigma = 1 at 64x64).
 DEFAULT_SIGMA = 1.0
 
 
@@ -132,7 +132,7 @@ def heatmaps_with_flip(
     """Final-stack heatmaps of ``model`` on ``images`` (N, H, W, 3), averaged with the mirrored pass.
 
     The mirrored image's heatmaps are mirrored back with left/right channels swapped before
-    averaging (METHOD.md "Flip test"). ``flip=False`` returns the plain prediction.
+    averaging (docs/method.md "Flip test"). ``flip=False`` returns the plain prediction.
     """
     images = ops.convert_to_tensor(images)
     heatmaps = final_heatmaps(model(images, training=False))

@@ -21,7 +21,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from keras import ops
 
 #: Pixels per unit of MPII/FLIC ``scale``: the person box side is ``PIXELS_PER_SCALE * scale``.
 PIXELS_PER_SCALE = 200.0
@@ -86,6 +85,8 @@ def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def crop_matrices(center, scale, output_size: int | Sequence[int], rotation=None):
     """Batched ``crop_matrix`` in ``keras.ops``: centre (N, 2), scale (N,), rotation (N,) degrees -> (N, 2, 3)."""
+    from keras import ops  # here: the numpy helpers (prediction files) need no Keras
+
     h, w = _size_hw(output_size)
     center = ops.cast(ops.convert_to_tensor(center), "float32")
     scale = ops.cast(ops.convert_to_tensor(scale), "float32")
@@ -108,6 +109,8 @@ def crop_matrices(center, scale, output_size: int | Sequence[int], rotation=None
 
 def invert_matrices(matrices):
     """Batched inverse of (N, 2, 3) affine matrices in ``keras.ops``."""
+    from keras import ops  # here: the numpy helpers (prediction files) need no Keras
+
     matrices = ops.cast(ops.convert_to_tensor(matrices), "float32")
     a, b, tx = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     c, d, ty = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
@@ -123,6 +126,8 @@ def invert_matrices(matrices):
 
 def transform_points(matrices, points):
     """Apply (N, 2, 3) affine matrices to points (N, J, 2) in ``keras.ops``."""
+    from keras import ops  # here: the numpy helpers (prediction files) need no Keras
+
     matrices = ops.cast(ops.convert_to_tensor(matrices), "float32")
     points = ops.cast(ops.convert_to_tensor(points), "float32")
     linear = matrices[:, :, :2]  # (N, 2, 2)

@@ -4,12 +4,10 @@ python serving/client.py IMAGE --box X1 Y1 X2 Y2 [--target localhost:8500 | --re
 python serving/client.py IMAGE --center X Y --scale S [--out overlay.png]
 """
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hgkeras.deploy.client import client_main  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Decoding conventions: quarter-pixel shift, confidence, flip test and the inverse crop to MATLAB pixels.
 
 ``DECODE`` runs in-process under TensorFlow and, from ``test_callbacks.py``, under jax and torch.
-Expected values follow from the definitions in METHOD.md and hgkeras.geometry, worked out in comments.
+Expected values follow from the definitions in docs/method.md and hgkeras.geometry, worked out in comments.
 """
 
 from __future__ import annotations

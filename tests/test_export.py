@@ -100,7 +100,7 @@ def test_onnx_matches_keras_with_dynamic_batch(export):
 
 
 def _mpii_person(real_data):
-    """First MPII sample: image bytes, adjusted 0-based centre and scale (METHOD.md "Crop")."""
+    """First MPII sample: image bytes, adjusted 0-based centre and scale (docs/method.md "Crop")."""
     record = json.loads((real_data / "mpii" / "samples.json").read_text())[0]
     raw_scale = float(record["scale"])
     center = np.array(record["center"], np.float64) + [0.0, 15.0 * raw_scale] - 1.0

@@ -8,7 +8,7 @@ import pytest
 
 from hgkeras import StackedHourglass, compile_model, count_macs, count_params
 
-# METHOD.md: trainable / non-trainable parameters at f=256, m=1, J=16.
+# docs/method.md: trainable / non-trainable parameters at f=256, m=1, J=16.
 PAPER_PARAMS = {
     1: (3_426_448, 16_640),
     2: (6_570_400, 31_488),

@@ -43,7 +43,7 @@ def _mpii_people(real_data):
     for record in records:
         bgr = cv2.imread(str(real_data / "mpii" / "images" / record["image"]))
         raw_scale = float(record["scale"])
-        # Torch's adjustment (METHOD.md "Crop"): centre 15*scale px lower, scale x 1.25.
+        # Torch's adjustment (docs/method.md "Crop"): centre 15*scale px lower, scale x 1.25.
         center = np.asarray(record["center"], np.float64) - geometry.MATLAB_OFFSET
         center[1] += 15.0 * raw_scale
         joints = np.asarray(record["joints"], np.float64) - geometry.MATLAB_OFFSET

@@ -42,7 +42,7 @@ def test_prepare_flic_real_images(tmp_path, real_data, capsys):
     for i, image_id in enumerate(ids):
         np.testing.assert_allclose(batch["joints"][i], reference[image_id].joints, atol=1e-3)
         assert float(batch["normalizer"][i]) == pytest.approx(reference[image_id].normalizer, 1e-5)
-        # METHOD.md's torso: left shoulder (0) to right hip (7)
+        # docs/method.md's torso: left shoulder (0) to right hip (7)
         torso = np.linalg.norm(reference[image_id].joints[0] - reference[image_id].joints[7])
         assert float(batch["normalizer"][i]) == pytest.approx(torso, 1e-5)
 

@@ -1,6 +1,6 @@
 """Importing pytorch_stacked_hourglass checkpoints: name mapping, parity with PyTorch, bad checkpoints.
 
-The PyTorch reference below is written from METHOD.md with the module names of the published
+The PyTorch reference below is written from docs/method.md with the module names of the published
 ``PoseNet`` (``pre``, ``hgs``, ``features``, ``outs``, ``merge_features``, ``merge_preds``; residuals
 with ``bn1, conv1.conv, ..., skip_layer.conv``). It is independent of hgkeras.models.hourglass: Keras must
 reproduce its eval-mode outputs from the imported weights alone.
@@ -29,7 +29,7 @@ TOLERANCE = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------
-# PyTorch reference (METHOD.md, "Network"), NCHW
+# PyTorch reference (docs/method.md, "Network"), NCHW
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,21 @@
-"""Data: annotation readers, TFRecord writers and the tf.data training pipeline."""
+"""Data: annotation readers, TFRecord writers and the tf.data training pipeline.
 
-from hgkeras.data.pipeline import pose_dataset
-from hgkeras.data.readers import read_annotations
-from hgkeras.data.records import PoseRecord
+The names below are imported on first use, so reading annotations does not load TensorFlow.
+"""
 
-__all__ = ["PoseRecord", "pose_dataset", "read_annotations"]
+import importlib
+
+_LAZY = {
+    "PoseRecord": "hgkeras.data.records",
+    "pose_dataset": "hgkeras.data.pipeline",
+    "read_annotations": "hgkeras.data.readers",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hgkeras.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -2,7 +2,7 @@
 
 The input is a batch of *source crops* from :func:`hgkeras.data.pose_dataset` (training mode): square
 crops of side ``source_size`` pixels showing ``source_margin`` person-box sides around the person centre.
-Per sample, :func:`sample_params` draws (METHOD.md "Augmentation", following the Torch code):
+Per sample, :func:`sample_params` draws (docs/method.md "Augmentation", following the Torch code):
 
 * rotation: ``clip(30 * N(0, 1), -30, 30)`` degrees on 40 % of samples, else 0;
 * scale: ``clip(1 + 0.25 * N(0, 1), 0.75, 1.25)`` (box side multiplier: > 1 zooms out);

@@ -66,7 +66,7 @@ def head_size(box: Iterable[float]) -> float:
 
 def _flic_normalizer(joints: np.ndarray, visible: np.ndarray) -> float:
     """FLIC PCK normaliser, :func:`hgkeras.evaluation.metrics.flic_torso_size` (left shoulder to right hip, as
-    METHOD.md), where both of its joints are annotated, else NaN. The Torch FLIC annot files store the
+    docs/method.md), where both of its joints are annotated, else NaN. The Torch FLIC annot files store the
     other diagonal in ``normalize``; readers keep it in ``record.extra["torch_normalize"]``."""
     if all(visible[j] for j in FLIC_TORSO_JOINTS):
         return float(flic_torso_size(joints[None])[0])

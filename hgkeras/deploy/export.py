@@ -15,7 +15,7 @@ beside it, then renamed) and has three signatures:
 
 Bad requests (empty batch, values outside [0, 1], non-finite numbers, undecodable bytes, scale <= 0)
 fail inside the graph with ``InvalidArgumentError`` (gRPC ``INVALID_ARGUMENT`` in TF Serving).
-With ``flip=True`` the flip test (METHOD.md "Inference") is part of every signature.
+With ``flip=True`` the flip test (docs/method.md "Inference") is part of every signature.
 
 TensorFlow is imported lazily: the module imports under every Keras backend, and a model loaded under
 jax or torch is exported by re-running the export in a TensorFlow subprocess.

@@ -259,7 +259,7 @@ class PosePredictor:
 
     Args:
         model_or_path: a keras model (e.g. :class:`hgkeras.StackedHourglass`) or a ``.keras`` path.
-        flip: average with the mirrored image (METHOD.md "Flip test").
+        flip: average with the mirrored image (docs/method.md "Flip test").
         batch_size: person crops per network call.
         antialias: shrink large person boxes with area averaging before the bilinear crop.
         fold_batch_norms: run an inference copy of the model with each conv -> BatchNorm pair folded

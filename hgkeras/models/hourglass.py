@@ -1,6 +1,6 @@
 """The Stacked Hourglass network (Newell, Yang, Deng, ECCV 2016) as a functional Keras 3 model.
 
-The file follows ``shared/docs/METHOD.md`` section "Network":
+The file follows ``docs/method.md`` section "Network":
 
 * ``apply_residual``  -- the pre-activation bottleneck R(cin, cout);
 * ``apply_hourglass`` -- the recursive hourglass H(n, f);

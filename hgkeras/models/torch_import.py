@@ -1,6 +1,6 @@
 """Import the published PyTorch Stacked Hourglass weights (``pytorch_stacked_hourglass``) into Keras.
 
-The PyTorch ``PoseNet`` of princeton-vl/pytorch_stacked_hourglass is the network of METHOD.md with
+The PyTorch ``PoseNet`` of princeton-vl/pytorch_stacked_hourglass is the network of docs/method.md with
 these module names (``m = 1`` residual module per resolution, ``increase = 0``)::
 
     pre.0.conv / pre.0.bn                  -> stem_conv / stem_bn      (Conv 7x7/2, padding 3)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: The paper's settings (METHOD.md "Targets, loss, training"), used when ``--dataset`` is given.
+#: The paper's settings (docs/method.md "Targets, loss, training"), used when ``--dataset`` is given.
 PAPER_DEFAULTS: dict[str, Any] = {
     "stacks": 8,
     "features": 256,
@@ -201,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--lr-drops",
         type=_int_list,
         help="comma-separated epochs at which the learning rate is multiplied by --lr-factor, "
-        "'none' for a constant rate " + p % ("60,90", "5"),
+        "'none' for a constant rate " + both("lr_drops"),
     )
     opt.add_argument(
         "--lr-factor", type=float, help="multiplier at each learning-rate drop (default 0.1)"
@@ -854,7 +854,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
     """Command-line entry: parse flags, train, report errors in one line (exit code 2) or NaN (1)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:

@@ -18,13 +18,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stacks", type=int, help="describe a fresh StackedHourglass with this many stacks"
     )
-    parser.add_argument("--features", type=int, default=256, help="feature width f (default 256)")
     parser.add_argument(
-        "--modules", type=int, default=1, help="residual modules per resolution (default 1)"
+        "--features", type=int, default=256, help="with --stacks: feature width f (default 256)"
     )
-    parser.add_argument("--joints", type=int, default=16, help="number of joints J (default 16)")
     parser.add_argument(
-        "--image-size", type=int, default=256, help="square input size (default 256)"
+        "--modules", type=int, default=1,
+        help="with --stacks: residual modules per resolution (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--joints", type=int, default=16, help="with --stacks: number of joints J (default 16)"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="with --stacks: square input size (default 256)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run)
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             for name in (
                 "keras", "tensorflow", "jax", "jaxlib", "torch", "numpy",
                 "opencv-python-headless", "tf2onnx", "onnx", "onnxruntime", "tensorflow-serving-api",
+                "ai-edge-litert", "openvino", "pycocotools", "tensorboard",
             )
         },
     }  # fmt: skip
