@@ -320,6 +320,33 @@ def results_from_predictions(
     return results
 
 
+def image_id_from_name(path: str | Path) -> int:
+    """The COCO image id of a COCO image file (``000000000785.jpg`` -> 785), or a ValueError."""
+    stem = Path(path).stem
+    digits = stem.rsplit("_", 1)[-1]  # also COCO 2014 names: COCO_val2014_000000000785
+    if not digits.isdigit():
+        raise ValueError(
+            f"{path}: COCO results need the image id; name the image by its COCO id "
+            "(e.g. 000000000785.jpg)"
+        )
+    return int(digits)
+
+
+def results_from_people(image_id: int, people: Sequence[Any]) -> list[dict]:
+    """COCO results entries of :class:`~hgkeras.inference.predictor.PersonPose` objects of one image
+    (17 joints; box score = the detection score, 1 for given boxes)."""
+    if people and len(people[0].keypoints) != COCO.num_joints:
+        raise ValueError(
+            f"COCO results need a 17-joint COCO model; this one predicts {len(people[0].keypoints)}"
+        )
+    return results_from_predictions(
+        [image_id] * len(people),
+        np.array([p.keypoints for p in people]).reshape(-1, COCO.num_joints, 2),
+        np.array([p.scores for p in people]).reshape(-1, COCO.num_joints),
+        [1.0 if p.detection_score is None else p.detection_score for p in people],
+    )
+
+
 def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, confidences: np.ndarray | None = None,
                threshold: float = RESCORE_THRESHOLD) -> np.ndarray:  # fmt: skip
     """Pairwise OKS (N, N) of poses (N, 17, 2) with object areas (N,) (the mean of each pair's areas).

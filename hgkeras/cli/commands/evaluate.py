@@ -149,8 +149,7 @@ def _run_coco(args: argparse.Namespace) -> int:
     from hgkeras.evaluation import coco
 
     if args.predictions:
-        results = coco.load_results(args.predictions)
-        metrics = coco.evaluate_results(args.data, results)
+        metrics = coco.evaluate_results(args.data, args.predictions)
     else:
         if not args.images:
             raise ValueError("--images DIR is needed to run --model on a COCO annotation file")
