@@ -250,7 +250,10 @@ def run(args: argparse.Namespace) -> int:
     pred = out["pred"]
     num_joints = pred.shape[1]
     if num_joints not in (16, 11):
-        raise ValueError(f"predictions have {num_joints} joints; expected 16 (MPII) or 11 (FLIC)")
+        raise ValueError(
+            f"predictions have {num_joints} joints; expected 16 (MPII) or 11 (FLIC); for COCO "
+            "give --data person_keypoints_*.json (and --images with --model)"
+        )
     dataset = "mpii" if num_joints == 16 else "flic"
     if out["joints"].shape != pred.shape:
         raise ValueError(
