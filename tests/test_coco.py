@@ -315,9 +315,10 @@ def test_evaluate_model_on_real_detections_writes_a_results_file(sample, tiny_co
 
 
 def test_predict_format_coco_writes_results_for_the_coco_tools(sample, tiny_coco_model, tmp_path):
+    """Whole images as one person each, flip test with the COCO pairs, results the COCO tools read."""
     code = main(
         ["predict", str(sample["images"]), "--model", str(tiny_coco_model), "--out",
-         str(tmp_path), "--format", "coco", "--no-overlay", "--quiet", "--no-flip"]
+         str(tmp_path), "--format", "coco", "--no-overlay", "--quiet"]
     )  # fmt: skip
     assert code == 0
     results = coco.load_results(tmp_path / "results.json")
