@@ -137,6 +137,7 @@ def test_non_square_heatmaps_decode_back_to_image_pixels():
             "annotations[0] (id 442619) has visibility flags other than 0, 1, 2",
         ),
         (lambda d: d.pop("images"), "not a COCO annotation file"),
+        (lambda d: d["annotations"][2].update(area="big"), "(id 230195) field 'area' must be"),
         (lambda d: d["annotations"][1].update(image_id=7), "refers to image_id 7"),
     ],
 )

@@ -138,7 +138,9 @@ def load_coco_annotations(path: str | Path) -> dict:
         if not np.all(np.isin(flags, (0, 1, 2))):
             raise ValueError(f"{path}: {where} has visibility flags other than 0, 1, 2")
         _numbers(ann["bbox"], 4, path, where, "bbox")
-        _numbers(ann["area"], 1, path, where, "area")
+        area = ann["area"]
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not area >= 0:
+            raise ValueError(f"{path}: {where} field 'area' must be a number >= 0, got {area!r}")
         if ann["image_id"] not in image_ids:
             raise ValueError(
                 f"{path}: {where} refers to image_id {ann['image_id']} not in 'images'"
