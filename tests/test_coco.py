@@ -266,6 +266,15 @@ def test_bad_results_files_are_clear_errors(sample, tmp_path, capsys, change, me
     assert message in error and str(path) in error and "Traceback" not in error
 
 
+def test_bad_detections_files_are_clear_errors(sample, tmp_path):
+    detections = json.loads(sample["detections"].read_text())
+    detections[7].pop("bbox")
+    path = _write(tmp_path / "detections.json", detections)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: entry 7 has no field 'bbox'")):
+        coco.load_detections(path)
+    assert len(coco.load_detections(sample["detections"])) == 118
+
+
 def test_oks_nms_drops_near_duplicates_and_keeps_distinct_poses():
     base = np.array([[10.0 * j, 5.0 * j] for j in range(17)])
     poses = np.stack([base, base + 0.5, base + 60.0])
