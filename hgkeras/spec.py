@@ -1,4 +1,4 @@
-"""Joint sets of the MPII and FLIC datasets: names, left/right flip pairs and limbs for drawing."""
+"""Joint sets of the MPII, FLIC and COCO datasets: names, left/right flip pairs and limbs for drawing."""
 
 from __future__ import annotations
 
@@ -71,11 +71,28 @@ FLIC = Skeleton(
     ),
 )  # fmt: skip
 
-SKELETONS = {"mpii": MPII, "flic": FLIC}
+# COCO person keypoints (17 joints, the order of ``categories[0].keypoints`` in
+# ``person_keypoints_*.json``); limbs are that file's ``skeleton`` made 0-based. COCO is scored with
+# OKS (object keypoint similarity, :mod:`hgkeras.evaluation.coco`), not with PCKh.
+COCO = Skeleton(
+    name="coco",
+    joint_names=(
+        "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+        "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+        "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    ),
+    flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
+    limbs=(
+        (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+        (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+    ),
+)  # fmt: skip
+
+SKELETONS = {"mpii": MPII, "flic": FLIC, "coco": COCO}
 
 
 def get_skeleton(name_or_joints: str | int) -> Skeleton:
-    """The skeleton named 'mpii' or 'flic', or the one with that many joints (16 or 11)."""
+    """The skeleton named 'mpii', 'flic' or 'coco', or the one with that many joints (16, 11, 17)."""
     if isinstance(name_or_joints, str):
         key = name_or_joints.lower()
         if key not in SKELETONS:
@@ -87,5 +104,5 @@ def get_skeleton(name_or_joints: str | int) -> Skeleton:
         if skeleton.num_joints == name_or_joints:
             return skeleton
     raise ValueError(
-        f"no known skeleton has {name_or_joints} joints; expected 16 (MPII) or 11 (FLIC)"
+        f"no known skeleton has {name_or_joints} joints; expected 16 (MPII), 11 (FLIC) or 17 (COCO)"
     )

@@ -45,11 +45,12 @@ def prepare_dataset(
     observer_centric: bool = False,
     valid_annotations: str | Path | None = None,
     progress: bool = True,
+    input_shape: str | Sequence[int] = (256, 256),
 ) -> dict:
     """Read ``annotations`` (any supported layout) and write TFRecords + manifest to ``out``.
 
     Args:
-        dataset: "mpii" or "flic" (checked against the file's joint count).
+        dataset: "mpii", "flic" (checked against the file's joint count) or "coco".
         annotations: annotation file.
         images: directory holding the images named in the annotations.
         out: output directory.
@@ -58,8 +59,18 @@ def prepare_dataset(
         observer_centric: FLIC: swap left/right labels of people seen from behind.
         valid_annotations: an annotation file whose people form the validation split (e.g. the Torch
             ``valid.h5`` for the MPII release ``.mat``); matching training people become "valid".
+        input_shape: COCO: the model input (height, width) the crop boxes are made for.
     Returns the manifest.
     """
+    if dataset == "coco":
+        from hgkeras.data.coco import prepare_coco
+
+        if observer_centric or valid_annotations is not None:
+            raise ValueError("observer_centric and valid_annotations do not apply to COCO")
+        return prepare_coco(
+            annotations, images, out, input_shape=input_shape, shards=shards, splits=splits,
+            progress=progress,
+        )  # fmt: skip
     skipped: list[str] = []
     records = read_annotations(
         annotations, dataset, observer_centric=observer_centric, skipped=skipped

@@ -9,6 +9,8 @@ Supported layouts (auto-detected by :func:`read_annotations`):
   index, person, visible``; centre/scale already adjusted. 16 joints = MPII, 11 joints = FLIC.
 * HRNet/mmpose ``.json``: a list of ``{image, center, scale, joints, joints_vis}`` with RAW MPII
   centre/scale and optional ``head_box`` ``[x1, y1, x2, y2]`` (hgkeras extension, gives the PCKh size).
+* COCO ``person_keypoints_*.json`` (a JSON object with ``images`` and ``annotations``): read by
+  :func:`hgkeras.data.coco.read_coco_keypoints` (square crop boxes; 0-based keypoints as stored).
 * FLIC ``examples.mat``: struct array ``examples`` with ``coords (2, 29)``, ``filepath``, ``torsobox``,
   ``imgdims``, ``istrain``, ``istest``.
 
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hgkeras.data.coco import is_coco_json, read_coco_keypoints
 from hgkeras.data.records import PoseRecord
 from hgkeras.evaluation.metrics import FLIC_TORSO_JOINTS, flic_torso_size
 from hgkeras.geometry import MATLAB_OFFSET
@@ -469,7 +472,7 @@ def detect_layout(path: str | Path) -> str:
     if suffix in (".h5", ".hdf5"):
         return "torch_h5"
     if suffix == ".json":
-        return "json"
+        return "coco_json" if is_coco_json(path) else "json"
     if suffix == ".mat":
         import scipy.io
 
@@ -493,6 +496,7 @@ _READERS = {
     "flic_mat": read_flic_mat,
     "torch_h5": read_torch_h5,
     "json": read_mpii_json,
+    "coco_json": read_coco_keypoints,
 }
 
 
@@ -521,8 +525,8 @@ def read_annotations(
     records = _READERS[layout](path, skipped=skipped)
     if dataset is not None:
         dataset = dataset.lower()
-        if dataset not in ("mpii", "flic"):
-            raise ValueError(f"dataset must be 'mpii' or 'flic', got {dataset!r}")
+        if dataset not in ("mpii", "flic", "coco"):
+            raise ValueError(f"dataset must be 'mpii', 'flic' or 'coco', got {dataset!r}")
         wrong = [r for r in records if r.dataset != dataset]
         if wrong:
             raise ValueError(

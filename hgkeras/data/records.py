@@ -20,9 +20,10 @@ class PoseRecord:
         visible: (J,) uint8, 1 where the joint is annotated (MPII "is annotated", not "is visible").
         center: (2,) float32 person-box centre, already adjusted as the Torch code crops it.
         scale: person-box side / 200 px, already adjusted (x1.25 for MPII).
-        normalizer: PCKh head size (MPII) or torso size (FLIC) in pixels; NaN when unknown.
+        normalizer: PCKh head size (MPII) or torso size (FLIC) in pixels, the annotation area (COCO,
+            the OKS s^2 in pixels^2); NaN when unknown.
         split: "train", "valid" or "test".
-        dataset: "mpii" or "flic".
+        dataset: "mpii", "flic" or "coco".
         image_id: index of the image in its source annotation file.
         person_id: index of the person within the image (or the source record index).
     """

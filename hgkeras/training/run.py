@@ -71,7 +71,7 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
     "val_every": 3,
 }
 
-DATASET_JOINTS = {"mpii": 16, "flic": 11}
+DATASET_JOINTS = {"mpii": 16, "flic": 11, "coco": 17}
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
@@ -159,7 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "data",
         "Give --dataset with --data-dir (TFRecords of `hgkeras prepare`: train split for fit, valid "
         "split for PCKh) or with --train-pattern/--val-pattern. With no data argument the embedded "
-        "run trains a small model on the shipped real MPII samples.",
+        "run trains a small model on the shipped real MPII samples. --dataset coco starts from the "
+        "top-down COCO defaults (input 256, sigma 2, batch 32, 210 epochs, drops at 170,200; "
+        "docs/evaluation.md) instead of the paper's.",
     )
     data.add_argument("--dataset", choices=sorted(DATASET_JOINTS), help="dataset of the records")
     data.add_argument("--data-dir", help="directory of prepared TFRecords (manifest.json + shards)")
@@ -290,6 +292,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     given.pop("command", None)
     has_data = any(given.get(k) for k in ("dataset", "data_dir", "train_pattern", "val_pattern"))
     defaults = dict(PAPER_DEFAULTS if has_data else EMBEDDED_DEFAULTS)
+    if given.get("dataset") == "coco":
+        from hgkeras.data.coco import TRAINING_DEFAULTS
+
+        defaults.update(TRAINING_DEFAULTS)  # the usual top-down COCO settings
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in {**defaults, **given}.items() if k in names}
     config = TrainConfig(**values)
@@ -299,7 +305,9 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         if "out" not in given:
             config.out = "runs/embedded"
     elif config.dataset is None:
-        raise ValueError("--dataset (mpii or flic) is required with --data-dir or --*-pattern")
+        raise ValueError(
+            "--dataset (mpii, flic or coco) is required with --data-dir or --*-pattern"
+        )
     if config.data_dir and (config.train_pattern or config.val_pattern):
         raise ValueError("give either --data-dir or --train-pattern/--val-pattern, not both")
     if not config.embedded and not config.data_dir and not config.train_pattern:
@@ -661,7 +669,12 @@ def build_trainer(config: TrainConfig, distributed: bool = False):
         name="stacked_hourglass",
     )
     trainer_class = _pose_trainer_class(distributed)
-    trainer = trainer_class(hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed)
+    from hgkeras.data.coco import AUGMENTATION
+
+    options = AUGMENTATION if config.dataset == "coco" else {}
+    trainer = trainer_class(
+        hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed, **options
+    )
     # Built up front so that a resumed run can load its backup before the first step.
     source = source_crop_size(config.input_size)
     trainer.build(
@@ -686,9 +699,12 @@ class _ValidationPCKh:
 
     @staticmethod
     def make(dataset, config: TrainConfig):
+        from hgkeras.evaluation.coco import OKSAPCallback
         from hgkeras.training.validation import PCKhCallback
 
-        class RunPCKh(PCKhCallback):
+        coco = config.dataset == "coco"  # OKS AP (val_ap) in place of PCKh
+
+        class RunPCKh(OKSAPCallback if coco else PCKhCallback):
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
                 if (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == config.epochs:
                     saved, self.every_n_epochs = self.every_n_epochs, 1
@@ -701,7 +717,7 @@ class _ValidationPCKh:
             dataset,
             every_n_epochs=config.val_every,
             flip=config.flip_eval,
-            protocol=config.pckh_protocol,
+            **({} if coco else {"protocol": config.pckh_protocol}),
         )
 
 
@@ -718,7 +734,8 @@ def build_callbacks(config: TrainConfig, out: Path, val_dataset, steps_per_epoch
     }
     if val_dataset is not None:
         callbacks["pckh"] = _ValidationPCKh.make(val_dataset, config)
-        callbacks["best"] = tc.BestModelCheckpoint(out / "best.keras", out / "best.json")
+        monitor = "val_ap" if config.dataset == "coco" else "val_pckh"
+        callbacks["best"] = tc.BestModelCheckpoint(out / "best.keras", out / "best.json", monitor)
     callbacks["last"] = tc.LastModelCheckpoint(out / "last.keras")
     callbacks["csv"] = tc.ResumableCSVLogger(out / "log.csv")
     callbacks["tensorboard"] = tc.ScalarTensorBoard(out / "logs")
@@ -825,7 +842,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "distribution": dist.description,
         "backend": config.backend,
     }
-    if "pckh" in callbacks:
+    if "pckh" in callbacks and config.dataset == "coco":
+        result = callbacks["pckh"].evaluate()
+        summary["oks"] = result
+        summary["val_ap"] = result["AP"]
+        summary["best"] = {"val_ap": callbacks["best"].best, "epoch": callbacks["best"].best_epoch}
+        print(f"Final COCO OKS AP (flip {config.flip_eval}): {result['AP']:.3f}", flush=True)
+    elif "pckh" in callbacks:
         result = callbacks["pckh"].evaluate()
         summary["pckh"] = {
             k: (float(v) if isinstance(v, (int, float)) else v)

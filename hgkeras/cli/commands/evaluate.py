@@ -1,4 +1,4 @@
-"""``hgkeras evaluate``: MPII PCKh / FLIC PCK of a model or of an existing predictions file."""
+"""``hgkeras evaluate``: MPII PCKh / FLIC PCK / COCO OKS AP of a model or of a predictions file."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ ANNOTATION_SUFFIXES = (".h5", ".hdf5", ".mat", ".json")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score a model or a predictions file with MPII PCKh@0.5 / FLIC PCK@0.2",
+        help="score a model or a predictions file with MPII PCKh@0.5 / FLIC PCK@0.2 / COCO OKS AP",
         description="Evaluate pose predictions on MPII (PCKh@0.5, official or HRNet protocol) or FLIC "
-        "(PCK@0.2). Predictions come from a model (--model, run on --data) or from an existing file "
+        "(PCK@0.2) or COCO keypoints (OKS AP/AR with pycocotools: --data person_keypoints_*.json, "
+        "--predictions a COCO results file, or --model with --images [--detections]). "
+        "Predictions come from a model (--model, run on --data) or from an existing file "
         "(--predictions, scored against the annotation file --data). Prints the paper-style table "
         "(Head Sho Elb Wri Hip Knee Ank Total) and writes JSON with --out.",
     )
@@ -42,11 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--protocol", choices=("official", "hrnet"), default="official",
         help="MPII protocol: official (Head = neck + head top, Total) or hrnet (Head = head top, Mean)",
     )  # fmt: skip
+    parser.add_argument(
+        "--detections",
+        help="COCO: person detections (results layout: image_id, bbox, score) to run --model on "
+        "instead of the ground-truth boxes",
+    )
+    parser.add_argument(
+        "--oks-nms", action=argparse.BooleanOptionalAction, default=None,
+        help="COCO: drop poses with OKS > 0.9 to a higher-scored one (default: on with --detections)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16, help="people per batch (default 16)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument(
         "--write-predictions",
-        help="also write the predictions (1-based 'preds', N x J x 2) to this .h5 or .mat file",
+        help="also write the predictions (1-based 'preds', N x J x 2) to this .h5 or .mat file "
+        "(COCO: a keypoint results .json)",
     )
     parser.add_argument(
         "--write-mpii-submission",
@@ -124,6 +136,46 @@ def _predict_records(model, records, images_dir: Path, flip: bool, batch_size: i
     return np.concatenate(preds)
 
 
+def _is_coco_file(path: str) -> bool:
+    from hgkeras.data.coco import is_coco_json
+
+    return _is_annotation_file(path) and path.lower().endswith(".json") and is_coco_json(path)
+
+
+def _run_coco(args: argparse.Namespace) -> int:
+    """COCO OKS AP/AR (pycocotools) of a results file, or of --model on ground-truth/detected boxes."""
+    import json
+
+    from hgkeras.evaluation import coco
+
+    if args.predictions:
+        metrics = coco.evaluate_results(args.data, args.predictions)
+    else:
+        if not args.images:
+            raise ValueError("--images DIR is needed to run --model on a COCO annotation file")
+        metrics, results = coco.evaluate_model(
+            _load_model(args.model), args.data, args.images, args.detections, flip=args.flip,
+            batch_size=args.batch_size, nms=args.oks_nms,
+        )  # fmt: skip
+        if args.write_predictions:
+            coco.write_results(args.write_predictions, [
+                {k: v for k, v in r.items() if k != "box"} for r in results
+            ])  # fmt: skip
+            print(f"wrote COCO results to {args.write_predictions}")
+    boxes = "detections" if args.detections else "ground-truth boxes"
+    source = args.predictions or f"{args.model} on {boxes}"
+    print(f"COCO keypoints OKS AP/AR (pycocotools), {metrics['num_results']} results from {source}")
+    print(coco.format_metrics(metrics))
+    if args.out:
+        from hgkeras.evaluation.evaluate import atomic_write_text
+
+        document = {"dataset": "coco", "data": str(args.data), "model": args.model,
+                    "predictions": args.predictions, "detections": args.detections, **metrics}  # fmt: skip
+        atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _gather(args: argparse.Namespace) -> dict:
     """Predictions and ground truth as numpy arrays (keys pred, joints, visible, normalizer, ids)."""
     import numpy as np
@@ -192,11 +244,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of --model or --predictions")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if _is_coco_file(args.data):
+        return _run_coco(args)
     out = _gather(args)
     pred = out["pred"]
     num_joints = pred.shape[1]
     if num_joints not in (16, 11):
-        raise ValueError(f"predictions have {num_joints} joints; expected 16 (MPII) or 11 (FLIC)")
+        raise ValueError(
+            f"predictions have {num_joints} joints; expected 16 (MPII) or 11 (FLIC); for COCO "
+            "give --data person_keypoints_*.json (and --images with --model)"
+        )
     dataset = "mpii" if num_joints == 16 else "flic"
     if out["joints"].shape != pred.shape:
         raise ValueError(

@@ -61,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jsonl", action="store_true", help="videos: write NAME.jsonl, one JSON line per frame"
     )
     parser.add_argument("--no-overlay", action="store_true", help="write JSON only")
+    parser.add_argument(
+        "--format", choices=("hgkeras", "coco"), default="hgkeras",
+        help="coco: also write OUT/results.json, the COCO keypoint results of all images (17-joint "
+        "COCO model; image ids from COCO file names such as 000000000785.jpg)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     parser.set_defaults(func=run)
@@ -136,8 +141,11 @@ def _progress(iterable, total: int | None, desc: str, quiet: bool):
                 disable=quiet, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
 
 
-def predict_image(predictor, path: Path, stem: str, args: argparse.Namespace) -> list[Path]:
-    """Predict one image file; write its JSON, overlay and montages; return the written paths."""
+def predict_image(
+    predictor, path: Path, stem: str, args: argparse.Namespace, coco_results: list | None = None
+) -> list[Path]:
+    """Predict one image file; write its JSON, overlay and montages; return the written paths.
+    ``coco_results``: a list the image's COCO results entries are added to."""
     from hgkeras.inference.predictor import load_image, to_uint8_bgr
     from hgkeras.vis.draw import draw_people, heatmap_montage
 
@@ -145,6 +153,10 @@ def predict_image(predictor, path: Path, stem: str, args: argparse.Namespace) ->
     people = predictor.predict(
         pixels, boxes=args.box, detect=args.detect, color="bgr", return_heatmaps=args.heatmaps
     )
+    if coco_results is not None:
+        from hgkeras.evaluation.coco import image_id_from_name, results_from_people
+
+        coco_results += results_from_people(image_id_from_name(path), people)
     out = Path(args.out)
     record = {
         "source": str(path),
@@ -257,6 +269,14 @@ def run(args: argparse.Namespace) -> int:
         for box in args.box:
             box_to_center_scale(box)  # clear error for a bad box before loading the model
     items = collect_inputs(args.inputs)
+    coco_results = [] if args.format == "coco" else None
+    if coco_results is not None:
+        from hgkeras.evaluation.coco import image_id_from_name
+
+        if any(kind == "video" for _, kind in items):
+            raise ValueError("--format coco applies to images, not videos")
+        for path, _ in items:
+            image_id_from_name(path)  # clear error before loading the model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -269,10 +289,15 @@ def run(args: argparse.Namespace) -> int:
     written: list[Path] = []
     image_bar = _progress(images, len(images), "", args.quiet or not many)
     for path, _ in image_bar:
-        written += predict_image(predictor, path, _unique_stem(path, used), args)
+        written += predict_image(predictor, path, _unique_stem(path, used), args, coco_results)
     for path, kind in items:
         if kind == "video":
             written += predict_video(predictor, path, _unique_stem(path, used), args)
+    if coco_results is not None:
+        from hgkeras.evaluation.coco import write_results
+
+        written.append(out / "results.json")
+        write_results(written[-1], coco_results)
     if not args.quiet:
         for path in written:
             print(f"wrote {path}")

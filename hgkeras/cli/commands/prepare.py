@@ -1,4 +1,4 @@
-"""``hgkeras prepare {mpii,flic}``: annotations + images -> sharded TFRecords with a manifest."""
+"""``hgkeras prepare {mpii,flic,coco}``: annotations + images -> sharded TFRecords with a manifest."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare",
-        help="convert MPII or FLIC annotations and images to sharded TFRecords",
+        help="convert MPII, FLIC or COCO annotations and images to sharded TFRecords",
         description="Read an MPII (release .mat, Torch annot .h5, HRNet .json) or FLIC (examples.mat, "
-        "Torch annot .h5) annotation file and write sharded TFRecords plus manifest.json. Missing or "
-        "corrupt images are skipped and listed in the manifest; shards are written under a temporary "
-        "name and renamed when complete, so re-running is safe.",
+        "Torch annot .h5) or COCO (person_keypoints_*.json: people with keypoints, not crowd) "
+        "annotation file and write sharded TFRecords plus manifest.json. Missing or corrupt images "
+        "are skipped and listed in the manifest; shards are written under a temporary name and "
+        "renamed when complete, so re-running is safe.",
     )
-    parser.add_argument("dataset", choices=["mpii", "flic"])
+    parser.add_argument("dataset", choices=["mpii", "flic", "coco"])
     parser.add_argument("--annotations", required=True, help="annotation file")
     parser.add_argument("--images", required=True, help="directory of the images")
     parser.add_argument("--out", required=True, help="output directory")
@@ -32,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="annotation file whose people form the validation split (e.g. MPII valid.h5 with the "
         "release .mat)",
     )
+    parser.add_argument(
+        "--input-shape", default="256x256",
+        help="COCO: model input HEIGHTxWIDTH the crop boxes are made for (256x256 or 256x192; "
+        "default 256x256)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         observer_centric=args.observer_centric,
         valid_annotations=args.valid_annotations,
         progress=not args.no_progress,
+        input_shape=args.input_shape,
     )
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['records']} records in {len(info['shards'])} shard(s)")

@@ -1,0 +1,519 @@
+"""COCO keypoint evaluation: OKS AP/AR through pycocotools, results files, top-down prediction.
+
+* :func:`evaluate_results` scores a COCO keypoint results list (``image_id``, ``category_id``,
+  ``keypoints`` [51], ``score``) against ``person_keypoints_*.json`` with ``pycocotools.cocoeval``
+  (``iouType="keypoints"``) and returns AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl.
+* :func:`predict_people` runs a model on person boxes (ground truth or detections): crop box = box
+  widened to the input's aspect ratio and padded 1.25 (:func:`hgkeras.data.coco.coco_box_to_center_scale`),
+  flip test, decode to image pixels; :func:`results_from_predictions` rescores (box score x mean
+  confidence of the keypoints above 0.2) and :func:`oks_nms` optionally removes duplicates.
+* :class:`OKSAPCallback` logs ``val_ap`` ... for COCO training in place of PCKh.
+
+Keypoints in results files are 0-based pixel indices, the convention of the annotations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from hgkeras.data.coco import PERSON_CATEGORY, coco_box_to_center_scale, load_coco_annotations
+from hgkeras.spec import COCO
+
+logger = logging.getLogger(__name__)
+
+#: Per-keypoint OKS constants sigma_i of COCO (pycocotools' ``kpt_oks_sigmas``), COCO joint order.
+OKS_SIGMAS = (
+    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07,
+              0.87, 0.87, 0.89, 0.89]) / 10.0
+)  # fmt: skip
+#: The summary numbers, in the order of ``COCOeval.stats`` for keypoints.
+METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+#: Keypoints above this confidence count in the rescoring mean (HRNet / mmpose ``in_vis_thre``).
+RESCORE_THRESHOLD = 0.2
+#: Default OKS above which OKS-NMS drops the lower-scored of two poses (HRNet / mmpose).
+OKS_NMS_THRESHOLD = 0.9
+
+_NUM_VALUES = 3 * COCO.num_joints
+_LOGGED = ("AP50", "AP75", "APm", "APl")
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+
+
+def _checked_number(value: Any, source: str, where: str, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: {where} field {key!r} is not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{source}: {where} field {key!r} is not finite: {value!r}")
+    return number
+
+
+def check_results(results: Any, source: str = "results") -> list[dict]:
+    """A COCO keypoint results list, checked: every entry has ``image_id``, ``category_id``,
+    ``keypoints`` (51 finite numbers) and a finite ``score``; errors name ``source`` and the index."""
+    if not isinstance(results, list):
+        raise ValueError(
+            f"{source}: a COCO results file is a JSON list of objects, got {type(results).__name__}"
+        )
+    checked = []
+    for i, entry in enumerate(results):
+        where = f"entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{source}: {where} is not a JSON object")
+        for key in ("image_id", "category_id", "keypoints", "score"):
+            if key not in entry:
+                raise ValueError(f"{source}: {where} has no field {key!r}")
+        keypoints = entry["keypoints"]
+        if not isinstance(keypoints, list) or len(keypoints) != _NUM_VALUES:
+            size = len(keypoints) if isinstance(keypoints, list) else type(keypoints).__name__
+            raise ValueError(
+                f"{source}: {where} field 'keypoints' has {size} values, expected {_NUM_VALUES} "
+                f"(17 x [x, y, score])"
+            )
+        values = [_checked_number(v, source, where, "keypoints") for v in keypoints]
+        checked.append(
+            {
+                "image_id": entry["image_id"],
+                "category_id": entry["category_id"],
+                "keypoints": values,
+                "score": _checked_number(entry["score"], source, where, "score"),
+            }
+        )
+    return checked
+
+
+def load_results(path: str | Path) -> list[dict]:
+    """Read and check a COCO keypoint results file (see :func:`check_results`)."""
+    path = Path(path)
+    return check_results(_load_json(path), str(path))
+
+
+def load_detections(path: str | Path) -> list[dict]:
+    """Person detections (COCO results layout: ``image_id``, ``bbox`` [x, y, w, h], ``score``,
+    optional ``category_id``; only category 1 is kept), checked, with clear errors."""
+    path = Path(path)
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: a detections file is a JSON list of objects")
+    detections = []
+    for i, entry in enumerate(data):
+        where = f"entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: {where} is not a JSON object")
+        for key in ("image_id", "bbox", "score"):
+            if key not in entry:
+                raise ValueError(f"{path}: {where} has no field {key!r}")
+        box = entry["bbox"]
+        if not isinstance(box, list) or len(box) != 4:
+            raise ValueError(f"{path}: {where} field 'bbox' must be [x, y, w, h]")
+        box = [_checked_number(v, str(path), where, "bbox") for v in box]
+        if entry.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
+            continue
+        detections.append(
+            {
+                "image_id": entry["image_id"],
+                "bbox": box,
+                "score": _checked_number(entry["score"], str(path), where, "score"),
+            }
+        )
+    return detections
+
+
+def _ground_truth(data: dict):
+    from pycocotools.coco import COCO as CocoApi
+
+    api = CocoApi()
+    api.dataset = copy.deepcopy(data)
+    with contextlib.redirect_stdout(io.StringIO()):
+        api.createIndex()
+    return api
+
+
+def evaluate_results(ground_truth: dict | str | Path, results: list | str | Path) -> dict:
+    """OKS AP/AR of keypoint ``results`` against ``ground_truth`` with pycocotools' COCOeval.
+
+    ``ground_truth`` is a ``person_keypoints_*.json`` path or its parsed object; ``results`` a results
+    file path or list. Every image of the ground truth is evaluated (pycocotools' default). Returns
+    the :data:`METRIC_NAMES` as floats in [0, 1] (-1 where pycocotools has nothing to average, e.g.
+    APm without medium people) plus ``num_results``.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    source = str(results) if isinstance(results, (str, Path)) else "results"
+    if isinstance(ground_truth, (str, Path)):
+        ground_truth = load_coco_annotations(ground_truth)
+    results = load_results(results) if isinstance(results, (str, Path)) else check_results(results)
+    if not results:
+        raise ValueError(f"{source}: holds no results to score")
+    known = {image["id"] for image in ground_truth["images"]}
+    for i, entry in enumerate(results):
+        if entry["image_id"] not in known:
+            raise ValueError(
+                f"{source}: entry {i} has image_id {entry['image_id']!r}, which is not an image of "
+                "the ground truth"
+            )
+    gt = _ground_truth(ground_truth)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(copy.deepcopy(results))
+        evaluator = COCOeval(gt, dt, "keypoints")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
+    metrics["num_results"] = len(results)
+    return metrics
+
+
+def format_metrics(metrics: dict) -> str:
+    """A two-line table of the summary numbers (in [0, 1], as pycocotools prints them)."""
+    header = " ".join(f"{name:>6}" for name in METRIC_NAMES)
+    values = " ".join(f"{metrics[name]:6.3f}" for name in METRIC_NAMES)
+    return header + "\n" + values
+
+
+# ------------------------------------------------------------------------------ top-down prediction
+
+
+def person_boxes(data: dict, detections: Sequence[dict] | None = None) -> list[dict]:
+    """Boxes to run the model on: ``{"image_id", "bbox", "score"}`` per person.
+
+    Without ``detections``: the ground-truth boxes of people with keypoints that are not crowd
+    (score 1). With them: every person detection of an image of ``data`` (others are ignored).
+    """
+    if detections is None:
+        return [
+            {"image_id": ann["image_id"], "bbox": list(ann["bbox"]), "score": 1.0}
+            for ann in data["annotations"]
+            if not ann.get("iscrowd", 0)
+            and ann.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY
+            and any(v > 0 for v in ann["keypoints"][2::3])
+            and ann["bbox"][2] > 0
+            and ann["bbox"][3] > 0
+        ]
+    known = {image["id"] for image in data["images"]}
+    return [
+        d for d in detections if d["image_id"] in known and d["bbox"][2] > 0 and d["bbox"][3] > 0
+    ]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _crop(
+    image: np.ndarray, center: np.ndarray, scale: float, shape: tuple[int, int]
+) -> np.ndarray:
+    """The (H, W) crop of the box (centre, scale), bilinear, zero border, float32 in [0, 1]."""
+    import cv2
+
+    from hgkeras.geometry import crop_matrix
+
+    matrix = crop_matrix(center, scale, shape)
+    crop = cv2.warpAffine(
+        image, matrix, (shape[1], shape[0]), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+    )  # fmt: skip
+    return crop.astype(np.float32) / 255.0
+
+
+def predict_people(
+    model: keras.Model,
+    data: dict,
+    images_dir: str | Path,
+    boxes: Sequence[dict],
+    *,
+    flip: bool = True,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (N, 17, 2) in image pixels and confidences (N, 17) for every box of ``boxes``.
+
+    Each box is cropped as top-down COCO methods do (aspect ratio of the model input, 1.25 padding),
+    run with the flip test and decoded through the inverse crop transform.
+    """
+    from hgkeras.codec import predict_keypoints
+
+    height, width = (int(v) for v in model.inputs[0].shape[1:3])
+    joints = int(model.outputs[-1].shape[-1])
+    if joints != COCO.num_joints:
+        raise ValueError(f"the model predicts {joints} joints; COCO evaluation needs 17")
+    files = {image["id"]: image["file_name"] for image in data["images"]}
+    images_dir = Path(images_dir)
+    order = sorted(range(len(boxes)), key=lambda k: str(boxes[k]["image_id"]))
+    keypoints = np.zeros((len(boxes), joints, 2), np.float32)
+    scores = np.zeros((len(boxes), joints), np.float32)
+    cached: tuple[Any, np.ndarray] | None = None
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        crops, centers, scales = [], [], []
+        for k in chunk:
+            image_id = boxes[k]["image_id"]
+            if cached is None or cached[0] != image_id:
+                cached = (image_id, _read_rgb(images_dir / files[image_id]))
+            center, scale = coco_box_to_center_scale(boxes[k]["bbox"], width / height)
+            crops.append(_crop(cached[1], center, scale, (height, width)))
+            centers.append(center)
+            scales.append(scale)
+        k_pts, k_scores = predict_keypoints(
+            model, np.stack(crops), np.stack(centers), np.array(scales), flip, batch_size
+        )
+        keypoints[chunk], scores[chunk] = k_pts, k_scores
+    return keypoints, scores
+
+
+def rescore(box_score: float, keypoint_scores: np.ndarray, threshold: float = RESCORE_THRESHOLD):
+    """Box score x mean confidence of the keypoints above ``threshold`` (0 when none is)."""
+    confident = np.asarray(keypoint_scores, np.float64)
+    confident = confident[confident > threshold]
+    return float(box_score) * (float(confident.mean()) if confident.size else 0.0)
+
+
+def results_from_predictions(
+    image_ids: Sequence[Any],
+    keypoints: np.ndarray,
+    scores: np.ndarray,
+    box_scores: Sequence[float] | None = None,
+    boxes: Sequence[Sequence[float]] | None = None,
+    threshold: float = RESCORE_THRESHOLD,
+) -> list[dict]:
+    """COCO results entries for predictions (N, 17, 2) with confidences (N, 17), rescored
+    (:func:`rescore`, box scores default 1). ``boxes`` [x, y, w, h] are kept as ``box`` (for
+    :func:`oks_nms`; COCO tools ignore the field)."""
+    results = []
+    for k, image_id in enumerate(image_ids):
+        values = np.concatenate([keypoints[k], scores[k][:, None]], axis=1).reshape(-1)
+        box_score = 1.0 if box_scores is None else box_scores[k]
+        entry = {
+            "image_id": image_id if isinstance(image_id, str) else int(image_id),
+            "category_id": PERSON_CATEGORY,
+            "keypoints": [round(float(v), 3) for v in values],
+            "score": rescore(box_score, scores[k], threshold),
+        }
+        if boxes is not None:
+            entry["box"] = [float(v) for v in boxes[k]]
+        results.append(entry)
+    return results
+
+
+def image_id_from_name(path: str | Path) -> int:
+    """The COCO image id of a COCO image file (``000000000785.jpg`` -> 785), or a ValueError."""
+    stem = Path(path).stem
+    digits = stem.rsplit("_", 1)[-1]  # also COCO 2014 names: COCO_val2014_000000000785
+    if not digits.isdigit():
+        raise ValueError(
+            f"{path}: COCO results need the image id; name the image by its COCO id "
+            "(e.g. 000000000785.jpg)"
+        )
+    return int(digits)
+
+
+def results_from_people(image_id: int, people: Sequence[Any]) -> list[dict]:
+    """COCO results entries of :class:`~hgkeras.inference.predictor.PersonPose` objects of one image
+    (17 joints; box score = the detection score, 1 for given boxes)."""
+    if people and len(people[0].keypoints) != COCO.num_joints:
+        raise ValueError(
+            f"COCO results need a 17-joint COCO model; this one predicts {len(people[0].keypoints)}"
+        )
+    return results_from_predictions(
+        [image_id] * len(people),
+        np.array([p.keypoints for p in people]).reshape(-1, COCO.num_joints, 2),
+        np.array([p.scores for p in people]).reshape(-1, COCO.num_joints),
+        [1.0 if p.detection_score is None else p.detection_score for p in people],
+    )
+
+
+def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, confidences: np.ndarray | None = None,
+               threshold: float = RESCORE_THRESHOLD) -> np.ndarray:  # fmt: skip
+    """Pairwise OKS (N, N) of poses (N, 17, 2) with object areas (N,) (the mean of each pair's areas).
+
+    With ``confidences`` (N, 17), only keypoints above ``threshold`` in both poses count (as HRNet's
+    ``oks_iou``).
+    """
+    variances = (2.0 * OKS_SIGMAS) ** 2
+    d2 = np.sum((keypoints[:, None] - keypoints[None, :]) ** 2, axis=-1)  # (N, N, 17)
+    scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
+    similarity = np.exp(-d2 / variances / scale[..., None] / 2.0)
+    if confidences is None:
+        return similarity.mean(axis=-1)
+    mask = (confidences[:, None] > threshold) & (confidences[None, :] > threshold)
+    counts = mask.sum(axis=-1)
+    return np.where(counts > 0, (similarity * mask).sum(axis=-1) / np.maximum(counts, 1), 0.0)
+
+
+def oks_nms(results: Sequence[dict], threshold: float = OKS_NMS_THRESHOLD) -> list[dict]:
+    """Per image, drop every pose whose OKS with a higher-scored kept pose exceeds ``threshold``.
+
+    The object area of a pose is that of its input ``box`` (w x h), as HRNet / mmpose do.
+    """
+    by_image: dict[Any, list[int]] = {}
+    for k, entry in enumerate(results):
+        by_image.setdefault(entry["image_id"], []).append(k)
+    kept = []
+    for members in by_image.values():
+        values = np.array([results[k]["keypoints"] for k in members]).reshape(len(members), -1, 3)
+        areas = np.array([results[k]["box"][2] * results[k]["box"][3] for k in members])
+        overlap = oks_matrix(values[..., :2], areas, values[..., 2])
+        order = list(np.argsort([-results[k]["score"] for k in members], kind="stable"))
+        while order:
+            best = order.pop(0)
+            kept.append(members[best])
+            order = [j for j in order if overlap[best, j] <= threshold]
+    return [results[k] for k in sorted(kept)]
+
+
+def evaluate_model(
+    model: keras.Model,
+    annotations: str | Path,
+    images_dir: str | Path,
+    detections: str | Path | None = None,
+    *,
+    flip: bool = True,
+    batch_size: int = 16,
+    nms: bool | None = None,
+    nms_threshold: float = OKS_NMS_THRESHOLD,
+) -> tuple[dict, list[dict]]:
+    """Run ``model`` on ground-truth boxes (or ``detections``) and score it; (metrics, results).
+
+    ``nms`` (default: on with detections) applies :func:`oks_nms`. Results carry ``box``.
+    """
+    data = load_coco_annotations(annotations)
+    boxes = person_boxes(data, load_detections(detections) if detections else None)
+    if not boxes:
+        raise ValueError(
+            f"{detections or annotations}: no person boxes on the images of {annotations}"
+        )
+    keypoints, scores = predict_people(
+        model, data, images_dir, boxes, flip=flip, batch_size=batch_size
+    )
+    results = results_from_predictions(
+        [b["image_id"] for b in boxes], keypoints, scores, [b["score"] for b in boxes],
+        [b["bbox"] for b in boxes],
+    )  # fmt: skip
+    if nms if nms is not None else detections is not None:
+        results = oks_nms(results, nms_threshold)
+    return evaluate_results(data, results), results
+
+
+def write_results(path: str | Path, results: Sequence[dict]) -> None:
+    """Write a COCO keypoint results file (a JSON list, one entry per line) atomically."""
+    from hgkeras.io import atomic_write_text
+
+    lines = ",\n".join(json.dumps(entry) for entry in results)
+    atomic_write_text(path, "[\n" + lines + "\n]\n")
+
+
+# -------------------------------------------------------------------------------- training callback
+
+
+def ground_truth_from_arrays(
+    joints: np.ndarray, visible: np.ndarray, areas: np.ndarray, image_ids: np.ndarray
+) -> dict:
+    """A COCO ground-truth object for people given as arrays (N, 17, 2), (N, 17), (N,), (N,).
+
+    Annotation ids are 1..N in order; boxes are the annotated keypoints' extent (pycocotools uses the
+    box only for people without keypoints, which this object does not hold).
+    """
+    annotations = []
+    for k in range(len(joints)):
+        seen = np.asarray(visible[k]) > 0
+        points = np.asarray(joints[k], np.float64)
+        flags = np.where(seen, 2, 0)
+        values = np.concatenate([np.where(seen[:, None], points, 0.0), flags[:, None]], axis=1)
+        low, high = points[seen].min(axis=0), points[seen].max(axis=0)
+        annotations.append(
+            {
+                "id": k + 1,
+                "image_id": int(image_ids[k]),
+                "category_id": PERSON_CATEGORY,
+                "keypoints": [float(v) for v in values.reshape(-1)],
+                "num_keypoints": int(seen.sum()),
+                "area": float(areas[k]),
+                "bbox": [float(low[0]), float(low[1]), *(float(v) for v in high - low)],
+                "iscrowd": 0,
+            }
+        )
+    return {
+        "images": [{"id": int(i)} for i in sorted({int(i) for i in image_ids})],
+        "annotations": annotations,
+        "categories": [
+            {"id": PERSON_CATEGORY, "name": "person", "keypoints": list(COCO.joint_names)}
+        ],
+    }
+
+
+class OKSAPCallback(keras.callbacks.Callback):
+    """Score a COCO validation set at epoch end and log ``val_ap``, ``val_ap50``, ``val_ap75``,
+    ``val_apm``, ``val_apl``, ``val_ar`` (OKS, pycocotools) into ``logs``.
+
+    ``dataset`` is the evaluation dict of ``pose_dataset(..., training=False)`` over COCO records
+    (``normalizer`` = the annotation area, ``image_id``). People are cropped on their ground-truth
+    boxes and scored with the usual rescoring (mean confidence above 0.2). List it before
+    ``ModelCheckpoint(monitor="val_ap", mode="max")``.
+    """
+
+    def __init__(
+        self, dataset, every_n_epochs: int = 1, flip: bool = True, prefix: str = "val_ap",
+        verbose: int = 0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if int(every_n_epochs) < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs!r}")
+        self.dataset = dataset
+        self.every_n_epochs = int(every_n_epochs)
+        self.flip = bool(flip)
+        self.prefix = prefix
+        self.verbose = int(verbose)
+        self.last_result: dict | None = None
+
+    def evaluate(self) -> dict:
+        """Predict and score the dataset now; returns the metrics dict."""
+        from hgkeras.evaluation.evaluate import predict_eval_dataset
+
+        network = getattr(self.model, "hourglass", self.model)
+        out = predict_eval_dataset(network, self.dataset, flip=self.flip)
+        if out["pred"].shape[1] != COCO.num_joints or "image_id" not in out:
+            raise ValueError("OKSAPCallback needs a 17-joint model and COCO records with image_id")
+        truth = ground_truth_from_arrays(
+            out["joints"], out["visible"], out["normalizer"], out["image_id"]
+        )
+        results = results_from_predictions(out["image_id"], out["pred"], out["scores"])
+        return evaluate_results(truth, results)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self.every_n_epochs != 0:
+            return
+        result = self.evaluate()
+        self.last_result = result
+        values = {self.prefix: result["AP"]}
+        values.update({f"{self.prefix}{name[2:].lower()}": result[name] for name in _LOGGED})
+        values[f"{self.prefix[:-2]}ar"] = result["AR"]
+        if logs is not None:
+            logs.update(values)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: {self.prefix} = {result['AP']:.3f}")
+        logger.info("epoch %d: %s", epoch + 1, values)
