@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 
@@ -139,3 +140,90 @@ def test_box_scale_and_center_are_checked_against_the_image(predictor):
         predictor.predict(image, boxes=[(5000, 10, 5050, 90)])
     (person,) = predictor.predict(image, boxes=[(-30, -20, 60, 150)])  # partly outside: fine
     assert np.all(np.isfinite(person.keypoints))
+
+
+def test_saved_model_predict_image_checks_size_and_box_before_decoding(predictor, real_data):
+    import tensorflow as tf
+
+    from hgkeras.deploy.export import PREDICT_IMAGE, build_serving_functions, encoded_image_size
+
+    functions = build_serving_functions(predictor.model, max_pixels=50_000_000)
+    predict_image = functions[PREDICT_IMAGE]
+    jpeg = (real_data / "mpii" / "images" / SAMPLE).read_bytes()
+    samples = {
+        "jpeg": jpeg,
+        "png": encode(np.zeros((30, 41, 3), np.uint8), ".png"),
+        "bmp": encode(np.zeros((30, 41, 3), np.uint8), ".bmp"),
+        "huge png": png_header(12000, 12000),
+    }
+    sizes = {k: encoded_image_size(tf.constant(v)).numpy().tolist() for k, v in samples.items()}
+    assert sizes == {
+        "jpeg": [480, 854],
+        "png": [30, 41],
+        "bmp": [30, 41],
+        "huge png": [12000, 12000],
+    }
+
+    def call(data, center, scale):
+        return predict_image(
+            image_bytes=tf.constant(data), center=tf.constant(center, tf.float32),
+            scale=tf.constant(scale, tf.float32),
+        )  # fmt: skip
+
+    out = call(jpeg, [315.0, 245.5], 2.2)
+    assert np.all(np.isfinite(out["keypoints"].numpy()))
+    bad = [
+        (samples["huge png"], [10.0, 10.0], 1.0, "more pixels than the limit of 50000000"),
+        (jpeg, [315.0, 245.5], 1e30, "must be <= 10x the longer image side"),
+        (jpeg, [315.0, 245.5], 1e-4, "must be >= 1 px"),
+        (jpeg, [5000.0, 245.5], 1.0, "crop box lies outside the image"),
+        (b"GIF-ish? no: plain text", [1.0, 1.0], 1.0, "not a JPEG, PNG, GIF or BMP"),
+    ]
+    for data, center, scale, message in bad:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            call(data, center, scale)
+
+
+def test_serving_client_sends_upright_checked_bytes(real_data):
+    from hgkeras.deploy.client import RestPoseClient
+
+    sent = []
+
+    class Recording(RestPoseClient):
+        def _send(self, inputs, signature):
+            sent.append(inputs)
+            return {"keypoints": np.zeros((16, 2), np.float32), "scores": np.zeros(16, np.float32)}
+
+    client = Recording("http://127.0.0.1:9", "hourglass")
+    upright = cv2.imread(str(real_data / "mpii" / "images" / SAMPLE))
+    turned = with_exif_orientation(encode(cv2.rotate(upright, cv2.ROTATE_90_CLOCKWISE)), 8)
+    client.predict_image(turned, (700.0, 100.0), 1.0)  # x = 700 exists only in the upright view
+    decoded = cv2.imdecode(np.frombuffer(sent[0]["image_bytes"].item(), np.uint8), -1)
+    assert decoded.shape == (480, 854, 3)
+    with pytest.raises(ValueError, match="lies outside the 854x480 image"):
+        client.predict_image(turned, (100.0, 700.0), 0.5)
+    with pytest.raises(ValueError, match="outside"):
+        client.predict_image(turned, (400.0, 200.0), 1e30)
+    with pytest.raises(ValueError, match="truncated JPEG"):
+        client.predict_image(turned[: len(turned) // 2], (400.0, 200.0), 1.0)
+    with pytest.raises(ValueError, match="144.0 MP"):
+        client.predict_image(png_header(12000, 12000), (400.0, 200.0), 1.0)
+    assert len(sent) == 1
+
+
+def test_evaluate_refuses_a_truncated_image(predictor, repo_root, real_data, tmp_path, capsys):
+    import shutil
+
+    from hgkeras.cli import main
+
+    images = tmp_path / "images"
+    shutil.copytree(real_data / "mpii" / "images", images)
+    data = (images / SAMPLE).read_bytes()
+    (images / SAMPLE).write_bytes(data[: len(data) // 2])
+    model = tmp_path / "m.keras"
+    predictor.model.save(model)
+    samples = repo_root / "hgkeras" / "data" / "samples" / "mpii" / "samples.json"
+    argv = ["evaluate", "--model", str(model), "--data", str(samples), "--images", str(images),
+            "--out", str(tmp_path / "r.json")]  # fmt: skip
+    assert main(argv) == 2
+    assert f"{SAMPLE}: truncated JPEG" in capsys.readouterr().err
