@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from hgkeras import StackedHourglass
-from hgkeras.data.images import check_encoded_image, inspect_encoded_image
+from hgkeras.data.images import (
+    check_encoded_image,
+    image_size,
+    inspect_encoded_image,
+    validate_encoded_image,
+)
 from hgkeras.inference.images import decode_image, read_image, upright_bytes
 from hgkeras.inference.predictor import PosePredictor
 
@@ -90,7 +95,7 @@ def test_truncated_images_are_errors_unless_allowed(predictor, real_data, tmp_pa
         assert len(lenient.predict(cut, boxes=[(0, 0, 100, 200)])) == 1
     png = encode(np.zeros((50, 60, 3), np.uint8), ".png")
     with pytest.raises(ValueError, match="truncated PNG"):
-        check_encoded_image(png[:-20])
+        validate_encoded_image(png[:-20])
     # also a JPEG cut inside its headers, before any scan data
     with pytest.raises(ValueError, match="truncated JPEG"):
         decode_image(data[:300])
@@ -99,7 +104,7 @@ def test_truncated_images_are_errors_unless_allowed(predictor, real_data, tmp_pa
 def test_jpeg_with_trailing_data_is_accepted(real_data, tmp_path):
     data = (real_data / "mpii" / "images" / SAMPLE).read_bytes()
     motion = data + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40  # a "motion photo"
-    info = check_encoded_image(motion)
+    info = validate_encoded_image(motion)
     assert info.complete and info.end == len(data) and (info.height, info.width) == (480, 854)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -107,7 +112,13 @@ def test_jpeg_with_trailing_data_is_accepted(real_data, tmp_path):
             decode_image(motion), cv2.imdecode(np.frombuffer(data, np.uint8), -1)
         )
     png = encode(np.zeros((5, 6, 3), np.uint8), ".png")
-    assert check_encoded_image(png + b"trailing").complete
+    assert validate_encoded_image(png + b"trailing").complete
+    # the same rule in prepare's form: a problem string or None, and the checked size
+    assert check_encoded_image(motion) is None and image_size(motion) == (480, 854)
+    assert "truncated JPEG" in check_encoded_image(data[: len(data) * 2 // 3])
+    assert check_encoded_image(b"GIF89a....") == "not a JPEG or PNG file"
+    with pytest.raises(ValueError, match="truncated PNG"):
+        image_size(png[:-20])
 
 
 def png_header(width: int, height: int) -> bytes:

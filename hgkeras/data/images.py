@@ -9,6 +9,7 @@ The size comes from the header, so a decoded-size limit is checked before any pi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: Default decoded-size limit (pixels) of every image reader: 100 megapixels.
@@ -18,6 +19,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _EXIF_ORIENTATION_TAG = 0x0112
+#: In entropy-coded data, 0xFF followed by anything but a stuffed 0x00, RSTn or fill starts a marker.
+_NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 
 
 @dataclass(frozen=True)
@@ -103,16 +106,10 @@ def _inspect_jpeg(data: bytes) -> EncodedImage:
             orientation = _tiff_orientation(data[pos + 8 : end])
         pos = end
         if marker == 0xDA:  # entropy-coded scan data up to the next real marker
-            while True:
-                i = data.find(b"\xff", pos)
-                if i < 0 or i + 1 >= n:
-                    return EncodedImage("jpeg", height, width, orientation, False)
-                following = data[i + 1]
-                if following == 0x00 or 0xD0 <= following <= 0xD7:  # stuffed byte, restart
-                    pos = i + 2
-                    continue
-                pos = i
-                break
+            found = _NEXT_MARKER.search(data, pos)
+            if found is None:
+                return EncodedImage("jpeg", height, width, orientation, False)
+            pos = found.start()
 
 
 def _inspect_png(data: bytes) -> EncodedImage:
@@ -166,7 +163,49 @@ def inspect_encoded_image(data: bytes) -> EncodedImage:
     return EncodedImage("other", None, None)
 
 
-def check_encoded_image(
+def check_encoded_image(data: bytes) -> str | None:
+    """Why encoded bytes are not a usable JPEG/PNG (empty, other format, truncated), or None.
+
+    Structure only, no decoding (the check ``hgkeras prepare`` applies to every image);
+    :func:`validate_encoded_image` is the raising form for all formats with a size limit.
+    """
+    try:
+        info = inspect_encoded_image(data)
+    except ValueError as error:
+        return str(error)
+    if info.format not in ("jpeg", "png"):
+        return "not a JPEG or PNG file"
+    if not info.complete:
+        return _truncated(info)
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of JPEG/PNG bytes checked to be complete and decodable, else ValueError.
+
+    JPEGs are decoded at 1/8 scale (libjpeg reads all of the compressed data but skips most of the
+    inverse transform, about twice as fast); the size comes from the frame header.
+    """
+    import cv2
+    import numpy as np
+
+    problem = check_encoded_image(data)
+    if problem:
+        raise ValueError(problem)
+    info = inspect_encoded_image(data)
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 if info.format == "jpeg" else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None or not info.height or not info.width:
+        raise ValueError("could not be decoded")
+    return info.height, info.width
+
+
+def _truncated(info: EncodedImage) -> str:
+    end = {"jpeg": "end-of-image marker", "png": "IEND chunk"}.get(info.format, "end")
+    return f"truncated {info.format.upper()} (the data stops before its {end})"
+
+
+def validate_encoded_image(
     data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, allow_truncated: bool = False
 ) -> EncodedImage:
     """:func:`inspect_encoded_image`, raising ValueError for a truncated file or one too large.
@@ -178,8 +217,7 @@ def check_encoded_image(
     """
     info = inspect_encoded_image(data)
     if info.complete is False and not allow_truncated:
-        end = {"jpeg": "end-of-image marker", "png": "IEND chunk"}.get(info.format, "end")
-        raise ValueError(f"truncated {info.format.upper()} (the data stops before its {end})")
+        raise ValueError(_truncated(info))
     if info.height is not None and info.width is not None:
         check_pixel_limit(info.height, info.width, max_pixels)
     return info

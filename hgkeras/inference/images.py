@@ -1,11 +1,11 @@
 """Reading user images: EXIF orientation, truncation, decoded-size limits, dtype/channel conversions.
 
-Used by :class:`hgkeras.inference.predictor.PosePredictor`, ``hgkeras predict`` and ``evaluate``, the
-overlays of :mod:`hgkeras.vis.draw` and the serving client. Files are read as bytes, checked with
-:func:`hgkeras.data.images.check_encoded_image` (truncated files are errors, trailing data after the
-end marker is accepted, the header size is checked against ``max_pixels`` before decoding), decoded
-with ``cv2.IMREAD_UNCHANGED`` (8/16-bit, gray and alpha survive) and turned upright by their EXIF
-orientation, so keypoints are in the frame a photo viewer shows.
+Used by :class:`hgkeras.inference.predictor.PosePredictor`, ``hgkeras predict`` and ``evaluate``,
+the overlays of :mod:`hgkeras.vis.draw` and the serving client. Files are read as bytes, checked
+with :func:`hgkeras.data.images.validate_encoded_image` (truncated files are errors, trailing data
+after the end marker is accepted, the header size is checked against ``max_pixels`` before
+decoding), decoded with ``cv2.IMREAD_UNCHANGED`` (8/16-bit, gray and alpha survive) and turned
+upright by their EXIF orientation, so keypoints are in the frame a photo viewer shows.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 from hgkeras.data.images import (
     DEFAULT_MAX_PIXELS,
     EncodedImage,
-    check_encoded_image,
     check_pixel_limit,
+    validate_encoded_image,
 )
 
 __all__ = [
@@ -79,7 +79,7 @@ def decode_image(
     ``orient=False`` keeps the stored pixel order (EXIF orientation ignored).
     """
     try:
-        info = check_encoded_image(data, max_pixels=max_pixels, allow_truncated=allow_truncated)
+        info = validate_encoded_image(data, max_pixels=max_pixels, allow_truncated=allow_truncated)
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
     if info.complete is False:
@@ -142,7 +142,7 @@ def upright_bytes(data: bytes, name: str = "image", **options) -> tuple[bytes, E
     :func:`decode_image`.
     """
     try:
-        info = check_encoded_image(
+        info = validate_encoded_image(
             data,
             max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
             allow_truncated=options.get("allow_truncated", False),

@@ -53,7 +53,8 @@ class PersonPose:
         box: (x1, y1, x2, y2) the person box the crop was made from.
         center: (2,) centre of the square crop in image pixels.
         scale: crop side / 200 px.
-        detection_score: the detector's score when the box came from ``detect=True``, else None.
+        detection_score: the detector's score (``detect=True``, ``detector=``, ``box_scores``)
+            or None.
         heatmaps: (h, w, J) final heatmaps of the crop when requested, else None.
         crop: (H, W, 3) float32 RGB network input when heatmaps were requested, else None.
     """
