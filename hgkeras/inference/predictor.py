@@ -26,13 +26,7 @@ import numpy as np
 
 from hgkeras import geometry
 from hgkeras.inference.boxes import Detector, check_boxes, check_crop_box, run_detector
-from hgkeras.inference.images import (  # noqa: F401  (image reading lives in inference/images.py)
-    DEFAULT_MAX_PIXELS,
-    check_image_array,
-    load_image,
-    to_rgb_float,
-    to_uint8_bgr,
-)
+from hgkeras.inference.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_float, to_uint8_bgr
 from hgkeras.spec import Skeleton, get_skeleton
 
 #: Person boxes given by the user or the detector are enlarged by this factor (Torch's 1.25).
