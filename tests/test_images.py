@@ -238,3 +238,26 @@ def test_evaluate_refuses_a_truncated_image(predictor, repo_root, real_data, tmp
             "--out", str(tmp_path / "r.json")]  # fmt: skip
     assert main(argv) == 2
     assert f"{SAMPLE}: truncated JPEG" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # one SavedModel export (~25 s)
+def test_exported_pixel_limit_is_an_option(predictor, tmp_path):
+    import tensorflow as tf
+
+    from hgkeras.deploy.export import PREDICT_IMAGE, export_argv, export_model
+
+    result = export_model(
+        predictor.model, tmp_path, "tiny", max_pixels=2000, verify=False, models_config=False
+    )
+    predict_image = tf.saved_model.load(str(result.version_dir)).signatures[PREDICT_IMAGE]
+    for size, ok in ((40, True), (50, False)):  # 1600 and 2500 pixels
+        request = dict(
+            image_bytes=tf.constant(encode(np.zeros((size, size, 3), np.uint8), ".png")),
+            center=tf.constant([20.0, 20.0]), scale=tf.constant(0.2),
+        )  # fmt: skip
+        if ok:
+            assert predict_image(**request)["keypoints"].shape == (16, 2)
+        else:
+            with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 2000"):
+                predict_image(**request)
+    assert "--max-pixels" in export_argv("m.keras", tmp_path, "tiny", 1, max_pixels=2000)
