@@ -153,7 +153,6 @@ def draw_people(
     by_person = colors == "person" or (colors == "auto" and several)
     labels = several if labels is None else labels
     height, width = image.shape[:2]
-    factor = 1.0
     if max_side is not None and max(height, width) > max_side:
         factor = max_side / max(height, width)
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
@@ -195,10 +194,11 @@ def draw_people(
             x1, y1, x2, y2 = (float(v) for v in box)
             p1 = (int(round(x1 * fx)), int(round(y1 * fy)))
             p2 = (int(round(x2 * fx)), int(round(y2 * fy)))
-            box_color = base if by_person else BOX_COLOR
-            line = max(1, thickness // 2)
-            strong.append(lambda c, o, p1=p1, p2=p2, k=box_color, t=line: cv2.rectangle(
-                c, _shift(p1, o), _shift(p2, o), k, t))  # fmt: skip
+
+            def outline(c, o, p1=p1, p2=p2, k=base if by_person else BOX_COLOR):
+                cv2.rectangle(c, _shift(p1, o), _shift(p2, o), k, max(1, thickness // 2))
+
+            strong.append(outline)
             corner = p1
         for a, b in skel.limbs:
             if points[a] is None or points[b] is None:
