@@ -199,6 +199,10 @@ class PosePredictor:
         allow_truncated: decode truncated JPEG/PNG files with a warning instead of an error.
     """
 
+    detector: Detector | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    allow_truncated: bool = False
+
     def __init__(
         self,
         model_or_path: Any,
