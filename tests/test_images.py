@@ -156,7 +156,8 @@ def test_box_scale_and_center_are_checked_against_the_image(predictor):
 def test_saved_model_predict_image_checks_size_and_box_before_decoding(predictor, real_data):
     import tensorflow as tf
 
-    from hgkeras.deploy.export import PREDICT_IMAGE, build_serving_functions, encoded_image_size
+    from hgkeras.data.images import encoded_image_size_tf
+    from hgkeras.deploy.export import PREDICT_IMAGE, build_serving_functions
 
     functions = build_serving_functions(predictor.model, max_pixels=50_000_000)
     predict_image = functions[PREDICT_IMAGE]
@@ -167,7 +168,7 @@ def test_saved_model_predict_image_checks_size_and_box_before_decoding(predictor
         "bmp": encode(np.zeros((30, 41, 3), np.uint8), ".bmp"),
         "huge png": png_header(12000, 12000),
     }
-    sizes = {k: encoded_image_size(tf.constant(v)).numpy().tolist() for k, v in samples.items()}
+    sizes = {k: encoded_image_size_tf(tf.constant(v)).numpy().tolist() for k, v in samples.items()}
     assert sizes == {
         "jpeg": [480, 854],
         "png": [30, 41],

@@ -232,3 +232,47 @@ def check_pixel_limit(height: int, width: int, max_pixels: int | None) -> None:
             f"image is {width}x{height} = {height * width / 1e6:.1f} MP, above the decoded-size "
             f"limit of {max_pixels / 1e6:g} MP (max_pixels={max_pixels}; raise it to read it)"
         )
+
+
+def encoded_image_size_tf(image_bytes):
+    """(height, width) int64 of one encoded JPEG/PNG/GIF/BMP from its header, as TensorFlow ops.
+
+    Nothing is decoded (JPEG: ``tf.image.extract_jpeg_shape``; PNG/GIF/BMP: the header fields),
+    so limits can be checked before the decoder allocates the image. Other bytes fail with
+    InvalidArgumentError.
+    """
+    import tensorflow as tf
+
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 26), tf.uint8), tf.int64)
+    head = tf.pad(head, [[0, 26 - tf.shape(head)[0]]])
+
+    def big(i):  # big-endian uint32 at byte i
+        return head[i] * 2**24 + head[i + 1] * 2**16 + head[i + 2] * 2**8 + head[i + 3]
+
+    def little(i, n):  # little-endian unsigned integer of n bytes at byte i
+        return sum(head[i + k] * 2 ** (8 * k) for k in range(n))
+
+    def bmp():
+        core = tf.equal(little(14, 4), 12)  # BITMAPCOREHEADER: 16-bit sizes
+        width = tf.where(core, little(18, 2), little(18, 4))
+        height = tf.where(core, little(20, 2), little(22, 4))
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # negative: top-down rows
+        return tf.stack([height, width])
+
+    prefix = tf.strings.substr(image_bytes, 0, 2)
+    png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
+    gif = tf.equal(tf.strings.substr(image_bytes, 0, 4), b"GIF8")
+    known = tf.io.is_jpeg(image_bytes) | png | gif | tf.equal(prefix, b"BM")
+    check = tf.debugging.Assert(
+        known, ["image_bytes: not a JPEG, PNG, GIF or BMP image"], name="image_format"
+    )
+    with tf.control_dependencies([check]):
+        return tf.case(
+            [
+                (tf.io.is_jpeg(image_bytes),
+                 lambda: tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
+                (png, lambda: tf.stack([big(20), big(16)])),
+                (gif, lambda: tf.stack([little(8, 2), little(6, 2)])),
+            ],
+            default=bmp,
+        )  # fmt: skip

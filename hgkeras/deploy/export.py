@@ -15,7 +15,8 @@ beside it, then renamed) and has three signatures:
 
 Bad requests (empty batch, values outside [0, 1], non-finite numbers, undecodable bytes, images above
 the decoded-size limit ``max_pixels`` (default 100 MP, read from the header before decoding), crop
-boxes outside the image or not between 1 px and 10x its longer side) fail inside the graph with ``InvalidArgumentError`` (gRPC ``INVALID_ARGUMENT`` in TF Serving).
+boxes outside the image or not between 1 px and 10x its longer side) fail inside the graph with
+``InvalidArgumentError`` (gRPC ``INVALID_ARGUMENT`` in TF Serving).
 With ``flip=True`` the flip test (METHOD.md "Inference") is part of every signature.
 
 TensorFlow is imported lazily: the module imports under every Keras backend, and a model loaded under
@@ -125,50 +126,6 @@ def _validate_images(images, dtype_max: float):
     return checks
 
 
-def encoded_image_size(image_bytes):
-    """(height, width) int64 of one encoded JPEG/PNG/GIF/BMP from its header, in the graph.
-
-    Nothing is decoded (JPEG: ``tf.image.extract_jpeg_shape``; PNG/GIF/BMP: the header fields),
-    so limits can be checked before the decoder allocates the image. Other bytes fail with
-    InvalidArgumentError.
-    """
-    import tensorflow as tf
-
-    head = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 26), tf.uint8), tf.int64)
-    head = tf.pad(head, [[0, 26 - tf.shape(head)[0]]])
-
-    def big(i):  # big-endian uint32 at byte i
-        return head[i] * 2**24 + head[i + 1] * 2**16 + head[i + 2] * 2**8 + head[i + 3]
-
-    def little(i, n):  # little-endian unsigned integer of n bytes at byte i
-        return sum(head[i + k] * 2 ** (8 * k) for k in range(n))
-
-    def bmp():
-        core = tf.equal(little(14, 4), 12)  # BITMAPCOREHEADER: 16-bit sizes
-        width = tf.where(core, little(18, 2), little(18, 4))
-        height = tf.where(core, little(20, 2), little(22, 4))
-        height = tf.where(height >= 2**31, 2**32 - height, height)  # negative: top-down rows
-        return tf.stack([height, width])
-
-    prefix = tf.strings.substr(image_bytes, 0, 2)
-    png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
-    gif = tf.equal(tf.strings.substr(image_bytes, 0, 4), b"GIF8")
-    known = tf.io.is_jpeg(image_bytes) | png | gif | tf.equal(prefix, b"BM")
-    check = tf.debugging.Assert(
-        known, ["image_bytes: not a JPEG, PNG, GIF or BMP image"], name="image_format"
-    )
-    with tf.control_dependencies([check]):
-        return tf.case(
-            [
-                (tf.io.is_jpeg(image_bytes),
-                 lambda: tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
-                (png, lambda: tf.stack([big(20), big(16)])),
-                (gif, lambda: tf.stack([little(8, 2), little(6, 2)])),
-            ],
-            default=bmp,
-        )  # fmt: skip
-
-
 def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Decode one encoded image (JPEG, PNG, BMP, GIF first frame) to RGB uint8 (H, W, 3) in the graph.
 
@@ -179,9 +136,11 @@ def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """
     import tensorflow as tf
 
+    from hgkeras.data.images import encoded_image_size_tf
+
     checks = []
     if max_pixels is not None:
-        size = encoded_image_size(image_bytes)
+        size = encoded_image_size_tf(image_bytes)
         checks = [
             tf.debugging.assert_less_equal(
                 size[0] * size[1],
@@ -200,37 +159,6 @@ def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             [None, None, 3],
         ),
     )
-
-
-def _validate_box(center, scale, image_size, aspect_ratio: float):
-    """Graph-side :func:`hgkeras.inference.boxes.check_crop_box`: the box fits the image."""
-    import tensorflow as tf
-
-    from hgkeras.inference.boxes import MAX_BOX_FACTOR, MIN_BOX_SIDE
-
-    height, width = tf.cast(image_size[0], tf.float32), tf.cast(image_size[1], tf.float32)
-    side = 200.0 * scale
-    half_w, half_h = side * aspect_ratio / 2.0, side / 2.0
-    inside = tf.reduce_all(
-        tf.stack([
-            center[0] + half_w >= -0.5, center[0] - half_w <= width - 0.5,
-            center[1] + half_h >= -0.5, center[1] - half_h <= height - 0.5,
-        ])
-    )  # fmt: skip
-    return [
-        tf.debugging.assert_greater_equal(
-            side,
-            MIN_BOX_SIDE,
-            message=f"scale: the box (200 * scale) must be >= {MIN_BOX_SIDE:g} px",
-        ),
-        tf.debugging.assert_less_equal(
-            side,
-            MAX_BOX_FACTOR * tf.maximum(height, width),
-            message=f"scale: the box (200 * scale) must be <= {MAX_BOX_FACTOR:g}x the longer "
-            "image side",
-        ),
-        tf.debugging.Assert(inside, ["center: the crop box lies outside the image"]),
-    ]
 
 
 def crop_person_box(image, center, scale, size: tuple[int, int]):
@@ -275,6 +203,8 @@ def build_serving_functions(
         flip_permutation_for,
         heatmaps_with_flip,
     )
+    from hgkeras.data.images import encoded_image_size_tf
+    from hgkeras.inference.boxes import crop_box_checks_tf
 
     height, width = model_input_size(model)
     perm = flip_permutation_for(model) if flip else None
@@ -320,8 +250,8 @@ def build_serving_functions(
             ]
         with tf.control_dependencies(checks):
             if validate:
-                size = encoded_image_size(image_bytes)
-                checks = _validate_box(center, scale, size, width / height)
+                size = encoded_image_size_tf(image_bytes)
+                checks = crop_box_checks_tf(center, scale, size, width / height)
         with tf.control_dependencies(checks):
             image = decode_image_bytes(image_bytes, max_pixels if validate else None)
         crop = crop_person_box(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))

@@ -125,6 +125,35 @@ def check_crop_box(
         )
 
 
+def crop_box_checks_tf(center, scale, image_size, aspect_ratio: float = 1.0) -> list:
+    """TensorFlow assertions of :func:`check_crop_box` (``image_size``: (height, width) tensor)."""
+    import tensorflow as tf
+
+    height, width = tf.cast(image_size[0], tf.float32), tf.cast(image_size[1], tf.float32)
+    side = geometry.PIXELS_PER_SCALE * scale
+    half_w, half_h = side * aspect_ratio / 2.0, side / 2.0
+    inside = tf.reduce_all(
+        tf.stack([
+            center[0] + half_w >= -0.5, center[0] - half_w <= width - 0.5,
+            center[1] + half_h >= -0.5, center[1] - half_h <= height - 0.5,
+        ])
+    )  # fmt: skip
+    return [
+        tf.debugging.assert_greater_equal(
+            side,
+            MIN_BOX_SIDE,
+            message=f"scale: the box (200 * scale) must be >= {MIN_BOX_SIDE:g} px",
+        ),
+        tf.debugging.assert_less_equal(
+            side,
+            MAX_BOX_FACTOR * tf.maximum(height, width),
+            message=f"scale: the box (200 * scale) must be <= {MAX_BOX_FACTOR:g}x the longer "
+            "image side",
+        ),
+        tf.debugging.Assert(inside, ["center: the crop box lies outside the image"]),
+    ]
+
+
 class DetectionFile:
     """Person boxes per image from a COCO detection-results JSON file.
 
