@@ -208,3 +208,34 @@ def test_large_photo_overlay_is_downscaled(model_path, tmp_path):
     assert cv2.imread(str(out / "big.png")).shape == (600, 1000, 3)
     record = json.loads((out / "big.json").read_text())
     assert (record["width"], record["height"]) == (5000, 3000)  # keypoints in full-size pixels
+
+
+def test_ctrl_c_on_a_camera_closes_the_outputs_cleanly(model_path, tmp_path, monkeypatch):
+    from hgkeras.inference import video
+    from hgkeras.inference.predictor import PosePredictor
+
+    class Camera:  # three frames, then the user presses Ctrl-C
+        def __init__(self):
+            self.frames = 0
+
+        def read(self):
+            if self.frames == 3:
+                raise KeyboardInterrupt
+            self.frames += 1
+            return True, np.full((48, 64, 3), 50 * self.frames, np.uint8)
+
+        def release(self):
+            pass
+
+    def open_camera(source):
+        return video.VideoSource(Camera(), "0", "camera", "camera0", "camera 0", 25.0, None)
+
+    monkeypatch.setattr(video, "open_source", open_camera)
+    predictor = PosePredictor(model_path, flip=False)
+    written = video.predict_video(
+        predictor, 0, tmp_path, predict_options={"boxes": [(0, 0, 40, 40)]}
+    )
+    assert [p.name for p in written] == ["camera0.json", "camera0.mp4"]
+    record = json.loads((tmp_path / "camera0.json").read_text())
+    assert record["num_frames"] == 3 and record["source_kind"] == "camera"
+    assert _no_partial_files(tmp_path)
