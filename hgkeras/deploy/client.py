@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from hgkeras.data.images import DEFAULT_MAX_PIXELS
+
 #: Signature names written by :mod:`hgkeras.deploy.export` (kept here so the client does not import it).
 SERVING_DEFAULT = "serving_default"
 SERVING_UINT8 = "serving_uint8"
@@ -130,15 +132,28 @@ class _RetryingClient:
         center: Sequence[float],
         scale: float,
         signature: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Keypoints (J, 2) in original image pixels and scores (J,) for one person box.
 
-        ``image_bytes``: an encoded JPEG/PNG; ``center`` (x, y) in 0-based pixels; ``scale`` = box
-        side / 200 (see :mod:`hgkeras.geometry`).
+        ``image_bytes``: an encoded JPEG/PNG; ``center`` (x, y) in 0-based pixels of the upright
+        image; ``scale`` = box side / 200 (see :mod:`hgkeras.geometry`). Before sending, the bytes
+        are checked (truncated files and images above ``max_pixels`` are ValueErrors), turned
+        upright by their EXIF orientation (:func:`hgkeras.inference.images.upright_bytes`) and
+        the box is checked against the image size.
         """
+        from hgkeras.inference.boxes import check_crop_box
+        from hgkeras.inference.images import upright_bytes
+
         if not isinstance(image_bytes, (bytes, bytearray)):
             raise TypeError(f"image_bytes must be bytes, got {type(image_bytes).__name__}")
         center, scale = _check_box(center, scale)
+        image_bytes, info = upright_bytes(bytes(image_bytes), max_pixels=max_pixels)
+        if info.height is not None and info.width is not None:
+            height, width = (
+                (info.width, info.height) if info.transposed else (info.height, info.width)
+            )
+            check_crop_box(center, scale, height, width)
         signature = signature or (
             self.signature
             if self.signature not in (SERVING_DEFAULT, SERVING_UINT8)

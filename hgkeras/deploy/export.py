@@ -13,8 +13,10 @@ beside it, then renamed) and has three signatures:
   person box (:func:`hgkeras.geometry.crop_matrix` convention, bilinear, zeros outside the image) and
   the inverse transform all run inside the graph.
 
-Bad requests (empty batch, values outside [0, 1], non-finite numbers, undecodable bytes, scale <= 0)
-fail inside the graph with ``InvalidArgumentError`` (gRPC ``INVALID_ARGUMENT`` in TF Serving).
+Bad requests (empty batch, values outside [0, 1], non-finite numbers, undecodable bytes, images above
+the decoded-size limit ``max_pixels`` (default 100 MP, read from the header before decoding), crop
+boxes outside the image or not between 1 px and 10x its longer side) fail inside the graph with
+``InvalidArgumentError`` (gRPC ``INVALID_ARGUMENT`` in TF Serving).
 With ``flip=True`` the flip test (docs/method.md "Inference") is part of every signature.
 
 TensorFlow is imported lazily: the module imports under every Keras backend, and a model loaded under
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hgkeras.data.images import DEFAULT_MAX_PIXELS
 
 #: Signature names.
 SERVING_DEFAULT = "serving_default"
@@ -122,13 +126,31 @@ def _validate_images(images, dtype_max: float):
     return checks
 
 
-def decode_image_bytes(image_bytes):
+def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Decode one encoded image (JPEG, PNG, BMP, GIF first frame) to RGB uint8 (H, W, 3) in the graph.
 
     JPEGs use the accurate integer DCT, as OpenCV and PIL do, so pixels match ``cv2.imread``.
+    Images above ``max_pixels`` (height x width from the header; None = no limit) fail with
+    InvalidArgumentError before anything is decoded. EXIF orientation is not applied: clients send
+    upright bytes (:func:`hgkeras.inference.images.upright_bytes`).
     """
     import tensorflow as tf
 
+    from hgkeras.data.images import encoded_image_size_tf
+
+    checks = []
+    if max_pixels is not None:
+        size = encoded_image_size_tf(image_bytes)
+        checks = [
+            tf.debugging.assert_less_equal(
+                size[0] * size[1],
+                tf.constant(int(max_pixels), tf.int64),
+                message=f"image_bytes: the image has more pixels than the limit of {max_pixels} "
+                "(export option max_pixels)",
+            )
+        ]
+    with tf.control_dependencies(checks):
+        image_bytes = tf.identity(image_bytes)
     return tf.cond(
         tf.io.is_jpeg(image_bytes),
         lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
@@ -165,11 +187,12 @@ def crop_person_box(image, center, scale, size: tuple[int, int]):
 
 
 def build_serving_functions(
-    model, flip: bool = False, validate: bool = True
+    model, flip: bool = False, validate: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> dict[str, Callable]:
     """The ``tf.function``s of the three signatures for ``model`` (a Keras model under TensorFlow).
 
-    ``validate=False`` leaves out the graph-side request checks (used for ONNX conversion).
+    ``validate=False`` leaves out the graph-side request checks (used for ONNX conversion);
+    ``max_pixels`` is ``predict_image``'s decoded-size limit (None = no limit).
     """
     _require_tensorflow_backend()
     import tensorflow as tf
@@ -180,6 +203,8 @@ def build_serving_functions(
         flip_permutation_for,
         heatmaps_with_flip,
     )
+    from hgkeras.data.images import encoded_image_size_tf
+    from hgkeras.inference.boxes import crop_box_checks_tf
 
     height, width = model_input_size(model)
     perm = flip_permutation_for(model) if flip else None
@@ -224,7 +249,11 @@ def build_serving_functions(
                 tf.debugging.assert_positive(scale, message="scale: must be > 0 (box side / 200)"),
             ]
         with tf.control_dependencies(checks):
-            image = decode_image_bytes(image_bytes)
+            if validate:
+                size = encoded_image_size_tf(image_bytes)
+                checks = crop_box_checks_tf(center, scale, size, width / height)
+        with tf.control_dependencies(checks):
+            image = decode_image_bytes(image_bytes, max_pixels if validate else None)
         crop = crop_person_box(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))
         heatmaps = heatmaps_with_flip(model, crop[None], perm, flip=flip)
         keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
@@ -250,11 +279,13 @@ def version_path(out_dir: Path, name: str, version: int) -> Path:
     return Path(out_dir) / name / str(int(version))
 
 
-def save_signatures(model, path: Path, flip: bool = False) -> None:
+def save_signatures(
+    model, path: Path, flip: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> None:
     """Write the SavedModel with the three signatures to ``path`` (which must not exist)."""
     import keras
 
-    functions = build_serving_functions(model, flip=flip)
+    functions = build_serving_functions(model, flip=flip, max_pixels=max_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)
     for signature, function in functions.items():
@@ -528,6 +559,7 @@ def export_model(
     models_config: bool = True,
     base_path: str = "/models",
     fold: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ExportResult:
     """Export ``model`` (a Keras model or a ``.keras`` path) to ``out_dir/name/version``.
 
@@ -535,7 +567,8 @@ def export_model(
     temporary folder, checks parity with Keras (``verify``), then renames it into place. An existing
     version is an error unless ``force``. With ``fold`` (the default) the exported graphs are those
     of :func:`hgkeras.models.fold.fold_batch_norms` (batch norms folded into the convolutions before them:
-    the same outputs, faster); the parity check compares them with the model as given. Under a jax
+    the same outputs, faster); the parity check compares them with the model as given.
+    ``max_pixels`` is the decoded-size limit of ``predict_image`` (None = no limit). Under a jax
     or torch backend the export re-runs in a TensorFlow subprocess (the ``.keras`` file is backend
     independent).
     """
@@ -550,7 +583,7 @@ def export_model(
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow(
             model, out_dir, name, version, flip=flip, onnx=onnx, force=force, verify=verify,
-            models_config=models_config, base_path=base_path, fold=fold,
+            models_config=models_config, base_path=base_path, fold=fold, max_pixels=max_pixels,
         )  # fmt: skip
     if isinstance(model, (str, Path)):
         path = Path(model)
@@ -568,7 +601,7 @@ def export_model(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
     try:
-        save_signatures(network, tmp, flip=flip)
+        save_signatures(network, tmp, flip=flip, max_pixels=max_pixels)
         onnx_tmp = None
         if onnx:
             onnx_tmp = export_onnx(network, tmp / ONNX_FILENAME, flip=flip)
@@ -636,10 +669,12 @@ def export_argv(
     models_config: bool = True,
     base_path: str = "/models",
     fold: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[str]:
     """The ``hgkeras export`` arguments equivalent to :func:`export_model`'s."""
     argv = ["export", "--model", str(model_path), "--out", str(out_dir), "--name", name]
     argv += ["--version", str(int(version)), "--base-path", base_path]
+    argv += ["--max-pixels", str(0 if max_pixels is None else int(max_pixels))]
     flags: Iterable[tuple[bool, str]] = (
         (flip, "--flip"),
         (onnx, "--onnx"),

@@ -2,45 +2,36 @@
 
 The detector (Dalal & Triggs, 64x128 window) finds upright, mostly unoccluded people of at least
 about 100 px height in the (resized) image; it is a convenience for images with several people,
-not a state-of-the-art detector. Pass your own boxes for anything better.
+not a state-of-the-art detector. Pass your own boxes, or your own detector to
+:class:`hgkeras.inference.predictor.PosePredictor` (``detector=``), for anything better.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
+
+from hgkeras.inference.boxes import nms
 
 #: The HOG window is 64x128; images are resized so their long side is at most this (speed).
 DEFAULT_MAX_SIDE = 960
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.45) -> np.ndarray:
-    """Indices of the boxes (N, 4) x1,y1,x2,y2 kept by greedy non-maximum suppression, best first."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    if len(boxes) != len(scores):
-        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
-    order = np.argsort(-scores, kind="stable")
-    areas = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.maximum(0, xx2 - xx1) * np.maximum(0, yy2 - yy1)
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, np.int64)
+def hog_score(margin: Any) -> np.ndarray:
+    """The HOG SVM margin mapped to [0, 1]: the logistic ``1 / (1 + exp(-margin))``.
+
+    Monotone, so rankings are unchanged; margin 0 (OpenCV's default decision threshold) maps to
+    0.5. It is not a calibrated probability (no calibration data are shipped), only a score in the
+    range every other detector uses.
+    """
+    return 1.0 / (1.0 + np.exp(-np.asarray(margin, np.float64)))
 
 
 def detect_people(
     image_bgr: np.ndarray,
-    min_score: float = 0.0,
+    min_score: float = 0.5,
     iou_threshold: float = 0.45,
     max_side: int = DEFAULT_MAX_SIDE,
     win_stride: int = 8,
@@ -49,15 +40,16 @@ def detect_people(
     """People boxes in a uint8 BGR (or gray) image with OpenCV's default HOG people detector.
 
     Args:
-        min_score: minimum SVM score to keep a window (0 = everything OpenCV reports).
-        iou_threshold: non-maximum suppression overlap.
+        min_score: minimum score (:func:`hog_score`, in [0, 1]) to keep a window; 0.5 is SVM
+            margin 0, OpenCV's own threshold, so it keeps everything OpenCV reports.
+        iou_threshold: non-maximum suppression overlap (:func:`hgkeras.inference.boxes.nms`).
         max_side: the image is shrunk so its long side is at most this before detection
             (boxes are returned in the original pixels); images smaller than the 64x128 window
             are enlarged to fit it.
         win_stride, pyramid_scale: ``detectMultiScale`` settings (finer = slower, more recall).
 
-    Returns (boxes (N, 4) float64 x1, y1, x2, y2 in original pixels, scores (N,)), best first;
-    empty arrays when nobody is found.
+    Returns (boxes (N, 4) float64 x1, y1, x2, y2 in original pixels, scores (N,) in [0, 1]),
+    best first; empty arrays when nobody is found.
     """
     image = np.asarray(image_bgr)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -81,7 +73,7 @@ def detect_people(
     if len(rects) == 0:
         return np.zeros((0, 4)), np.zeros((0,))
     rects = np.asarray(rects, np.float64).reshape(-1, 4)
-    scores = np.asarray(weights, np.float64).reshape(-1)
+    scores = hog_score(np.asarray(weights, np.float64).reshape(-1))
     boxes = np.stack(
         [
             rects[:, 0] / fx,

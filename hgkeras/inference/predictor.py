@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ import cv2
 import numpy as np
 
 from hgkeras import geometry
+from hgkeras.inference.boxes import Detector, check_boxes, check_crop_box, run_detector
+from hgkeras.inference.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_float, to_uint8_bgr
 from hgkeras.spec import Skeleton, get_skeleton
 
 #: Person boxes given by the user or the detector are enlarged by this factor (Torch's 1.25).
@@ -44,7 +47,8 @@ class PersonPose:
         box: (x1, y1, x2, y2) the person box the crop was made from.
         center: (2,) centre of the square crop in image pixels.
         scale: crop side / 200 px.
-        detection_score: the detector's score when the box came from ``detect=True``, else None.
+        detection_score: the detector's score (``detect=True``, ``detector=``, ``box_scores``)
+            or None.
         heatmaps: (h, w, J) final heatmaps of the crop when requested, else None.
         crop: (H, W, 3) float32 RGB network input when heatmaps were requested, else None.
     """
@@ -72,69 +76,6 @@ class PersonPose:
             "keypoints": [[float(x), float(y)] for x, y in self.keypoints],
             "scores": [float(s) for s in self.scores],
         }
-
-
-def load_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
-    """Read or check an image; returns it in its own dtype, 2-D (gray) or HxWxC with C in {1, 3, 4}.
-
-    Paths are read with ``cv2.IMREAD_UNCHANGED`` (so 16-bit and alpha survive) and come back BGR(A);
-    arrays are checked and returned as they are. No copy or float conversion of the whole image
-    is made, so huge images cost only their own memory. Use :func:`to_rgb_float` on crops.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if array is None:
-            raise ValueError(f"cannot read image file {path}: not an image OpenCV can decode")
-        return array
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a file path or a numpy array, got {type(image).__name__}")
-    check_image_array(image)
-    return image
-
-
-def check_image_array(image: np.ndarray) -> None:
-    """Raise ValueError unless ``image`` is HxW, HxWx1, HxWx3 or HxWx4 of a supported dtype."""
-    if image.ndim == 3 and image.shape[2] in (1, 3, 4):
-        pass
-    elif image.ndim != 2:
-        raise ValueError(
-            f"image must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image must be at least 1x1 pixels, got shape {image.shape}")
-    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64, np.bool_):
-        raise ValueError(
-            f"image dtype must be uint8, uint16, float32 or float64 (in [0, 1]), got {image.dtype}"
-        )
-
-
-def to_rgb_float(pixels: np.ndarray, color: str = "rgb") -> np.ndarray:
-    """An image or crop (any supported dtype/channels) -> float32 RGB HxWx3 in [0, 1].
-
-    uint8 is divided by 255, uint16 by 65535, floats are clipped to [0, 1]; gray is repeated to
-    three channels, alpha is dropped, ``color="bgr"`` swaps the channel order.
-    """
-    if color not in ("rgb", "bgr"):
-        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
-    if pixels.dtype == np.uint8:
-        out = pixels.astype(np.float32) / 255.0
-    elif pixels.dtype == np.uint16:
-        out = pixels.astype(np.float32) / 65535.0
-    elif pixels.dtype == np.bool_:
-        out = pixels.astype(np.float32)
-    else:
-        out = np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0)
-    if out.ndim == 2:
-        out = out[..., None]
-    if out.shape[2] == 1:
-        return np.repeat(out, 3, axis=2)
-    out = out[..., :3]
-    if color == "bgr":
-        out = out[..., ::-1]
-    return np.ascontiguousarray(out)
 
 
 def whole_image_center_scale(height: int, width: int) -> tuple[np.ndarray, float]:
@@ -208,21 +149,6 @@ def crop_person(
     return crop
 
 
-def _as_boxes(boxes: Any) -> np.ndarray:
-    array = np.asarray(boxes, dtype=np.float64)
-    if array.size == 0:
-        return np.zeros((0, 4))
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] != 4:
-        raise ValueError(
-            f"boxes must be (x1, y1, x2, y2) or a list of them (N, 4), got shape {array.shape}"
-        )
-    for box in array:
-        geometry.box_to_center_scale(box)  # validates finiteness and x2 > x1, y2 > y1
-    return array
-
-
 def load_model(model_or_path: Any):
     """A keras model, or load one from a ``.keras`` file (clear errors for missing/bad files)."""
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -265,7 +191,17 @@ class PosePredictor:
         fold_batch_norms: run an inference copy of the model with each conv -> BatchNorm pair folded
             into one conv (:func:`hgkeras.models.fold.fold_batch_norms`: same outputs, faster). The copy is
             made here: weights changed on ``model`` later are not seen by this predictor.
+        detector: person boxes for images given without ``boxes``: any callable
+            ``detector(image_bgr uint8 (H, W, 3)) -> (boxes (N, 4) x1, y1, x2, y2, scores (N,))``
+            (:mod:`hgkeras.inference.boxes`); None: OpenCV's HOG with ``detect=True``, else the
+            whole image is one person.
+        max_pixels: decoded-size limit of image files (None = none; arrays are not limited).
+        allow_truncated: decode truncated JPEG/PNG files with a warning instead of an error.
     """
+
+    detector: Detector | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    allow_truncated: bool = False
 
     def __init__(
         self,
@@ -274,7 +210,17 @@ class PosePredictor:
         batch_size: int = 16,
         antialias: bool = True,
         fold_batch_norms: bool = True,
+        detector: Detector | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        allow_truncated: bool = False,
     ) -> None:
+        if detector is not None and not callable(detector):
+            raise ValueError(
+                f"detector must be a callable image -> (boxes, scores), got {detector!r}"
+            )
+        self.detector = detector
+        self.max_pixels = max_pixels
+        self.allow_truncated = bool(allow_truncated)
         self.model = load_model(model_or_path)
         self.network = _inference_copy(self.model) if fold_batch_norms else self.model
         shape = getattr(self.model, "image_shape", None) or tuple(self.model.input_shape[1:])
@@ -310,6 +256,7 @@ class PosePredictor:
         boxes: Any = None,
         *,
         detect: bool = False,
+        box_scores: Sequence[float] | None = None,
         color: str = "rgb",
         return_heatmaps: bool = False,
     ) -> list[PersonPose]:
@@ -320,10 +267,13 @@ class PosePredictor:
                 HxWx3 (RGB, or BGR with ``color="bgr"``), HxWx4 (alpha ignored); uint8, uint16
                 (full range 0..65535) or float in [0, 1].
             boxes: person boxes (x1, y1, x2, y2) in image pixels, one or (N, 4). Each is padded
-                by 1.25 into a square crop. ``None``: the whole image is one person (see
-                :func:`whole_image_center_scale`) unless ``detect`` is set.
+                by 1.25 into a square crop, which must overlap the image and be at most 10x its
+                longer side (:func:`hgkeras.inference.boxes.check_crop_box`). ``None``: the
+                predictor's ``detector`` finds them; without one, the whole image is one person
+                (see :func:`whole_image_center_scale`; a warning says so) unless ``detect`` is set.
             detect: instead of boxes, find people with OpenCV's HOG people detector
                 (:func:`hgkeras.inference.detect.detect_people`); returns [] when it finds nobody.
+            box_scores: a detector's scores of ``boxes`` (N,), kept as ``detection_score``.
             color: channel order of 3/4-channel arrays ("rgb" or "bgr"); ignored for paths.
             return_heatmaps: keep each person's heatmaps and network input crop.
 
@@ -335,15 +285,20 @@ class PosePredictor:
             raise ValueError("pass either boxes or detect=True, not both")
         if isinstance(image, (str, os.PathLike)):
             color = "bgr"  # OpenCV reads BGR(A)
-        pixels = load_image(image)
+        pixels = load_image(image, max_pixels=self.max_pixels, allow_truncated=self.allow_truncated)
         height, width = pixels.shape[:2]
-        detection_scores: list[float | None]
-        if boxes is None and detect:
+        if boxes is None and (detect or self.detector is not None):
             from hgkeras.inference.detect import detect_people
 
-            box_array, det_scores = detect_people(to_uint8_bgr(pixels, color))
-            detection_scores = [float(s) for s in det_scores]
+            box_array, det_scores = run_detector(
+                self.detector or detect_people, to_uint8_bgr(pixels, color)
+            )
         elif boxes is None:
+            warnings.warn(
+                "no person boxes: the whole image is taken as one person (pass boxes, "
+                "detect=True or a detector)",
+                stacklevel=2,
+            )
             center, scale = whole_image_center_scale(height, width)
             box_array = np.array([[-0.5, -0.5, width - 0.5, height - 0.5]])
             detection_scores = [None]
@@ -351,11 +306,12 @@ class PosePredictor:
                 pixels, box_array, [center], [scale], detection_scores, color, return_heatmaps
             )
         else:
-            box_array = _as_boxes(boxes)
-            detection_scores = [None] * len(box_array)
+            box_array, det_scores = check_boxes(boxes, box_scores)
+        detection_scores = [None if math.isnan(v) else float(v) for v in det_scores]
         centers, scales = [], []
         for box in box_array:
             center, scale = geometry.box_to_center_scale(box, padding=BOX_PADDING)
+            check_crop_box(center, scale, height, width)
             centers.append(center)
             scales.append(scale)
         return self._predict_crops(
@@ -425,23 +381,3 @@ class PosePredictor:
             scores.append(ops.convert_to_numpy(s))
             maps.append(ops.convert_to_numpy(hm))
         return np.concatenate(keypoints), np.concatenate(scores), np.concatenate(maps)
-
-
-def to_uint8_bgr(pixels: np.ndarray, color: str = "rgb") -> np.ndarray:
-    """Any supported image -> uint8 BGR HxWx3 (for drawing, detection and writing)."""
-    if pixels.dtype == np.uint8:
-        out = pixels
-    elif pixels.dtype == np.uint16:
-        out = (pixels // 257).astype(np.uint8)
-    else:
-        out = (np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0) * 255.0 + 0.5).astype(
-            np.uint8
-        )
-    if out.ndim == 2:
-        return cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
-    if out.shape[2] == 1:
-        return cv2.cvtColor(out[..., 0], cv2.COLOR_GRAY2BGR)
-    out = out[..., :3]
-    if color == "rgb":
-        out = out[..., ::-1]
-    return np.ascontiguousarray(out)

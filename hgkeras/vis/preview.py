@@ -6,29 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hgkeras.spec import Skeleton, get_skeleton
-
-#: BGR colours by body side (OpenCV order): left blue, right red, centre green.
-_COLORS = {"left": (255, 128, 0), "right": (0, 0, 255), "center": (0, 200, 0)}
-
-
-def draw_skeleton(image: np.ndarray, joints: np.ndarray, visible: np.ndarray, skeleton: Skeleton):
-    """Draw limbs and joints (x, y pixel centres) on a BGR uint8 image in place; return it."""
-    import cv2
-
-    size = image.shape[0]
-    thickness = max(1, size // 128)
-    for a, b in skeleton.limbs:
-        if visible[a] and visible[b]:
-            pa = tuple(int(round(v)) for v in joints[a])
-            pb = tuple(int(round(v)) for v in joints[b])
-            side = skeleton.side(a) if skeleton.side(a) == skeleton.side(b) else "center"
-            cv2.line(image, pa, pb, _COLORS[side], thickness, cv2.LINE_AA)
-    for j in range(len(joints)):
-        if visible[j]:
-            p = tuple(int(round(v)) for v in joints[j])
-            cv2.circle(image, p, thickness + 1, _COLORS[skeleton.side(j)], -1, cv2.LINE_AA)
-    return image
+from hgkeras.spec import get_skeleton
+from hgkeras.vis.draw import draw_people, write_image
 
 
 def preview_grid(
@@ -45,9 +24,9 @@ def preview_grid(
     """Write a PNG grid of ``count`` augmented samples from TFRecord shards; return its path.
 
     Each tile is the model input after the device-side augmentation, with the augmented joints
-    (labels swapped on flips) drawn: left side blue, right side red.
+    (labels swapped on flips) drawn with :func:`hgkeras.vis.draw.draw_people` (left side blue,
+    right side orange, centre green; joints outside the crop or not annotated are left out).
     """
-    import cv2
     import keras
     from keras import ops
 
@@ -77,13 +56,13 @@ def preview_grid(
     grid = np.zeros((rows * input_size, columns * input_size, 3), np.uint8)
     for i in range(n):
         tile = np.ascontiguousarray(x[i, :, :, ::-1])
-        draw_skeleton(tile, joints[i], visible[i] > 0, skeleton)
+        annotated = (visible[i] > 0).astype(np.float64)
+        draw_people(tile, [(joints[i], annotated, None)], skeleton, min_score=0.5,
+                    thickness=max(1, input_size // 128), colors="side", labels=False,
+                    hide_unannotated=True, in_place=True)  # fmt: skip
         r, c = divmod(i, columns)
         grid[r * input_size : (r + 1) * input_size, c * input_size : (c + 1) * input_size] = tile
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    if not cv2.imwrite(str(tmp), grid):
-        raise OSError(f"could not write {out}")
-    tmp.replace(out)
+    write_image(out, grid)
     return out

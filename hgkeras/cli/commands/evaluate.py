@@ -93,14 +93,12 @@ def _load_model(path: str):
 
 
 def _read_image(path: Path):
+    """RGB uint8, upright; truncated files are errors (hgkeras.inference.images.read_image)."""
     import cv2
 
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from hgkeras.inference.images import read_image, to_uint8_bgr
+
+    return cv2.cvtColor(to_uint8_bgr(read_image(path), "bgr"), cv2.COLOR_BGR2RGB)
 
 
 def _predict_records(model, records, images_dir: Path, flip: bool, batch_size: int):

@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the graph as trained, without folding each conv -> BatchNorm pair into one conv",
     )
     parser.add_argument(
+        "--max-pixels",
+        type=float,
+        default=100e6,
+        help="predict_image refuses images larger than this many pixels, read from the header "
+        "before decoding (default 100e6; 0 = no limit)",
+    )
+    parser.add_argument(
         "--base-path",
         default="/models",
         help="where OUT is mounted inside the server, for models.config (/models)",
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(
         flip=args.flip, onnx=args.onnx, force=args.force, verify=not args.no_verify,
         models_config=not args.no_models_config, base_path=args.base_path, fold=not args.no_fold,
+        max_pixels=int(args.max_pixels) if args.max_pixels > 0 else None,
     )  # fmt: skip
     if keras.backend.backend() != "tensorflow":
         # The .keras file is backend independent: export it from a TensorFlow process.

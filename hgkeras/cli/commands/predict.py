@@ -1,15 +1,12 @@
-"""``hgkeras predict``: poses on your own images, folders and videos -> JSON + overlay pictures."""
+"""``hgkeras predict``: poses on images, folders, videos, webcams and streams -> JSON + overlays."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
-from typing import Any
 
 #: File name endings read as still images (others in a folder are skipped).
 IMAGE_SUFFIXES = (
@@ -22,14 +19,22 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="run a model on images, folders or videos; write keypoint JSON and overlay pictures",
+        help="run a model on images, folders, videos, a webcam or a stream; write keypoint JSON "
+        "and overlays",
         description="Estimate poses with a saved model. For each image: OUT/NAME.json (keypoints in "
-        "the image's pixels, scores, joint names per person) and OUT/NAME.png (skeleton overlay). "
-        "For each video: OUT/NAME.json (or .jsonl with --jsonl) with one entry per frame and "
-        "OUT/NAME.mp4 (overlay). Folders are read in sorted order (images and videos inside, not "
-        "recursive). Without --box or --detect the whole image is one person.",
+        "the upright image's pixels, scores, joint names per person) and OUT/NAME.png (skeleton "
+        "overlay). For each video, camera index (0 = first webcam) or stream URL (rtsp://, "
+        "http://): OUT/NAME.json (or .jsonl with --jsonl) with one entry per frame and OUT/NAME.mp4 "
+        "(H.264 overlay with PyAV installed). Folders are read in sorted order (images and videos "
+        "inside, not recursive). People come from --box, --boxes or --detect; without any, the "
+        "whole image is one person.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder or video file")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image, folder, video file, camera index (0, 1, ...) or stream URL",
+    )
     parser.add_argument("--model", required=True, help="a saved .keras model")
     parser.add_argument(
         "--box",
@@ -40,9 +45,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a person box in pixels (repeat for several people); applies to every input",
     )
     parser.add_argument(
+        "--boxes",
+        metavar="FILE",
+        help="person boxes per image from a COCO detection-results JSON ([{image_id or "
+        "file_name, bbox: [x, y, w, h], score}]); an int image_id matches 000000000785.jpg",
+    )
+    parser.add_argument(
         "--detect",
         action="store_true",
         help="find people with OpenCV's built-in HOG people detector (no download)",
+    )
+    parser.add_argument(
+        "--min-box-score",
+        type=float,
+        default=0.5,
+        help="--boxes/--detect: keep boxes scoring at least this (default 0.5)",
+    )
+    parser.add_argument(
+        "--box-nms",
+        type=float,
+        metavar="IOU",
+        help="--boxes: drop boxes overlapping a better one by more than IOU (default: keep all)",
     )
     parser.add_argument("--no-flip", action="store_true", help="skip the flip test (2x faster)")
     parser.add_argument(
@@ -58,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="person crops per batch")
     parser.add_argument(
+        "--max-frames", type=int, help="videos, cameras, streams: stop after this many frames"
+    )
+    parser.add_argument(
         "--jsonl", action="store_true", help="videos: write NAME.jsonl, one JSON line per frame"
     )
     parser.add_argument("--no-overlay", action="store_true", help="write JSON only")
@@ -66,15 +92,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="coco: also write OUT/results.json, the COCO keypoint results of all images (17-joint "
         "COCO model; image ids from COCO file names such as 000000000785.jpg)",
     )  # fmt: skip
+    parser.add_argument(
+        "--overlay-max-side",
+        type=int,
+        default=4096,
+        help="image overlays longer than this are written downscaled (default 4096 px; JSON "
+        "keypoints stay in full-size pixels)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=float,
+        default=100e6,
+        help="refuse images larger than this many pixels, checked before decoding (default 100e6)",
+    )
+    parser.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="predict truncated JPEGs (decoded down to the cut) with a warning instead of an error",
+    )
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     parser.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[Path, str]]:
-    """(path, "image" | "video") for every input; folders expand to their sorted media files."""
-    items: list[tuple[Path, str]] = []
+def collect_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """(input, "image" | "video") for every input; folders expand to their sorted media files.
+
+    Camera indices and stream URLs are videos; a file named only with digits needs ``./``.
+    """
+    from hgkeras.inference.video import source_kind
+
+    items: list[tuple[str, str]] = []
     for name in inputs:
+        if source_kind(name) != "file":
+            items.append((name, "video"))
+            continue
         path = Path(name)
         if path.is_dir():
             found = [
@@ -84,9 +136,9 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, str]]:
             ]
             if not found:
                 raise ValueError(f"folder {path} holds no image or video files")
-            items.extend((p, _kind(p)) for p in found)
+            items.extend((str(p), _kind(p)) for p in found)
         elif path.is_file():
-            items.append((path, _kind(path)))
+            items.append((str(path), _kind(path)))
         else:
             raise FileNotFoundError(f"input not found: {path}")
     return items
@@ -96,63 +148,48 @@ def _kind(path: Path) -> str:
     return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
 
 
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, n = path.stem, 1
-    while stem in used:
-        stem = f"{path.stem}_{n}"
+def _unique_stem(stem: str, used: set[str]) -> str:
+    name, n = stem, 1
+    while name in used:
+        name = f"{stem}_{n}"
         n += 1
-    used.add(stem)
-    return stem
+    used.add(name)
+    return name
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_png(path: Path, image_bgr) -> None:
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", image_bgr)
-    if not ok:
-        raise OSError(f"could not encode PNG for {path}")
-    write_atomic(path, encoded.tobytes())
-
-
-def _progress(iterable, total: int | None, desc: str, quiet: bool):
+def _progress(quiet: bool):
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="frame" if desc else "image",
-                disable=quiet, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    def wrap(iterable, total, desc):
+        return tqdm(iterable, total=total, desc=desc, unit="frame" if desc else "image",
+                    disable=quiet, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+
+    return wrap
 
 
 def predict_image(
-    predictor, path: Path, stem: str, args: argparse.Namespace, coco_results: list | None = None
+    predictor,
+    path: Path,
+    stem: str,
+    args: argparse.Namespace,
+    boxes,
+    coco_results: list | None = None,
 ) -> list[Path]:
     """Predict one image file; write its JSON, overlay and montages; return the written paths.
-    ``coco_results``: a list the image's COCO results entries are added to."""
-    from hgkeras.inference.predictor import load_image, to_uint8_bgr
-    from hgkeras.vis.draw import draw_people, heatmap_montage
 
-    pixels = load_image(path)
-    people = predictor.predict(
-        pixels, boxes=args.box, detect=args.detect, color="bgr", return_heatmaps=args.heatmaps
-    )
+    ``coco_results``: a list the image's COCO results entries are added to.
+    """
+    from hgkeras.inference.images import load_image, to_uint8_bgr
+    from hgkeras.io import atomic_write_text
+    from hgkeras.vis.draw import draw_people, heatmap_montage, write_image
+
+    pixels = load_image(path, max_pixels=predictor.max_pixels, allow_truncated=args.allow_truncated)
+    options: dict = {"detect": args.detect}
+    if boxes is not None:
+        options["boxes"], options["box_scores"] = boxes.lookup(path)
+    elif args.box:
+        options["boxes"] = args.box
+    people = predictor.predict(pixels, color="bgr", return_heatmaps=args.heatmaps, **options)
     if coco_results is not None:
         from hgkeras.evaluation.coco import image_id_from_name, results_from_people
 
@@ -166,109 +203,42 @@ def predict_image(
         "people": [p.to_dict() for p in people],
     }
     written = [out / f"{stem}.json"]
-    write_atomic(written[0], (json.dumps(record, indent=1) + "\n").encode())
+    atomic_write_text(written[0], json.dumps(record, indent=1) + "\n")
     if not args.no_overlay:
         overlay = draw_people(to_uint8_bgr(pixels, "bgr"), people, predictor.skeleton,
-                              min_score=args.min_score)  # fmt: skip
+                              min_score=args.min_score, max_side=args.overlay_max_side,
+                              in_place=True)  # fmt: skip
         written.append(out / f"{stem}.png")
-        write_png(written[-1], overlay)
+        write_image(written[-1], overlay)
     if args.heatmaps:
         for i, person in enumerate(people):
             montage = heatmap_montage(person.heatmaps, person.crop, person.joint_names)
             suffix = "" if len(people) == 1 else f"_{i}"
             written.append(out / f"{stem}_heatmaps{suffix}.png")
-            write_png(written[-1], montage)
+            write_image(written[-1], montage)
     return written
 
 
-def _frames(capture) -> Iterator[Any]:
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            return
-        yield frame
-
-
-def predict_video(predictor, path: Path, stem: str, args: argparse.Namespace) -> list[Path]:
-    """Predict every frame of a video; write NAME.json(l) and the overlay NAME.mp4."""
-    import cv2
-
-    from hgkeras.vis.draw import draw_people
-
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise ValueError(f"cannot open video file {path} with OpenCV")
-    out = Path(args.out)
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    if not fps or fps != fps or fps <= 0:
-        fps = 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    json_path = out / (f"{stem}.jsonl" if args.jsonl else f"{stem}.json")
-    video_path = out / f"{stem}.mp4"
-    json_tmp = out / f".{json_path.name}.partial"
-    video_tmp = out / f".{stem}.partial.mp4"
-    writer = None
-    frames_out: list[dict] = []
-    count = 0
-    try:
-        with open(json_tmp, "w") as lines:
-            for index, frame in enumerate(
-                _progress(_frames(capture), total, path.name, args.quiet)
-            ):
-                people = predictor.predict(frame, boxes=args.box, detect=args.detect, color="bgr")
-                entry = {"frame": index, "people": [p.to_dict() for p in people]}
-                if args.jsonl:
-                    lines.write(json.dumps(entry) + "\n")
-                else:
-                    frames_out.append(entry)
-                if not args.no_overlay:
-                    if writer is None:
-                        height, width = frame.shape[:2]
-                        writer = cv2.VideoWriter(
-                            str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
-                        )
-                        if not writer.isOpened():
-                            raise OSError(f"OpenCV cannot write an mp4v video at {video_tmp}")
-                    writer.write(draw_people(frame, people, predictor.skeleton,
-                                             min_score=args.min_score))  # fmt: skip
-                count += 1
-            if not args.jsonl:
-                record = {
-                    "source": str(path),
-                    "fps": fps,
-                    "num_frames": count,
-                    "flip": predictor.flip,
-                    "frames": frames_out,
-                }
-                lines.write(json.dumps(record) + "\n")
-        if count == 0:
-            raise ValueError(f"video file {path} has no readable frames")
-        written = [json_path]
-        os.replace(json_tmp, json_path)
-        if writer is not None:
-            writer.release()
-            writer = None
-            os.replace(video_tmp, video_path)
-            written.append(video_path)
-        return written
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-        for tmp in (json_tmp, video_tmp):
-            if tmp.exists():
-                tmp.unlink()
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.box and args.detect:
-        raise ValueError("use either --box or --detect, not both")
+    given = [flag for flag, on in (("--box", args.box), ("--boxes", args.boxes),
+                                   ("--detect", args.detect)) if on]  # fmt: skip
+    if len(given) > 1:
+        raise ValueError(f"use only one of --box, --boxes and --detect, got {' and '.join(given)}")
     if args.box:
         from hgkeras.geometry import box_to_center_scale
 
         for box in args.box:
             box_to_center_scale(box)  # clear error for a bad box before loading the model
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+    boxes = None
+    if args.boxes:
+        from hgkeras.inference.boxes import DetectionFile
+
+        boxes = DetectionFile(args.boxes, min_score=args.min_box_score, nms_iou=args.box_nms)
     items = collect_inputs(args.inputs)
+    if boxes is not None and any(kind == "video" for _, kind in items):
+        raise ValueError("--boxes gives boxes per image file; it cannot be used with videos")
     coco_results = [] if args.format == "coco" else None
     if coco_results is not None:
         from hgkeras.evaluation.coco import image_id_from_name
@@ -281,18 +251,48 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from hgkeras.inference.predictor import PosePredictor
+    from hgkeras.inference.video import predict_video, source_name
+    from hgkeras.vis.draw import draw_people
 
-    predictor = PosePredictor(args.model, flip=not args.no_flip, batch_size=args.batch_size)
+    detector = None
+    if args.detect:
+        from functools import partial
+
+        from hgkeras.inference.detect import detect_people
+
+        detector = partial(detect_people, min_score=args.min_box_score)
+    predictor = PosePredictor(
+        args.model, flip=not args.no_flip, batch_size=args.batch_size, detector=detector,
+        max_pixels=int(args.max_pixels) if args.max_pixels > 0 else None,
+        allow_truncated=args.allow_truncated,
+    )  # fmt: skip
+    whole_image = not (args.box or args.boxes or args.detect)
+    if whole_image and not args.quiet:
+        print("note: no --box, --boxes or --detect: each image is taken as one person",
+              file=sys.stderr)  # fmt: skip
+
+    def draw(frame, people):
+        return draw_people(frame, people, predictor.skeleton, min_score=args.min_score,
+                           in_place=True)  # fmt: skip
+
     used: set[str] = set()
-    images = [(p, k) for p, k in items if k == "image"]
-    many = len(images) > 1
+    images = [(Path(p), k) for p, k in items if k == "image"]
     written: list[Path] = []
-    image_bar = _progress(images, len(images), "", args.quiet or not many)
-    for path, _ in image_bar:
-        written += predict_image(predictor, path, _unique_stem(path, used), args, coco_results)
-    for path, kind in items:
-        if kind == "video":
-            written += predict_video(predictor, path, _unique_stem(path, used), args)
+    progress = _progress(args.quiet)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no person boxes")  # said once above
+        for path, _ in progress(images, len(images), "") if len(images) > 1 else images:
+            written += predict_image(
+                predictor, path, _unique_stem(path.stem, used), args, boxes, coco_results
+            )
+        for source, kind in items:
+            if kind == "video":
+                written += predict_video(
+                    predictor, source, out, stem=_unique_stem(source_name(source), used),
+                    predict_options={"boxes": args.box, "detect": args.detect},
+                    jsonl=args.jsonl, overlay=not args.no_overlay, draw=draw,
+                    max_frames=args.max_frames, progress=progress,
+                )  # fmt: skip
     if coco_results is not None:
         from hgkeras.evaluation.coco import write_results
 

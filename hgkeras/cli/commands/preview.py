@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "preview",
         help="write a PNG grid of augmented samples from TFRecords, skeletons drawn over them",
         description="Read TFRecords written by `hgkeras prepare`, apply the training augmentation "
-        "and write a PNG grid with the augmented joints drawn (left side blue, right side red).",
+        "and write a PNG grid with the augmented joints drawn (left side blue, right side orange, "
+        "centre green).",
     )
     parser.add_argument("--data", required=True, help="TFRecord directory or shard glob")
     parser.add_argument("--out", required=True, help="output PNG")
