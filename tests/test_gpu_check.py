@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,18 @@ def test_tiny_check_runs_every_stage_and_the_layers_match_on_cpu(tmp_path):
             assert row["loss_finite"] and 0 < row["fraction_of_bf16_matmul"], row
     assert rows[("host_decode", "jax")][0]["images_per_s"] > 0
     assert result["ceiling"]["bfloat16_flops"] > 0
+
+
+def test_shell_entry_writes_the_json_log_and_device_listing_into_its_folder(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--tiny", "--cpu",
+         "--backends", "torch", "--stages", "host_syncs"],
+        cwd=REPO_ROOT, env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
+        text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == {"gpu_check.json", "gpu_check.log", "nvidia-smi.txt"}
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert result["budget_s"] == 500 and [s["status"] for s in result["stages"]] == ["ok"]
+    assert "host_syncs" in (out / "gpu_check.log").read_text()
