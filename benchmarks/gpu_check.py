@@ -49,19 +49,21 @@ from _workers import TIMED_OUT, emit, spawn_worker, timed  # noqa: E402
 SCHEMA_VERSION = 1
 BACKENDS = ("jax", "torch")
 POLICY = "mixed_bfloat16"
-#: Sizes per mode. The source crop is 1.5x the input side (pose_dataset's 384 for 256).
+#: Sizes per mode. The source crop is 1.5x the input side (pose_dataset's 384 for 256); the layer
+#: checks run on (layer_batch, layer_size, layer_size, layer_channels) maps (full: the hourglass'
+#: 64x64x128 maps and its 7x7/2 stem convolution of a 256x256 image to 64 channels).
 SIZES = {
     "full": {
         "stacks": 8, "features": 256, "input_size": 256, "train_batches": [32, 64, 128],
         "infer_batches": [1, 64], "validation_batch": 64, "validation_batches": 3,
         "timed_steps": 10, "warmup_steps": 2, "min_time": 1.0, "matmul_size": 8192,
-        "host_images_per_process": 40,
+        "host_images_per_process": 40, "layer_batch": 4, "layer_size": 64, "layer_channels": 128,
     },
     "tiny": {
         "stacks": 1, "features": 32, "input_size": 64, "train_batches": [2],
         "infer_batches": [1, 2], "validation_batch": 2, "validation_batches": 2,
         "timed_steps": 2, "warmup_steps": 0, "min_time": 0.2, "matmul_size": 512,
-        "host_images_per_process": 4,
+        "host_images_per_process": 4, "layer_batch": 2, "layer_size": 32, "layer_channels": 32,
     },
 }  # fmt: skip
 #: Seconds each stage may take (its worker is killed after that), per mode.
@@ -78,7 +80,7 @@ MIN_STAGE_SECONDS = 15.0
 #: Relative error (||ours - stock|| / ||stock||) allowed per compute dtype (see stage_equivalence).
 #: float32 allows for TF32 (the default of JAX's float32 products and cuDNN's float32 convolutions
 #: on GPUs).
-TOLERANCES = {"float32": 1e-3, POLICY: 2e-2}
+TOLERANCES = {"float32": 2e-3, POLICY: 2e-2}
 
 
 def block_tensorflow() -> None:
@@ -239,7 +241,9 @@ def _relative_error(got, want) -> float:
     return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
 
 
-def _equivalence_cases(dtype: str) -> list[tuple[str, object, object, list[tuple], bool]]:
+def _equivalence_cases(
+    config: dict, dtype: str
+) -> list[tuple[str, object, object, list[tuple], bool]]:
     """(name, stock model, our model, input shapes, uses training) for one compute dtype."""
     import keras
     from keras import layers
@@ -266,18 +270,19 @@ def _equivalence_cases(dtype: str) -> list[tuple[str, object, object, list[tuple
         cls = m.BatchNormalization if m is layers else m.BatchNorm
         return cls(epsilon=1e-5, momentum=0.9, dtype=dtype)(x[0])
 
-    feature = (2, 32, 32, 32)
+    n, size, c = config["layer_batch"], config["layer_size"], config["layer_channels"]
+    feature, half = (n, size, size, c), (n, size // 2, size // 2, c)
     specs = [
-        ("Conv2D 7x7/2 valid (stem)", conv(filters=16, kernel_size=7, strides=2), [(2, 38, 38, 3)],
-         False),
-        ("Conv2D 3x3 same", conv(filters=32, kernel_size=3, padding="same"), [feature], False),
-        ("Conv2D 1x1", conv(filters=48, kernel_size=1), [feature], False),
-        ("Conv2D 1x1 relu, no bias", conv(filters=16, kernel_size=1, activation="relu",
+        ("Conv2D 7x7/2 valid (stem)", conv(filters=c // 2, kernel_size=7, strides=2),
+         [(n, 4 * size + 6, 4 * size + 6, 3)], False),
+        ("Conv2D 3x3 same", conv(filters=c, kernel_size=3, padding="same"), [feature], False),
+        ("Conv2D 1x1", conv(filters=2 * c, kernel_size=1), [feature], False),
+        ("Conv2D 1x1 relu, no bias", conv(filters=c // 2, kernel_size=1, activation="relu",
                                           use_bias=False), [feature], False),
         ("MaxPooling2D 2x2/2", lambda m, x: m.MaxPooling2D(2, strides=2, dtype=dtype)(x[0]),
          [feature], False),
-        ("NearestUpsample2x + UpsampleAdd", upsample_add, [feature, (2, 16, 16, 32)], False),
-        ("BatchNorm", batch_norm, [(4, 16, 16, 32)], True),
+        ("NearestUpsample2x + UpsampleAdd", upsample_add, [feature, half], False),
+        ("BatchNorm", batch_norm, [feature], True),
     ]  # fmt: skip
     return [
         (name, *pair(build, shapes), shapes, training) for name, build, shapes, training in specs
@@ -365,9 +370,9 @@ def stage_equivalence(config: dict) -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    references = _equivalence_cases("float32")
+    references = _equivalence_cases(config, "float32")
     for dtype in ("float32", POLICY):
-        cases = references if dtype == "float32" else _equivalence_cases(dtype)
+        cases = references if dtype == "float32" else _equivalence_cases(config, dtype)
         for (name, stock, ours, shapes, training), (_, reference, *_) in zip(
             cases, references, strict=True
         ):
