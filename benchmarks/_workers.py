@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+
+#: The exit code ``spawn_worker`` reports for a worker it stopped at its time limit.
+TIMED_OUT = 124
 
 
 def timed(
@@ -34,20 +38,41 @@ def emit(message: dict) -> None:
 
 
 def spawn_worker(
-    script: str, backend: str, args: list[str], cpu_only: bool = True
+    script: str, backend: str, args: list[str], cpu_only: bool = True, timeout: float | None = None
 ) -> tuple[int, list[dict]]:
-    """Run ``script args`` under ``KERAS_BACKEND=backend``; its exit code and the JSON lines it printed."""
+    """Run ``script args`` under ``KERAS_BACKEND=backend``; its exit code and the JSON lines it printed.
+
+    A worker still running after ``timeout`` seconds is killed with its process group (its own
+    children too) and reported as ``TIMED_OUT``, with the lines it printed until then.
+    """
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     if cpu_only:
         env.setdefault("JAX_PLATFORMS", "cpu")
         env["CUDA_VISIBLE_DEVICES"] = ""
-    done = subprocess.run(
-        [sys.executable, script, *args], env=env, stdout=subprocess.PIPE, text=True
+    process = subprocess.Popen(
+        [sys.executable, script, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=timeout is not None,
     )
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+        code = process.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
+        code = TIMED_OUT
+    except BaseException:  # e.g. Ctrl-C: a worker in its own session would not see it
+        if timeout is not None:
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
     messages = []
-    for line in done.stdout.splitlines():
+    for line in stdout.splitlines():
         try:
-            messages.append(json.loads(line))
+            message = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return done.returncode, messages
+        if isinstance(message, dict):
+            messages.append(message)
+    return code, messages
