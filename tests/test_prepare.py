@@ -25,9 +25,11 @@ def test_prepare_flic_real_images(tmp_path, real_data, capsys):
     assert code == 0
     assert "test: 8 records in 1 shard" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
+    shard = out / "train-00000-of-00001.tfrecord"
+    assert manifest["complete"] is True
     assert manifest["splits"]["train"] == {
         "records": 3,
-        "shards": [{"file": "train-00000-of-00001.tfrecord", "records": 3}],
+        "shards": [{"file": shard.name, "records": 3, "bytes": shard.stat().st_size}],
     }
     assert manifest["splits"]["test"]["records"] == 8
     assert len(manifest["skipped_images"]) == 5003 - 11

@@ -44,6 +44,7 @@ def prepare_dataset(
     splits: Sequence[str] | None = None,
     observer_centric: bool = False,
     valid_annotations: str | Path | None = None,
+    workers: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Read ``annotations`` (any supported layout) and write TFRecords + manifest to ``out``.
@@ -58,7 +59,10 @@ def prepare_dataset(
         observer_centric: FLIC: swap left/right labels of people seen from behind.
         valid_annotations: an annotation file whose people form the validation split (e.g. the Torch
             ``valid.h5`` for the MPII release ``.mat``); matching training people become "valid".
-    Returns the manifest.
+        workers: shards written at the same time (default: the machine's cores).
+        progress: show a progress bar.
+    Returns the manifest (see :func:`hgkeras.data.tfrecords.write_tfrecords`: transactional, and a
+    ValueError when no record has a usable image).
     """
     skipped: list[str] = []
     records = read_annotations(
@@ -76,6 +80,7 @@ def prepare_dataset(
         images,
         out,
         shards=shards,
+        workers=workers,
         skipped_annotations=skipped,
         source=str(annotations),
         progress=progress,
