@@ -8,7 +8,8 @@ over the whole command (start-up included); peak memory is the largest sum of th
 sizes of the command and its children, sampled every 20 ms from /proc. The shards go to a temporary
 folder that is deleted after each run. Prints a table and writes ``benchmarks/results/prepare.json``.
 
-Usage: python benchmarks/prepare_speed.py [--records 20000] [--workers 1 0] (0 = all cores)
+Usage: python benchmarks/prepare_speed.py [--records 20000 ...] [--workers 1 0] (0 = all cores)
+       [--repo OLD_TREE --legacy] (an hgkeras tree whose prepare has no --workers, for before/after)
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ SAMPLES = ROOT / "hgkeras" / "data" / "samples" / "mpii"
 
 
 def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    """Resident bytes of a process and its descendants (Linux /proc). A child that has not exec'd
+    yet (empty command line: a fork sharing its parent's pages) is not counted twice."""
     total, stack = 0, [pid]
     while stack:
         current = stack.pop()
         try:
+            if current != pid:
+                with open(f"/proc/{current}/cmdline", "rb") as handle:
+                    if not handle.read():
+                        continue
             with open(f"/proc/{current}/status") as handle:
                 for line in handle:
                     if line.startswith("VmRSS:"):
@@ -73,33 +79,45 @@ def synthesise(count: int, folder: Path) -> tuple[Path, Path]:
 def run_prepare(
     annotations: Path, images: Path, out: Path, workers: int | None, repo: Path
 ) -> dict:
-    """Run ``hgkeras prepare`` once; wall seconds, peak tree RSS and bytes written."""
+    """Run ``hgkeras prepare`` once; wall seconds, peak memory and bytes written."""
     command = ["prepare", "mpii", "--annotations", str(annotations), "--images", str(images),
                "--out", str(out), "--no-progress"]  # fmt: skip
     if workers is not None:
         command += ["--workers", str(workers)]
     code = "import sys; from hgkeras.cli import main; sys.exit(main(sys.argv[1:]))"
     env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, *command], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, _tree_rss(process.pid))
-        time.sleep(0.02)
-    seconds = time.perf_counter() - start
-    stdout, stderr = process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"prepare exited {process.returncode}: {stderr[-2000:]}")
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, *command], env=env, stdout=log, stderr=log, text=True
+        )
+        peak = 0
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, _tree_rss(process.pid))
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"prepare exited {process.returncode}: {log.read()[-2000:]}")
+    largest = usage.ru_maxrss * 1024
     written = sum(p.stat().st_size for p in out.glob("*.tfrecord"))
-    return {"seconds": seconds, "peak_rss_bytes": peak, "shard_bytes": written, "stdout": stdout}
+    return {
+        "seconds": seconds,
+        "peak_bytes": peak,
+        "largest_process_rss_bytes": largest,
+        "shard_bytes": written,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=20000, help="people to prepare")
+    parser.add_argument(
+        "--records", type=int, nargs="+", default=[20000], help="people to prepare (one run each)"
+    )
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1, 0], help="writer counts (0 = all cores)"
     )
@@ -114,50 +132,59 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cores = os.cpu_count() or 1
+    load_before = [round(v, 2) for v in os.getloadavg()]
     runs = []
-    with tempfile.TemporaryDirectory(prefix="hgkeras-prepare-bench-", dir=args.tmp) as tmp:
-        annotations, images = synthesise(args.records, Path(tmp))
-        for workers in args.workers:
-            count = workers or cores
-            out = Path(tmp) / f"tfr-{count}"
-            result = run_prepare(
-                annotations, images, out, None if args.legacy else count, Path(args.repo)
-            )
-            shutil.rmtree(out)
-            runs.append(
-                {
-                    "workers": count,
-                    "seconds": round(result["seconds"], 2),
-                    "records_per_second": round(args.records / result["seconds"], 1),
-                    "peak_rss_mb": round(result["peak_rss_bytes"] / 2**20, 1),
-                    "shard_gb": round(result["shard_bytes"] / 1e9, 2),
-                }
-            )
-            print(
-                f"workers {count:>2}: {runs[-1]['seconds']:8.1f} s  "
-                f"{runs[-1]['records_per_second']:8.1f} records/s  "
-                f"peak {runs[-1]['peak_rss_mb']:7.1f} MB  shards {runs[-1]['shard_gb']:.2f} GB",
-                flush=True,
-            )
+    for records in args.records:
+        with tempfile.TemporaryDirectory(prefix="hgkeras-prepare-bench-", dir=args.tmp) as tmp:
+            annotations, images = synthesise(records, Path(tmp))
+            for workers in args.workers:
+                count = workers or cores
+                out = Path(tmp) / f"tfr-{count}"
+                result = run_prepare(
+                    annotations, images, out, None if args.legacy else count, Path(args.repo)
+                )
+                shutil.rmtree(out)
+                runs.append(
+                    {
+                        "records": records,
+                        "workers": count,
+                        "seconds": round(result["seconds"], 2),
+                        "records_per_second": round(records / result["seconds"], 1),
+                        "peak_memory_mb": round(result["peak_bytes"] / 2**20, 1),
+                        "process_peak_rss_mb": round(
+                            result["largest_process_rss_bytes"] / 2**20, 1
+                        ),
+                        "shard_gb": round(result["shard_bytes"] / 1e9, 2),
+                    }
+                )
+                run = runs[-1]
+                print(
+                    f"{records:>7} records, workers {count:>2}: {run['seconds']:8.1f} s  "
+                    f"{run['records_per_second']:8.1f} records/s  peak "
+                    f"{run['peak_memory_mb']:7.1f} MB  shards {run['shard_gb']:.2f} GB",
+                    flush=True,
+                )
     report = {
         "benchmark": "prepare_speed",
-        "records": args.records,
         "tree": "legacy (before)" if args.legacy else "this tree",
         "images": len(list(SAMPLES.glob("images/*.jpg"))),
         "runs": runs,
         "cpu_model": cpu_model(),
         "cpu_count": cores,
+        "load_average_before": load_before,
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "machine": platform.platform(),
         "python": platform.python_version(),
-        "note": "records/s over the whole `hgkeras prepare` command, start-up included; peak = "
-        "largest sum of RSS over the process tree, sampled every 20 ms",
+        "note": "records/s over the whole `hgkeras prepare` command, start-up included; "
+        "peak_memory_mb = largest sum of RSS over the process tree (children included) sampled "
+        "every 20 ms; process_peak_rss_mb = the kernel's peak RSS of the command",
     }
     atomic_write_json(args.out, report)
-    print(f"{'workers':>8} {'records/s':>10} {'peak MB':>8}  ({args.records} records, {cpu_model()}, "
-          f"{cores} cores)")  # fmt: skip
+    print(f"{'records':>8} {'workers':>8} {'records/s':>10} {'peak MB':>8}  ({cpu_model()}, "
+          f"{cores} cores, load {report['load_average_after'][0]})")  # fmt: skip
     for run in runs:
-        print(f"{run['workers']:>8} {run['records_per_second']:>10} {run['peak_rss_mb']:>8}")
+        print(f"{run['records']:>8} {run['workers']:>8} {run['records_per_second']:>10} "
+              f"{run['peak_memory_mb']:>8}")  # fmt: skip
     print(f"wrote {args.out}")
     return 0
 

@@ -23,7 +23,6 @@ from hgkeras import io
 from hgkeras.data.tfrecords import (
     LEGACY_TMP_SUFFIX,
     MANIFEST_NAME,
-    SHARD_SUFFIX,
     feature_spec,
     parse_shard_name,
     read_manifest,
@@ -66,6 +65,12 @@ def _check_against_manifest(files: list[str], folder: Path, manifest: dict) -> N
                 f"{name}: {size} bytes, but {folder / MANIFEST_NAME} lists {expected}: the shard "
                 "was changed or cut after prepare; run `hgkeras prepare` again"
             )
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first few names, comma-separated, and how many more there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _check_shard_sets(files: list[str]) -> None:
@@ -119,12 +124,9 @@ def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) 
             names = [s["file"] for s in splits[split]["shards"]]
             missing = [n for n in names if not (path / n).is_file()]
             if missing:
-                shown = ", ".join(missing[:5]) + (
-                    f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-                )
                 raise FileNotFoundError(
                     f"{path}: {len(missing)} of the {len(names)} shards of split {split!r} listed "
-                    f"in {MANIFEST_NAME} are missing ({shown}); run `hgkeras prepare` again"
+                    f"in {MANIFEST_NAME} are missing ({_some(missing)}); run `hgkeras prepare` again"
                 )
             files = [str(path / n) for n in names]
         else:
@@ -132,7 +134,7 @@ def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) 
                 f
                 for f in glob.glob(str(pattern))
                 if not io.is_temporary(f)
-                and not f.endswith(SHARD_SUFFIX + LEGACY_TMP_SUFFIX)
+                and not f.endswith(LEGACY_TMP_SUFFIX)
                 and Path(f).name != MANIFEST_NAME
             ]
             files.sort()

@@ -1,4 +1,4 @@
-"""Sharded TFRecords of PoseRecords: schema, atomic shard writer and manifest.
+"""Sharded TFRecords of PoseRecords: schema, transactional parallel writer and manifest.
 
 Schema version 1, one ``tf.train.Example`` per person (see ``datasets/README.md``):
 
@@ -7,7 +7,7 @@ key                  type     meaning
 ===================  =======  ==============================================================
 image/encoded        bytes    the image file's bytes as stored (JPEG or PNG)
 image/filename       bytes    file name relative to the image directory
-image/height, width  int64    decoded size in pixels
+image/height, width  int64    size in pixels as tf.io.decode_image returns it (no EXIF turn)
 joints               float    J*2 values (x0, y0, x1, y1, ...), 0-based original pixels
 visible              int64    J flags, 1 = annotated
 center               float    2 values, adjusted person centre (0-based pixels)
