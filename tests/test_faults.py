@@ -75,8 +75,10 @@ def _killed_prepare(out: Path, point: str, keep: int = 5, shards: int = 5) -> No
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
 
 
-def _prepare(out: Path, keep: int = 5, shards: int = 5) -> dict:
+def _prepare(out: Path, keep: int = 5, shards: int = 5, split: str = "valid") -> dict:
     records = read_annotations(SAMPLES / "samples.json")[:keep]
+    for record in records:
+        record.split = split
     return write_tfrecords(records, SAMPLES / "images", out, shards=shards, progress=False)
 
 
@@ -107,12 +109,23 @@ def test_killed_prepare_is_refused_then_rerun_completes(tmp_path, point):
     assert not [n for n in os.listdir(out) if io.is_temporary(n)]
 
 
-def test_killed_rerun_with_changed_annotations_is_refused(tmp_path):
+def test_killed_rerun_with_changed_annotations_is_refused(tmp_path, capsys):
+    from hgkeras import StackedHourglass
+
     out = tmp_path / "tfr"
     _prepare(out)  # 5 records in 5 shards
     _killed_prepare(out, "read2", keep=4, shards=2)  # the changed run dies in its first shard
     with pytest.raises(IncompleteDataError, match="did not finish"):
         pose_dataset(out, 2, training=False)
+    model = tmp_path / "m.keras"
+    StackedHourglass(num_stacks=1, num_features=16, image_shape=(64, 64, 3)).save(model)
+    code = main(["evaluate", "--model", str(model), "--data", str(out), "--no-flip",
+                 "--out", str(tmp_path / "r.json")])  # fmt: skip
+    assert code == 2 and "did not finish" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+    code = main(["train", "--dataset", "mpii", "--data-dir", str(out), "--out",
+                 str(tmp_path / "run"), "--stacks", "1", "--features", "16", "--epochs", "1"])  # fmt: skip
+    assert code == 2 and "did not finish" in capsys.readouterr().err
     assert not list(out.glob("*-of-00005.tfrecord"))  # the old run's shards are gone
     _prepare(out, keep=4, shards=2)
     assert sorted(p.name for p in out.glob("*.tfrecord")) == [
@@ -175,6 +188,14 @@ def test_corrupted_shard_error_names_shard_and_record(tmp_path, capsys, caplog):
     with caplog.at_level(logging.WARNING):
         assert _count(out, skip_corrupt=True) == 2
     assert shard.name in caplog.text
+    # Training on it (once an abort with exit 134) stops at once with the same one line.
+    train = tmp_path / "train"
+    _prepare(train, shards=2, split="train")
+    _flip_byte_in_record(train / "train-00001-of-00002.tfrecord", 2)
+    code = main(["train", "--dataset", "mpii", "--data-dir", str(train), "--out",
+                 str(tmp_path / "run"), "--stacks", "1", "--features", "16", "--epochs", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "train-00001-of-00002.tfrecord: record 2" in err, err
 
 
 def test_motion_photo_jpeg_kept_truncated_jpeg_skipped(tmp_path):
