@@ -33,25 +33,30 @@ from hgkeras.io import atomic_write_json  # noqa: E402
 SAMPLES = ROOT / "hgkeras" / "data" / "samples" / "mpii"
 
 
+def _image_of(pid: int) -> tuple[str, str]:
+    """(executable, start of stack) of a process: equal for a fork that has not exec'd yet."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return os.readlink(f"/proc/{pid}/exe"), fields[25]
+
+
 def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and its descendants (Linux /proc). A child that has not exec'd
-    yet (empty command line: a fork sharing its parent's pages) is not counted twice."""
-    total, stack = 0, [pid]
+    """Resident bytes of a process and its descendants (Linux /proc). A child that is still a copy
+    of its parent (forked, not exec'd: it shares the parent's pages) is not counted again."""
+    total, stack = 0, [(pid, None)]
     while stack:
-        current = stack.pop()
+        current, parent = stack.pop()
         try:
-            if current != pid:
-                with open(f"/proc/{current}/cmdline", "rb") as handle:
-                    if not handle.read():
-                        continue
-            with open(f"/proc/{current}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+            image = _image_of(current)
+            if image != parent:
+                with open(f"/proc/{current}/status") as handle:
+                    for line in handle:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as handle:
-                    stack += [int(child) for child in handle.read().split()]
-        except (FileNotFoundError, ProcessLookupError):
+                    stack += [(int(child), image) for child in handle.read().split()]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     return total
 
@@ -89,8 +94,9 @@ def run_prepare(
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-c", code, *command], env=env, stdout=log, stderr=log, text=True
-        )
+            [sys.executable, "-c", code, *command], env=env, stdout=log, stderr=log, text=True,
+            cwd=repo,
+        )  # fmt: skip
         peak = 0
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
