@@ -180,7 +180,9 @@ def test_corrupted_shard_error_names_shard_and_record(tmp_path, capsys, caplog):
     _prepare(out, shards=2)  # 2 + 3 records
     shard = out / "valid-00001-of-00002.tfrecord"
     offset = _flip_byte_in_record(shard, 1)
-    with pytest.raises(ValueError, match=rf"{shard.name}: record 1 \(byte offset {offset}\)"):
+    with pytest.raises(
+        ValueError, match=rf"{shard.name}: record 1 \(starting at byte offset {offset}\)"
+    ):
         pose_dataset(out, 2, training=False)
     assert main(["preview", "--data", str(out), "--out", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err

@@ -200,7 +200,9 @@ def verify_shards(files: list[str], *, skip_corrupt: bool = False, workers: int 
     for name, (count, offset, error) in zip(files, counts, strict=True):
         listed = expected.get(str(Path(name)))
         if error is not None:
-            problems[name] = f"{name}: record {count} (byte offset {offset}) is damaged: {error}"
+            problems[name] = (
+                f"{name}: record {count} (starting at byte offset {offset}) is damaged: {error}"
+            )
         elif listed is not None and count != listed:
             problems[name] = f"{name}: {count} records, but its manifest lists {listed}"
     if not problems:
