@@ -269,3 +269,16 @@ def test_json_layout_errors_name_file_record_and_field(tmp_path, capsys, field, 
                  str(SAMPLES / "images"), "--out", str(tmp_path / "tfr")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "people.json: record 2" in err and "Traceback" not in err
+
+
+def test_check_encoded_image_formats():
+    import cv2
+
+    image = cv2.imread(str(next((SAMPLES / "images").iterdir())))
+    for ext, params in ((".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+                        (".jpg", [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]), (".png", [])):  # fmt: skip
+        data = cv2.imencode(ext, image, params)[1].tobytes()
+        assert check_encoded_image(data) is None and check_encoded_image(data + b"\0" * 99) is None
+        assert "truncated" in check_encoded_image(data[: len(data) - 20])
+    assert check_encoded_image(b"") == "empty file"
+    assert check_encoded_image(b"GIF89a....") == "not a JPEG or PNG file"

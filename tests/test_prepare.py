@@ -94,3 +94,13 @@ def test_preview_grid(tmp_path, repo_root):
     # Skeleton colours (pure red/blue limbs) appear on the tiles.
     red = (grid[..., 2] > 200) & (grid[..., 1] < 60) & (grid[..., 0] < 60)
     assert red.sum() > 50
+
+
+def test_preview_without_data_uses_the_shipped_samples(tmp_path):
+    """The README's `hgkeras preview --split train` works out of the box."""
+    import cv2
+
+    png = tmp_path / "grid.png"
+    assert main(["preview", "--split", "train", "--out", str(png), "--count", "2",
+                 "--columns", "2"]) == 0  # fmt: skip
+    assert cv2.imread(str(png)).shape == (256, 512, 3)
