@@ -1,6 +1,6 @@
 """Convert FLIC annotations and images to sharded TFRecords: same as `hgkeras prepare flic ...`.
 
-Usage: python datasets/prepare_flic.py --annotations FILE --images DIR --out DIR [--shards N]
+Usage: python datasets/prepare_flic.py --annotations FILE --images DIR --out DIR [--shards N] [--workers N]
 """
 
 import sys

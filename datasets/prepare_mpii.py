@@ -1,6 +1,6 @@
 """Convert MPII annotations and images to sharded TFRecords: same as `hgkeras prepare mpii ...`.
 
-Usage: python datasets/prepare_mpii.py --annotations FILE --images DIR --out DIR [--shards N]
+Usage: python datasets/prepare_mpii.py --annotations FILE --images DIR --out DIR [--shards N] [--workers N]
 """
 
 import sys

@@ -25,9 +25,11 @@ def test_prepare_flic_real_images(tmp_path, real_data, capsys):
     assert code == 0
     assert "test: 8 records in 1 shard" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
+    shard = out / "train-00000-of-00001.tfrecord"
+    assert manifest["complete"] is True
     assert manifest["splits"]["train"] == {
         "records": 3,
-        "shards": [{"file": "train-00000-of-00001.tfrecord", "records": 3}],
+        "shards": [{"file": shard.name, "records": 3, "bytes": shard.stat().st_size}],
     }
     assert manifest["splits"]["test"]["records"] == 8
     assert len(manifest["skipped_images"]) == 5003 - 11
@@ -92,3 +94,13 @@ def test_preview_grid(tmp_path, repo_root):
     # Skeleton colours (pure red/blue limbs) appear on the tiles.
     red = (grid[..., 2] > 200) & (grid[..., 1] < 60) & (grid[..., 0] < 60)
     assert red.sum() > 50
+
+
+def test_preview_without_data_uses_the_shipped_samples(tmp_path):
+    """The README's `hgkeras preview --split train` works out of the box."""
+    import cv2
+
+    png = tmp_path / "grid.png"
+    assert main(["preview", "--split", "train", "--out", str(png), "--count", "2",
+                 "--columns", "2"]) == 0  # fmt: skip
+    assert cv2.imread(str(png)).shape == (256, 512, 3)

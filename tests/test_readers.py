@@ -185,3 +185,48 @@ def test_json_record_with_nan_scale_is_skipped(tmp_path):
     records = read_annotations(path, skipped=skipped)
     assert len(records) == 1 and records[0].visible.sum() == 0
     assert len(skipped) == 1 and "scale" in skipped[0]
+
+
+def test_release_mat_layout_errors_name_record_and_field(tmp_path):
+    path = _mpii_release(tmp_path, [(101.0, 201.0, 0, 1), ("abc", 211.0, 9, 0)])
+    with pytest.raises(
+        ValueError,
+        match=r"mpii_human_pose_v1_u12_1\.mat: a\.jpg \(annolist 0, person 0\) annopoints\.point\[1\] "
+        r"field 'x': expected numbers, got 'abc'",
+    ):
+        read_annotations(path)
+    path = _mpii_release(tmp_path, [(101.0, 201.0, 16, 1)])
+    with pytest.raises(ValueError, match=r"point\[0\] field 'id': joint id 16.0 outside 0\.\.15"):
+        read_annotations(path)
+
+
+def test_torch_h5_layout_errors_name_the_dataset(tmp_path):
+    import h5py
+
+    path = tmp_path / "valid.h5"
+    with h5py.File(path, "w") as f:
+        f["imgname"] = np.array([b"a.jpg", b"b.jpg"])
+        f["part"] = np.zeros((2, 15, 2))
+        f["center"] = np.zeros((2, 2))
+        f["scale"] = np.ones(2)
+    with pytest.raises(ValueError, match=r"valid\.h5: dataset 'part' has 15 joints; expected 16"):
+        read_annotations(path)
+    with h5py.File(path, "r+") as f:
+        del f["part"]
+        f["part"] = np.zeros((2, 16, 2))
+        f["normalize"] = np.array([b"x", b"y"])
+    with pytest.raises(
+        ValueError, match=r"valid\.h5: dataset 'normalize' field 'normalize': expected"
+    ):
+        read_annotations(path)
+
+
+def test_flic_mat_layout_errors_name_record_and_field(tmp_path):
+    example = {"coords": np.zeros((2, 29)), "filepath": "a.jpg", "torsobox": ["a", "b", "c", "d"],
+               "imgdims": [480, 720, 3], "istrain": 1, "istest": 0}  # fmt: skip
+    path = tmp_path / "examples.mat"
+    scipy.io.savemat(str(path), {"examples": np.array([example, example])})
+    with pytest.raises(
+        ValueError, match=r"examples\.mat: examples\[0\] field 'torsobox': expected"
+    ):
+        read_annotations(path)

@@ -15,11 +15,22 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from pathlib import Path
 
-from hgkeras.data.tfrecords import MANIFEST_NAME, SHARD_SUFFIX, feature_spec
+from hgkeras import io
+from hgkeras.data.tfrecords import (
+    LEGACY_TMP_SUFFIX,
+    MANIFEST_NAME,
+    feature_spec,
+    parse_shard_name,
+    read_manifest,
+    shard_name,
+)
 from hgkeras.geometry import PIXELS_PER_SCALE
+
+logger = logging.getLogger(__name__)
 
 #: Default side in pixels of the training source crop.
 SOURCE_SIZE = 384
@@ -28,35 +39,105 @@ SOURCE_MARGIN = 1.5
 _RATIOS = (1, 2, 4, 8)
 
 
-def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) -> list[str]:
-    """Shard files for a glob pattern, a list of files, or a directory (+ ``split``) with a manifest.
+def _manifest_shards(manifest: dict) -> dict[str, dict]:
+    """Shard file name -> its manifest entry (with its split), for every split of a manifest."""
+    return {
+        entry["file"]: {**entry, "split": split}
+        for split, info in manifest.get("splits", {}).items()
+        for entry in info.get("shards", [])
+    }
 
-    Files ending in ``.tmp`` (shards still being written) and manifests are never returned.
+
+def _check_against_manifest(files: list[str], folder: Path, manifest: dict) -> None:
+    """Shards must be listed in their folder's manifest and have the size it records."""
+    listed = _manifest_shards(manifest)
+    for name in files:
+        entry = listed.get(Path(name).name)
+        if entry is None:
+            raise ValueError(
+                f"{name}: not a shard of {folder / MANIFEST_NAME} (a leftover of another prepare "
+                "run?); run `hgkeras prepare` again or pass the listed shards only"
+            )
+        expected = entry.get("bytes")  # absent in manifests before hgkeras 0.2
+        size = os.path.getsize(name)
+        if expected is not None and size != expected:
+            raise ValueError(
+                f"{name}: {size} bytes, but {folder / MANIFEST_NAME} lists {expected}: the shard "
+                "was changed or cut after prepare; run `hgkeras prepare` again"
+            )
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first few names, comma-separated, and how many more there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _check_shard_sets(files: list[str]) -> None:
+    """Without a manifest: every ``NAME-i-of-N`` set must hold all N shards."""
+    groups: dict[tuple[str, str, int], set[int]] = {}
+    for name in files:
+        parsed = parse_shard_name(name)
+        if parsed is not None:
+            split, index, count = parsed
+            groups.setdefault((str(Path(name).parent), split, count), set()).add(index)
+    for (folder, split, count), found in sorted(groups.items()):
+        missing = [shard_name(split, i, count) for i in range(count) if i not in found]
+        if missing:
+            shown = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            raise FileNotFoundError(
+                f"{folder}: {len(missing)} of the {count} shards of {split!r} are missing ({shown}); "
+                "an interrupted `hgkeras prepare`? Run it again"
+            )
+
+
+def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) -> list[str]:
+    """Shard files for a directory written by ``hgkeras prepare`` (+ ``split``), a glob or a list.
+
+    Checks made without reading the shards: a directory needs a complete manifest, and every shard it
+    lists must exist with the recorded size (the error names the missing ones). Files of a glob or a
+    list must be listed in the manifest beside them; without a manifest, each ``NAME-i-of-N`` set must
+    be complete. Temporaries of unfinished writes and manifests are never returned.
     """
     if isinstance(pattern, (list, tuple)):
         files = [str(p) for p in pattern]
     else:
         path = Path(pattern)
         if path.is_dir():
-            manifest_path = path / MANIFEST_NAME
-            if manifest_path.is_file():
-                manifest = json.loads(manifest_path.read_text())
-                splits = manifest.get("splits", {})
-                if split is None:
-                    if len(splits) != 1:
-                        raise ValueError(
-                            f"{path} holds splits {sorted(splits)}; pass split=... to choose one"
-                        )
-                    split = next(iter(splits))
-                if split not in splits:
-                    raise ValueError(f"{path}: no split {split!r} (has {sorted(splits)})")
-                files = [str(path / s["file"]) for s in splits[split]["shards"]]
-            else:
-                prefix = f"{split}-" if split else ""
-                files = sorted(glob.glob(str(path / f"{prefix}*{SHARD_SUFFIX}")))
+            manifest = read_manifest(path)
+            splits = manifest.get("splits", {})
+            if split is None:
+                if len(splits) != 1:
+                    raise ValueError(
+                        f"{path} holds splits {sorted(splits)}; pass split=... to choose one"
+                    )
+                split = next(iter(splits))
+            if split not in splits:
+                raise ValueError(f"{path}: no split {split!r} (has {sorted(splits)})")
+            if not splits[split]["records"]:
+                raise ValueError(
+                    f"{path}: split {split!r} holds no records (every image was skipped: see "
+                    f"skipped_images in {MANIFEST_NAME})"
+                )
+            names = [s["file"] for s in splits[split]["shards"]]
+            missing = [n for n in names if not (path / n).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{path}: {len(missing)} of the {len(names)} shards of split {split!r} listed "
+                    f"in {MANIFEST_NAME} are missing ({_some(missing)}); run `hgkeras prepare` again"
+                )
+            files = [str(path / n) for n in names]
         else:
-            files = sorted(glob.glob(str(pattern)))
-    files = [f for f in files if not f.endswith(".tmp") and Path(f).name != MANIFEST_NAME]
+            files = [
+                f
+                for f in glob.glob(str(pattern))
+                if not io.is_temporary(f)
+                and not f.endswith(LEGACY_TMP_SUFFIX)
+                and Path(f).name != MANIFEST_NAME
+            ]
+            files.sort()
     if not files:
         raise FileNotFoundError(
             f"no TFRecord shards match {pattern!r}" + (f" (split {split})" if split else "")
@@ -64,7 +145,79 @@ def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) 
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"TFRecord shard not found: {missing[0]}")
+    by_folder: dict[Path, list[str]] = {}
+    for name in files:
+        by_folder.setdefault(Path(name).parent, []).append(name)
+    for folder, names in by_folder.items():
+        if (folder / MANIFEST_NAME).is_file():
+            _check_against_manifest(names, folder, read_manifest(folder))
+        else:
+            _check_shard_sets(names)
     return files
+
+
+def _count_records(path: str) -> tuple[int, int, str | None]:
+    """(good records, byte offset after them, error message or None) of one TFRecord file."""
+    import tensorflow as tf
+
+    count, offset = 0, 0
+    lengths = tf.data.TFRecordDataset(path).map(tf.strings.length).batch(4096)
+    try:
+        for batch in lengths:
+            values = batch.numpy()
+            count += len(values)
+            offset += int(values.sum()) + 16 * len(values)  # length, 2 CRCs per record
+        return count, offset, None
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:
+        # Pin the damaged record down: read on one record at a time after the good batches.
+        try:
+            for value in tf.data.TFRecordDataset(path).skip(count).map(tf.strings.length):
+                count += 1
+                offset += int(value) + 16
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
+            pass
+        message = str(err.message).split("[Op:")[0].split("}}")[-1].strip()
+        return count, offset, message
+
+
+def verify_shards(files: list[str], *, skip_corrupt: bool = False, workers: int = 8) -> list[str]:
+    """Read every shard once (CRC checks) and compare record counts with the manifest beside them.
+
+    Returns ``files``, or with ``skip_corrupt`` the files without the damaged shards (a warning names
+    each). Otherwise a damaged shard is a ValueError naming the shard, the index and byte offset of the
+    first bad record, and the reason; so is a shard whose record count differs from its manifest.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected: dict[str, int] = {}
+    for folder in {Path(f).parent for f in files}:
+        if (folder / MANIFEST_NAME).is_file():
+            for name, entry in _manifest_shards(read_manifest(folder)).items():
+                expected[str(folder / name)] = int(entry["records"])
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files)))) as pool:
+        counts = list(pool.map(_count_records, files))
+    problems: dict[str, str] = {}
+    for name, (count, offset, error) in zip(files, counts, strict=True):
+        listed = expected.get(str(Path(name)))
+        if error is not None:
+            problems[name] = (
+                f"{name}: record {count} (starting at byte offset {offset}) is damaged: {error}"
+            )
+        elif listed is not None and count != listed:
+            problems[name] = f"{name}: {count} records, but its manifest lists {listed}"
+    if not problems:
+        return files
+    if not skip_corrupt:
+        raise ValueError(
+            "; ".join(problems.values())
+            + ". Run `hgkeras prepare` again, or skip damaged shards (skip_corrupt=True)"
+        )
+    kept = [f for f in files if f not in problems]
+    for message in problems.values():
+        logger.warning("skipping a damaged shard: %s", message)
+    if not kept:
+        raise ValueError("every shard is damaged: " + "; ".join(problems.values()))
+    return kept
 
 
 def _num_joints(files: list[str]) -> int:
@@ -174,6 +327,8 @@ def pose_dataset(
     seed: int | None = None,
     num_parallel_calls: int | None = None,
     use_opencv: bool = True,
+    verify: bool = True,
+    skip_corrupt: bool = False,
 ):
     """A batched ``tf.data.Dataset`` of people from TFRecord shards.
 
@@ -191,6 +346,9 @@ def pose_dataset(
         seed: shuffle seed.
         num_parallel_calls: parallel decode/crop calls (default autotuned).
         use_opencv: crop with OpenCV through ``tf.numpy_function`` (else a TensorFlow op).
+        verify: read every shard once first (:func:`verify_shards`), so a damaged shard is an error
+            naming it and its bad record before any batch, not a TensorFlow traceback mid-epoch.
+        skip_corrupt: leave damaged shards out (with a warning naming each) instead of failing.
 
     Elements (dicts) follow the contract in the module docstring of :mod:`hgkeras.training.trainer`:
     training: ``image`` uint8 (B, S, S, 3), ``joints`` float32 (B, J, 2) in source-crop pixels,
@@ -203,6 +361,8 @@ def pose_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     files = resolve_shards(pattern, split)
+    if verify:
+        files = verify_shards(files, skip_corrupt=skip_corrupt)
     num_joints = _num_joints(files)
     spec = feature_spec(num_joints)
     autotune = num_parallel_calls or tf.data.AUTOTUNE

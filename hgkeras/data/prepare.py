@@ -44,6 +44,7 @@ def prepare_dataset(
     splits: Sequence[str] | None = None,
     observer_centric: bool = False,
     valid_annotations: str | Path | None = None,
+    workers: int | None = None,
     progress: bool = True,
     input_shape: str | Sequence[int] = (256, 256),
 ) -> dict:
@@ -60,7 +61,10 @@ def prepare_dataset(
         valid_annotations: an annotation file whose people form the validation split (e.g. the Torch
             ``valid.h5`` for the MPII release ``.mat``); matching training people become "valid".
         input_shape: COCO: the model input (height, width) the crop boxes are made for.
-    Returns the manifest.
+        workers: shards written at the same time (default: the machine's cores).
+        progress: show a progress bar.
+    Returns the manifest (see :func:`hgkeras.data.tfrecords.write_tfrecords`: transactional, and a
+    ValueError when no record has a usable image).
     """
     if dataset == "coco":
         from hgkeras.data.coco import prepare_coco
@@ -87,6 +91,7 @@ def prepare_dataset(
         images,
         out,
         shards=shards,
+        workers=workers,
         skipped_annotations=skipped,
         source=str(annotations),
         progress=progress,

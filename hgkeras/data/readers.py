@@ -53,6 +53,8 @@ _FLIC_LSHO, _FLIC_RSHO = 0, 3
 _FLIC_FLIP_PAIRS = ((0, 3), (1, 4), (2, 5), (6, 7), (8, 9))
 
 SPLITS = ("train", "valid", "test")
+#: Joints per person -> dataset.
+JOINT_COUNTS = {16: "mpii", 11: "flic"}
 
 
 def adjust_mpii_center_scale(center: Iterable[float], scale: float) -> tuple[np.ndarray, float]:
@@ -111,6 +113,34 @@ def _field(container: Any, name: str, path: Path, where: str) -> Any:
         raise ValueError(f"{path}: {where} has no field {name!r}") from None
 
 
+def _numbers(
+    value: Any, path: Path, where: str, name: str, shape: tuple[int | None, ...] | None = None
+) -> np.ndarray:
+    """``value`` as a float64 array of ``shape`` (None = any length), or a ValueError naming the file,
+    the record and the field."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{path}: {where} field {name!r}: expected numbers, got {_short(value)}"
+        ) from None
+    if shape is not None and (
+        array.ndim != len(shape)
+        or any(s is not None and a != s for a, s in zip(array.shape, shape, strict=True))
+    ):
+        wanted = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(
+            f"{path}: {where} field {name!r}: expected shape {wanted}, got {array.shape} "
+            f"({_short(value)})"
+        )
+    return array
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _as_list(value: Any) -> list:
     """MATLAB struct arrays loaded with squeeze_me come back as one struct, an array, or empty."""
     if value is None:
@@ -120,9 +150,13 @@ def _as_list(value: Any) -> list:
     return [value]
 
 
-def _scalar(value: Any) -> float:
+def _scalar(value: Any, path: Path, where: str, name: str) -> float:
     """A MATLAB scalar (possibly a 0-d/1-element array, or empty) as float; NaN when empty."""
-    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    arr = _numbers(value, path, where, name).reshape(-1)
+    if arr.size > 1:
+        raise ValueError(
+            f"{path}: {where} field {name!r}: expected one number, got {_short(value)}"
+        )
     return float(arr[0]) if arr.size else float("nan")
 
 
@@ -144,7 +178,10 @@ def read_mpii_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
         raise ValueError(f"{path}: not an MPII release file: no variable 'RELEASE'")
     release = mat["RELEASE"]
     annolist = _as_list(_field(release, "annolist", path, "RELEASE"))
-    img_train = np.asarray(_field(release, "img_train", path, "RELEASE")).reshape(-1)
+    img_train = _numbers(
+        _field(release, "img_train", path, "RELEASE"), path, "RELEASE", "img_train"
+    )
+    img_train = img_train.reshape(-1)
     if len(img_train) != len(annolist):
         raise ValueError(
             f"{path}: RELEASE.img_train has {len(img_train)} entries but annolist has {len(annolist)}"
@@ -156,20 +193,31 @@ def read_mpii_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
         image = _field(anno, "image", path, f"RELEASE.annolist[{image_id}]")
         name = str(_field(image, "name", path, f"RELEASE.annolist[{image_id}].image"))
         split = "train" if int(img_train[image_id]) == 1 else "test"
+        where_image = f"RELEASE.annolist[{image_id}]"
         singles = (
-            {int(v) - 1 for v in np.asarray(single_list[image_id], dtype=np.float64).reshape(-1)}
+            {
+                int(v) - 1
+                for v in _numbers(
+                    single_list[image_id], path, where_image, "single_person"
+                ).reshape(-1)
+            }
             if image_id < len(single_list)
             else set()
         )
         for person_id, rect in enumerate(_as_list(getattr(anno, "annorect", None))):
             where = f"{name} (annolist {image_id}, person {person_id})"
             objpos = getattr(rect, "objpos", None)
-            raw_scale = _scalar(getattr(rect, "scale", []))
-            if objpos is None or not isinstance(objpos, object) or not hasattr(objpos, "x"):
+            raw_scale = _scalar(getattr(rect, "scale", []), path, where, "scale")
+            if objpos is None or not hasattr(objpos, "x"):
                 if skipped is not None:
                     skipped.append(f"{where}: no objpos")
                 continue
-            raw_center = np.array([_scalar(objpos.x), _scalar(objpos.y)])
+            raw_center = np.array(
+                [
+                    _scalar(objpos.x, path, where, "objpos.x"),
+                    _scalar(_field(objpos, "y", path, f"{where} objpos"), path, where, "objpos.y"),
+                ]
+            )
             reason = _valid_box(raw_center, raw_scale)
             if reason:
                 if skipped is not None:
@@ -186,22 +234,24 @@ def read_mpii_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
                     skipped.append(f"{where}: train person without annopoints")
                 continue
             if has_points:
-                for point in _as_list(annopoints.point):
-                    jid = int(_scalar(_field(point, "id", path, f"{where} annopoints.point")))
-                    if not 0 <= jid < 16:
-                        raise ValueError(f"{path}: {where}: joint id {jid} outside 0..15")
+                for k, point in enumerate(_as_list(annopoints.point)):
+                    at = f"{where} annopoints.point[{k}]"
+                    jid = _scalar(_field(point, "id", path, at), path, at, "id")
+                    if not (math.isfinite(jid) and jid == int(jid) and 0 <= jid < 16):
+                        raise ValueError(f"{path}: {at} field 'id': joint id {jid} outside 0..15")
+                    jid = int(jid)
                     points[jid] = (
-                        _scalar(_field(point, "x", path, f"{where} point")),
-                        _scalar(_field(point, "y", path, f"{where} point")),
+                        _scalar(_field(point, "x", path, at), path, at, "x"),
+                        _scalar(_field(point, "y", path, at), path, at, "y"),
                     )
                     flags[jid] = 1
                     vis = getattr(point, "is_visible", 1)
                     try:
-                        is_visible[jid] = int(_scalar(vis)) == 1 if np.size(vis) else 0
-                    except (TypeError, ValueError):
+                        is_visible[jid] = int(_scalar(vis, path, at, "is_visible")) == 1
+                    except ValueError:  # some releases store it as the string '1'/'0' (or empty)
                         is_visible[jid] = str(vis).strip() == "1"
             joints, visible = _joints_from_source(points, flags)
-            box = [_scalar(getattr(rect, k, [])) for k in ("x1", "y1", "x2", "y2")]
+            box = [_scalar(getattr(rect, k, []), path, where, k) for k in ("x1", "y1", "x2", "y2")]
             normalizer = head_size(box) if all(math.isfinite(v) for v in box) else float("nan")
             records.append(
                 PoseRecord(
@@ -245,6 +295,7 @@ def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[P
     records: list[PoseRecord] = []
     image_ids: dict[str, int] = {}
     people: dict[str, int] = {}
+    num_joints: int | None = None
     for i, item in enumerate(data):
         where = f"record {i}"
         if not isinstance(item, dict):
@@ -256,23 +307,45 @@ def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[P
         image_id = image_ids.setdefault(name, len(image_ids))
         person_id = people.get(name, 0)
         people[name] = person_id + 1
-        raw_center = np.asarray(item["center"], dtype=np.float64).reshape(-1)
-        raw_scale = float(item["scale"]) if item["scale"] is not None else float("nan")
-        if raw_center.shape != (2,):
-            raise ValueError(f"{path}: {where} field 'center' must have 2 numbers")
+        raw_center = _numbers(item["center"], path, where, "center", (2,))
+        raw_scale = (
+            _scalar(item["scale"], path, where, "scale")
+            if item["scale"] is not None
+            else float("nan")
+        )
         reason = _valid_box(raw_center, raw_scale)
         if reason:
             if skipped is not None:
                 skipped.append(f"{name} ({where}): {reason}")
             continue
-        points = np.asarray(item["joints"], dtype=np.float64)
-        if points.ndim != 2 or points.shape[1] != 2:
-            raise ValueError(f"{path}: {where} field 'joints' must be (J, 2), got {points.shape}")
+        points = _numbers(item["joints"], path, where, "joints", (None, 2))
+        if points.shape[0] not in JOINT_COUNTS:
+            raise ValueError(
+                f"{path}: {where} field 'joints': {points.shape[0]} joints; expected "
+                + " or ".join(f"{n} ({name})" for n, name in JOINT_COUNTS.items())
+            )
+        if num_joints is not None and points.shape[0] != num_joints:
+            raise ValueError(
+                f"{path}: {where} field 'joints': {points.shape[0]} joints, earlier records have "
+                f"{num_joints}"
+            )
+        num_joints = points.shape[0]
         flags = item.get("joints_vis")
+        if flags is not None:
+            flags = _numbers(flags, path, where, "joints_vis", (num_joints,))
         joints, visible = _joints_from_source(points, flags)
+        record_split = str(item.get("split", split))
+        if record_split not in SPLITS:
+            raise ValueError(
+                f"{path}: {where} field 'split': {record_split!r} is not one of {SPLITS}"
+            )
         center, scale = adjust_mpii_center_scale(raw_center, raw_scale)
         head_box = item.get("head_box")
-        normalizer = head_size(head_box) if head_box is not None else float("nan")
+        normalizer = (
+            head_size(_numbers(head_box, path, where, "head_box", (4,)))
+            if head_box is not None
+            else float("nan")
+        )
         records.append(
             PoseRecord(
                 image=name,
@@ -281,8 +354,8 @@ def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[P
                 center=center - MATLAB_OFFSET,
                 scale=scale,
                 normalizer=normalizer,
-                split=str(item.get("split", split)),
-                dataset="mpii" if joints.shape[0] == 16 else "flic",
+                split=record_split,
+                dataset=JOINT_COUNTS[num_joints],
                 image_id=image_id,
                 person_id=person_id,
             )
@@ -309,9 +382,13 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
                     f"{path}: not a Torch annot file: missing dataset {key!r} (has {sorted(handle)})"
                 )
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in handle["imgname"][:]]
-        part = np.asarray(handle["part"][:], dtype=np.float64)
-        center = np.asarray(handle["center"][:], dtype=np.float64)
-        scale = np.asarray(handle["scale"][:], dtype=np.float64).reshape(-1)
+
+        def numbers(key: str) -> np.ndarray:
+            return _numbers(handle[key][:], path, f"dataset {key!r}", key)
+
+        part = numbers("part")
+        center = numbers("center")
+        scale = numbers("scale").reshape(-1)
         n = len(names)
         if part.ndim != 3 or part.shape[0] != n or part.shape[2] != 2:
             raise ValueError(f"{path}: dataset 'part' must be (N={n}, J, 2), got {part.shape}")
@@ -320,19 +397,23 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
                 f"{path}: 'center' {center.shape} / 'scale' {scale.shape} do not match N={n}"
             )
         num_joints = part.shape[1]
-        if num_joints not in (16, 11):
-            raise ValueError(f"{path}: {num_joints} joints; expected 16 (MPII) or 11 (FLIC)")
-        normalize = (
-            np.asarray(handle["normalize"][:], dtype=np.float64).reshape(-1)
-            if "normalize" in handle
-            else np.full(n, np.nan)
-        )
-        index = np.asarray(handle["index"][:]).reshape(-1) if "index" in handle else np.arange(n)
-        person = np.asarray(handle["person"][:]).reshape(-1) if "person" in handle else np.zeros(n)
-        is_visible = (
-            np.asarray(handle["visible"][:], dtype=np.float64) if "visible" in handle else None
-        )
-    dataset = "mpii" if num_joints == 16 else "flic"
+        if num_joints not in JOINT_COUNTS:
+            raise ValueError(
+                f"{path}: dataset 'part' has {num_joints} joints; expected 16 (MPII) or 11 (FLIC)"
+            )
+        optional = {}
+        for key in ("normalize", "index", "person"):
+            if key in handle:
+                optional[key] = numbers(key).reshape(-1)
+                if optional[key].shape != (n,):
+                    raise ValueError(
+                        f"{path}: dataset {key!r} has {optional[key].size} values, expected N={n}"
+                    )
+        normalize = optional.get("normalize", np.full(n, np.nan))
+        index = optional.get("index", np.arange(n))
+        person = optional.get("person", np.zeros(n))
+        is_visible = numbers("visible") if "visible" in handle else None
+    dataset = JOINT_COUNTS[num_joints]
     split = _split_from_name(path, default="valid" if dataset == "mpii" else "test")
     if dataset == "flic" and split == "valid":
         split = "test"  # FLIC has train and test only; the Torch code calls its test file "valid"
@@ -414,12 +495,13 @@ def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
     records = []
     for i, ex in enumerate(_as_list(mat["examples"])):
         where = f"examples[{i}]"
-        coords = np.asarray(_field(ex, "coords", path, where), dtype=np.float64)
+        coords = _numbers(_field(ex, "coords", path, where), path, where, "coords")
         if coords.ndim != 2 or coords.shape[0] != 2 or coords.shape[1] < max(FLIC_COLUMNS):
             raise ValueError(f"{path}: {where}.coords must be (2, 29), got {coords.shape}")
         name = str(_field(ex, "filepath", path, where))
-        torsobox = np.asarray(_field(ex, "torsobox", path, where), dtype=np.float64).reshape(-1)
-        imgdims = np.asarray(_field(ex, "imgdims", path, where), dtype=np.float64).reshape(-1)
+        torsobox = _numbers(_field(ex, "torsobox", path, where), path, where, "torsobox")
+        torsobox = torsobox.reshape(-1)
+        imgdims = _numbers(_field(ex, "imgdims", path, where), path, where, "imgdims").reshape(-1)
         if torsobox.shape != (4,) or imgdims.size < 2:
             raise ValueError(f"{path}: {where}: torsobox must have 4 numbers and imgdims 2+")
         center = flic_center(torsobox, imgdims[0])
@@ -429,8 +511,8 @@ def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
                 skipped.append(f"{name} ({where}): {reason}")
             continue
         joints, visible = _joints_from_source(coords[:, columns].T)
-        istest = int(_scalar(getattr(ex, "istest", 0)) == 1)
-        istrain = int(_scalar(getattr(ex, "istrain", 0)) == 1)
+        istest = int(_scalar(getattr(ex, "istest", 0), path, where, "istest") == 1)
+        istrain = int(_scalar(getattr(ex, "istrain", 0), path, where, "istrain") == 1)
         split = "test" if istest else ("train" if istrain else "unused")
         normalizer = _flic_normalizer(joints, visible)
         records.append(
@@ -530,8 +612,9 @@ def read_annotations(
         wrong = [r for r in records if r.dataset != dataset]
         if wrong:
             raise ValueError(
-                f"{path}: expected {dataset} annotations but the file holds "
-                f"{wrong[0].dataset} ({wrong[0].num_joints} joints)"
+                f"{path}: expected {dataset} annotations but the file holds {wrong[0].dataset} "
+                f"({wrong[0].num_joints} joints; first: {wrong[0].image}, image_id "
+                f"{wrong[0].image_id})"
             )
     if observer_centric:
         for record in records:

@@ -1,4 +1,4 @@
-"""Sharded TFRecords of PoseRecords: schema, atomic shard writer and manifest.
+"""Sharded TFRecords of PoseRecords: schema, transactional parallel writer and manifest.
 
 Schema version 1, one ``tf.train.Example`` per person (see ``datasets/README.md``):
 
@@ -7,7 +7,7 @@ key                  type     meaning
 ===================  =======  ==============================================================
 image/encoded        bytes    the image file's bytes as stored (JPEG or PNG)
 image/filename       bytes    file name relative to the image directory
-image/height, width  int64    decoded size in pixels
+image/height, width  int64    size in pixels as tf.io.decode_image returns it (no EXIF turn)
 joints               float    J*2 values (x0, y0, x1, y1, ...), 0-based original pixels
 visible              int64    J flags, 1 = annotated
 center               float    2 values, adjusted person centre (0-based pixels)
@@ -24,18 +24,27 @@ import datetime
 import json
 import math
 import os
+import re
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hgkeras import io
+from hgkeras.data.images import image_size
 from hgkeras.data.records import PoseRecord
 from hgkeras.spec import get_skeleton
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".tfrecord"
-_TMP_SUFFIX = ".tmp"
+#: Shard file names: ``{split}-{index:05d}-of-{count:05d}.tfrecord``.
+SHARD_PATTERN = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
+#: Suffix of half-written shards of hgkeras before 0.2 (``NAME.tfrecord.tmp``); removed on re-runs.
+LEGACY_TMP_SUFFIX = ".tmp"
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -43,27 +52,12 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
 
 
-def check_image_bytes(data: bytes) -> tuple[int, int]:
-    """(height, width) of an encoded image, or ValueError saying why it is unusable.
-
-    Truncated JPEG/PNG files are rejected (OpenCV would decode them partly without failing).
-    """
-    import cv2
-
-    if len(data) == 0:
-        raise ValueError("empty file")
-    if data[:2] == b"\xff\xd8":
-        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-            raise ValueError("truncated JPEG (no end-of-image marker)")
-    elif data[:8] == b"\x89PNG\r\n\x1a\n":
-        if b"IEND" not in data[-16:]:
-            raise ValueError("truncated PNG (no IEND chunk)")
-    else:
-        raise ValueError("not a JPEG or PNG file")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError("could not be decoded")
-    return int(image.shape[0]), int(image.shape[1])
+def parse_shard_name(name: str) -> tuple[str, int, int] | None:
+    """(split, index, count) of a shard file name made by :func:`shard_name`, else None."""
+    match = SHARD_PATTERN.match(os.path.basename(name))
+    if match is None:
+        return None
+    return match["split"], int(match["index"]), int(match["count"])
 
 
 def record_problem(record: PoseRecord) -> str | None:
@@ -139,10 +133,109 @@ def feature_spec(num_joints: int) -> dict:
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+@dataclass
+class _ShardJob:
+    split: str
+    index: int
+    count: int
+    records: Sequence[PoseRecord]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index, self.count)
+
+
+def _skip_entry(record: PoseRecord, reason: str) -> dict:
+    return {
+        "image": record.image,
+        "image_id": record.image_id,
+        "person_id": record.person_id,
+        "split": record.split,
+        "reason": reason,
+    }
+
+
+def _write_shard(
+    job: _ShardJob,
+    image_dir: Path,
+    out_dir: Path,
+    reader: Callable[[Path], bytes],
+    advance: Callable[[int], None],
+) -> tuple[dict, list[dict]]:
+    """Write one shard through a temporary name; return its manifest entry and the skipped records.
+
+    Only the current image's bytes are held (records of one image are adjacent), so memory does not
+    grow with the shard or the dataset.
+    """
+    import tensorflow as tf
+
+    skipped: list[dict] = []
+    written = 0
+    current: tuple[str, tuple[bytes, int, int] | str] | None = None
+    with io.atomic_path(out_dir / job.name) as temp:
+        with tf.io.TFRecordWriter(temp) as writer:
+            for record in job.records:
+                advance(1)
+                problem = record_problem(record)
+                if problem:
+                    skipped.append(_skip_entry(record, problem))
+                    continue
+                if current is None or current[0] != record.image:
+                    try:
+                        data = reader(image_dir / record.image)
+                        entry: tuple[bytes, int, int] | str = (data, *image_size(data))
+                    except FileNotFoundError:
+                        entry = "missing image file"
+                    except (OSError, ValueError) as err:
+                        entry = f"unreadable image: {err}"
+                    current = (record.image, entry)
+                entry = current[1]
+                if isinstance(entry, str):
+                    skipped.append(_skip_entry(record, entry))
+                    continue
+                writer.write(encode_example(record, *entry))
+                written += 1
+        size = os.path.getsize(temp)
+    return {"file": job.name, "records": written, "bytes": size}, skipped
+
+
+def _plan_shards(
+    records: Sequence[PoseRecord], image_dir: Path, shards: int | None, records_per_shard: int
+) -> list[_ShardJob]:
+    """Split each split's records into contiguous shards of about equal numbers of present images."""
+    by_split: dict[str, list[PoseRecord]] = {}
+    for record in records:
+        by_split.setdefault(record.split, []).append(record)
+    present = {name: (image_dir / name).is_file() for name in {r.image for r in records}}
+    if not any(present.values()):
+        first = next(iter(sorted(present)))
+        raise FileNotFoundError(
+            f"{image_dir}: none of the {len(present)} images named in the annotations exists "
+            f"(first: {first}); check --images"
+        )
+    jobs = []
+    for split, items in by_split.items():
+        expected = sum(present[r.image] for r in items)
+        count = shards or max(1, math.ceil(expected / records_per_shard))
+        count = min(count, max(1, expected))
+        weights = np.cumsum([0] + [int(present[r.image]) for r in items])
+        bounds = np.searchsorted(weights, np.linspace(0, expected, count + 1).round(), side="left")
+        bounds[-1] = len(items)
+        jobs += [_ShardJob(split, i, count, items[bounds[i] : bounds[i + 1]]) for i in range(count)]
+    return jobs
+
+
+def remove_stale_files(out_dir: str | Path, keep: Sequence[str] = ()) -> list[str]:
+    """Delete temporaries of interrupted writes and shard files not in ``keep``; return their names."""
+    out_dir = Path(out_dir)
+    removed = io.remove_temporaries(out_dir)
+    for path in sorted(out_dir.iterdir()):
+        stale_shard = parse_shard_name(path.name) is not None and path.name not in keep
+        legacy_temp = path.name.endswith(SHARD_SUFFIX + LEGACY_TMP_SUFFIX)
+        if path.is_file() and (stale_shard or legacy_temp):
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def write_tfrecords(
@@ -152,6 +245,7 @@ def write_tfrecords(
     *,
     shards: int | None = None,
     records_per_shard: int = 1024,
+    workers: int | None = None,
     skipped_annotations: Sequence[str] = (),
     source: str | None = None,
     progress: bool = True,
@@ -165,17 +259,20 @@ def write_tfrecords(
         image_dir: directory the records' ``image`` names are relative to.
         out_dir: output directory (created).
         shards: shards per split; default ``ceil(n / records_per_shard)``.
+        workers: shards written at the same time (threads; default: the machine's cores).
         skipped_annotations: reasons from the reader, copied into the manifest.
         source: annotation file name recorded in the manifest.
         progress: show a tqdm progress bar.
         image_reader: reads a file's bytes (default ``Path.read_bytes``).
         extra: further manifest entries (e.g. conversion options).
 
-    Missing or corrupt images are skipped and listed in the manifest with the reason. Each shard is
-    written to ``NAME.tmp`` and renamed when complete; shards of earlier runs that this run does not
-    produce are removed after the new ones are in place, so re-running is safe.
+    The run is transactional: it first replaces the manifest with one marked ``"complete": false``
+    (readers refuse such a folder), removes temporaries of interrupted runs, writes each shard under a
+    temporary name renamed when complete, removes shards of earlier runs that this run does not
+    produce, and writes the complete manifest last. Missing or corrupt images are skipped and listed in
+    the manifest with the reason; ValueError when no record is usable.
     """
-    import tensorflow as tf
+    import tensorflow  # noqa: F401  (imported here once, not by each writer thread)
     from tqdm import tqdm
 
     image_dir, out_dir = Path(image_dir), Path(out_dir)
@@ -183,99 +280,65 @@ def write_tfrecords(
         raise FileNotFoundError(f"image directory not found: {image_dir}")
     if shards is not None and shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reader = image_reader or (lambda p: p.read_bytes())
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not records:
+        raise ValueError("no records to write")
     num_joints = {r.num_joints for r in records}
     if len(num_joints) > 1:
         raise ValueError(f"records disagree on the number of joints: {sorted(num_joints)}")
-    datasets = sorted({r.dataset for r in records})
+    jobs = _plan_shards(records, image_dir, shards, records_per_shard)
 
-    by_split: dict[str, list[PoseRecord]] = {}
-    for record in records:
-        by_split.setdefault(record.split, []).append(record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest_path = out_dir / MANIFEST_NAME
+    io.atomic_write_json(
+        manifest_path,
+        {"schema_version": SCHEMA_VERSION, "complete": False, "started": started, "source": source},
+    )
+    remove_stale_files(out_dir, keep=[job.name for job in jobs])
 
-    image_cache: dict[str, tuple[bytes, int, int] | str] = {}
-    skipped: list[dict] = []
-    splits: dict[str, dict] = {}
+    reader = image_reader or (lambda p: p.read_bytes())
     bar = tqdm(total=len(records), desc="writing", unit="rec", disable=not progress)
-    for split, items in by_split.items():
-        # Shard sizes count only records whose image file exists (decoding is checked on writing).
-        present = {name: (image_dir / name).is_file() for name in {r.image for r in items}}
-        expected = sum(present[r.image] for r in items)
-        count = shards or max(1, math.ceil(expected / records_per_shard))
-        count = min(count, max(1, expected))
-        weights = np.cumsum([0] + [int(present[r.image]) for r in items])
-        bounds = np.searchsorted(weights, np.linspace(0, expected, count + 1).round(), side="left")
-        bounds[-1] = len(items)
-        shard_info = []
-        for index in range(count):
-            name = shard_name(split, index, count)
-            final = out_dir / name
-            tmp = out_dir / (name + _TMP_SUFFIX)
-            written = 0
-            with tf.io.TFRecordWriter(str(tmp)) as writer:
-                for record in items[bounds[index] : bounds[index + 1]]:
-                    bar.update(1)
-                    problem = record_problem(record)
-                    if problem:
-                        skipped.append(
-                            {
-                                "image": record.image,
-                                "image_id": record.image_id,
-                                "person_id": record.person_id,
-                                "split": split,
-                                "reason": problem,
-                            }
-                        )
-                        continue
-                    entry = image_cache.get(record.image)
-                    if entry is None:
-                        path = image_dir / record.image
-                        try:
-                            data = reader(path)
-                            height, width = check_image_bytes(data)
-                            entry = (data, height, width)
-                        except FileNotFoundError:
-                            entry = "missing image file"
-                        except (OSError, ValueError) as err:
-                            entry = f"unreadable image: {err}"
-                        # Keep only the last image's bytes: records of one image are adjacent.
-                        image_cache = {record.image: entry}
-                    if isinstance(entry, str):
-                        skipped.append(
-                            {
-                                "image": record.image,
-                                "image_id": record.image_id,
-                                "person_id": record.person_id,
-                                "split": split,
-                                "reason": entry,
-                            }
-                        )
-                        continue
-                    data, height, width = entry
-                    writer.write(encode_example(record, data, height, width))
-                    written += 1
-            os.replace(tmp, final)
-            shard_info.append({"file": name, "records": written})
-        splits[split] = {
-            "records": sum(s["records"] for s in shard_info),
-            "shards": shard_info,
-        }
-    bar.close()
+    lock = threading.Lock()
 
-    keep = {s["file"] for info in splits.values() for s in info["shards"]}
-    for old in out_dir.glob(f"*{SHARD_SUFFIX}"):
-        if old.name not in keep:
-            old.unlink()
-    for stale in out_dir.glob(f"*{SHARD_SUFFIX}{_TMP_SUFFIX}"):
-        stale.unlink()  # left by an interrupted run
-    skeleton = get_skeleton(next(iter(num_joints))) if num_joints else None
+    def advance(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    pool = ThreadPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, len(jobs)))
+    try:
+        futures = [
+            pool.submit(_write_shard, job, image_dir, out_dir, reader, advance) for job in jobs
+        ]
+        results = [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+
+    splits: dict[str, dict] = {}
+    skipped: list[dict] = []
+    for job, (entry, job_skipped) in zip(jobs, results, strict=True):
+        info = splits.setdefault(job.split, {"records": 0, "shards": []})
+        info["records"] += entry["records"]
+        info["shards"].append(entry)
+        skipped += job_skipped
+    if not any(info["records"] for info in splits.values()):
+        reasons = sorted({s["reason"] for s in skipped})
+        raise ValueError(
+            f"no usable record: all {len(records)} records were skipped ({'; '.join(reasons[:3])}); "
+            f"{manifest_path} stays marked incomplete"
+        )
+    datasets = sorted({r.dataset for r in records})
+    skeleton = get_skeleton(next(iter(num_joints)))
     manifest = {
         "schema_version": SCHEMA_VERSION,
+        "complete": True,
+        "started": started,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dataset": datasets[0] if len(datasets) == 1 else datasets,
-        "num_joints": next(iter(num_joints)) if num_joints else 0,
-        "joint_names": list(skeleton.joint_names) if skeleton else [],
+        "num_joints": next(iter(num_joints)),
+        "joint_names": list(skeleton.joint_names),
         "source": source,
         "images": str(image_dir),
         "splits": splits,
@@ -283,19 +346,37 @@ def write_tfrecords(
         "skipped_annotations": list(skipped_annotations),
         **(extra or {}),
     }
-    _atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    io.atomic_write_json(manifest_path, manifest)
     return manifest
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """The manifest of a TFRecord directory (ValueError on an unknown schema version)."""
+class IncompleteDataError(ValueError):
+    """A TFRecord folder whose ``hgkeras prepare`` run did not finish (or that has no manifest)."""
+
+
+def read_manifest(directory: str | Path, *, require_complete: bool = True) -> dict:
+    """The manifest of a TFRecord directory.
+
+    FileNotFoundError without one, ValueError on an unknown schema version, and
+    :class:`IncompleteDataError` when the writing run did not finish (``require_complete``).
+    """
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {directory}")
-    manifest = json.loads(path.read_text())
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: schema version {manifest.get('schema_version')!r}, this hgkeras reads "
-            f"{SCHEMA_VERSION}"
+        raise FileNotFoundError(
+            f"no {MANIFEST_NAME} in {directory}: not the output of a finished `hgkeras prepare` "
+            "(if one was interrupted, run it again)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise ValueError(f"{path}: schema version {version!r}, this hgkeras reads {SCHEMA_VERSION}")
+    # Manifests of hgkeras before 0.2 have no "complete" key; they were written last, so complete.
+    if require_complete and manifest.get("complete", True) is not True:
+        raise IncompleteDataError(
+            f"{directory}: `hgkeras prepare` started {manifest.get('started', '?')} did not finish "
+            f"({MANIFEST_NAME} is marked incomplete); its shards are not read. Run it again."
         )
     return manifest

@@ -11,9 +11,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert MPII, FLIC or COCO annotations and images to sharded TFRecords",
         description="Read an MPII (release .mat, Torch annot .h5, HRNet .json) or FLIC (examples.mat, "
         "Torch annot .h5) or COCO (person_keypoints_*.json: people with keypoints, not crowd) "
-        "annotation file and write sharded TFRecords plus manifest.json. Missing or corrupt images "
-        "are skipped and listed in the manifest; shards are written under a temporary name and "
-        "renamed when complete, so re-running is safe.",
+        "annotation file and write sharded TFRecords plus manifest.json, several shards "
+        "at a time. Missing, truncated or undecodable images are skipped and listed in the manifest "
+        "(JPEGs with data after the end marker, such as phone motion photos, are kept); no usable "
+        "image at all is an error. The manifest is marked incomplete first and written last, so "
+        "readers refuse an interrupted run's folder; running again cleans up after it.",
     )
     parser.add_argument("dataset", choices=["mpii", "flic", "coco"])
     parser.add_argument("--annotations", required=True, help="annotation file")
@@ -38,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="COCO: model input HEIGHTxWIDTH the crop boxes are made for (256x256 or 256x192; "
         "default 256x256)",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int,
+        help="shards written at the same time (default: the machine's cores)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         splits=args.split,
         observer_centric=args.observer_centric,
         valid_annotations=args.valid_annotations,
+        workers=args.workers,
         progress=not args.no_progress,
         input_shape=args.input_shape,
     )

@@ -9,11 +9,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "preview",
         help="write a PNG grid of augmented samples from TFRecords, skeletons drawn over them",
-        description="Read TFRecords written by `hgkeras prepare`, apply the training augmentation "
-        "and write a PNG grid with the augmented joints drawn (left side blue, right side orange, "
-        "centre green).",
+        description="Read TFRecords written by `hgkeras prepare` (default: the shipped MPII samples, "
+        "in a train and a valid split as the embedded training run uses them), apply the training "
+        "augmentation and write a PNG grid with the augmented joints and limbs drawn, coloured by "
+        "the person's body side (left, right, centre); flipped samples have their labels swapped, so "
+        "a colour stays with the person's side.",
     )
-    parser.add_argument("--data", required=True, help="TFRecord directory or shard glob")
+    parser.add_argument(
+        "--data", help="TFRecord directory or shard glob (default: the shipped MPII samples)"
+    )
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--split", help="split to read (directories with several splits)")
     parser.add_argument("--count", type=int, default=16, help="samples (default 16)")
@@ -24,11 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
     from hgkeras.vis.preview import preview_grid
 
-    path = preview_grid(
-        args.data, args.out, count=args.count, columns=args.columns, split=args.split,
-        augment=not args.no_augment, seed=args.seed,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="hgkeras-preview-") as temp:
+        data = args.data
+        if data is None:
+            from hgkeras.training.run import default_samples_dir, prepare_embedded_data
+
+            data = str(prepare_embedded_data(default_samples_dir(), Path(temp)))
+        path = preview_grid(
+            data, args.out, count=args.count, columns=args.columns, split=args.split,
+            augment=not args.no_augment, seed=args.seed,
+        )  # fmt: skip
     print(f"wrote {path}")
     return 0
