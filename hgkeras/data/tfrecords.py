@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from hgkeras.data.records import PoseRecord
-from hgkeras.spec import get_skeleton
+from hgkeras.spec import get_pose
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -269,11 +269,12 @@ def write_tfrecords(
             old.unlink()
     for stale in out_dir.glob(f"*{SHARD_SUFFIX}{_TMP_SUFFIX}"):
         stale.unlink()  # left by an interrupted run
-    skeleton = get_skeleton(next(iter(num_joints))) if num_joints else None
+    skeleton = get_pose(datasets[0]) if len(datasets) == 1 else None
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dataset": datasets[0] if len(datasets) == 1 else datasets,
+        "pose": skeleton.name if skeleton else None,
         "num_joints": next(iter(num_joints)) if num_joints else 0,
         "joint_names": list(skeleton.joint_names) if skeleton else [],
         "source": source,

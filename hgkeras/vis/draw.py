@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hgkeras.spec import Skeleton, get_skeleton
+from hgkeras.spec import Skeleton
 
 #: BGR colours per side.
 SIDE_COLORS: dict[str, tuple[int, int, int]] = {
@@ -48,7 +48,7 @@ def draw_pose(
     Args:
         keypoints: (J, 2) (x, y) in the image's pixels.
         scores: (J,) confidences; joints below ``min_score`` are faded. None = all confident.
-        skeleton: joint names/limbs; default by joint count (MPII 16, FLIC 11).
+        skeleton: the pose spec (joint names, limbs); required.
         box: optional person box (x1, y1, x2, y2) to outline in grey.
         thickness: line width in pixels; default grows with the image size.
     """
@@ -91,7 +91,9 @@ def draw_people(
         if keypoints.ndim != 2 or keypoints.shape[1] != 2:
             raise ValueError(f"keypoints must be (J, 2), got shape {keypoints.shape}")
         scores = np.ones(num_joints) if scores is None else np.asarray(scores, np.float64)
-        skel = skeleton if skeleton is not None else get_skeleton(num_joints)
+        if skeleton is None:
+            raise ValueError("drawing needs the pose spec (skeleton=MPII, FLIC, predictor.pose)")
+        skel = skeleton
         if skel.num_joints != num_joints:
             raise ValueError(
                 f"skeleton {skel.name!r} has {skel.num_joints} joints, keypoints have {num_joints}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hgkeras.spec import Skeleton, get_skeleton
+from hgkeras.spec import Skeleton
 
 #: BGR colours by body side (OpenCV order): left blue, right red, centre green.
 _COLORS = {"left": (255, 128, 0), "right": (0, 0, 255), "center": (0, 200, 0)}
@@ -52,7 +52,7 @@ def preview_grid(
     from keras import ops
 
     from hgkeras.data import augment as aug
-    from hgkeras.data.pipeline import SOURCE_MARGIN, pose_dataset
+    from hgkeras.data.pipeline import SOURCE_MARGIN, pose_dataset, read_pose
 
     if count < 1 or columns < 1:
         raise ValueError("count and columns must be >= 1")
@@ -60,7 +60,7 @@ def preview_grid(
                                    drop_remainder=False)))  # fmt: skip
     images = batch["image"].numpy()
     n, source = images.shape[0], images.shape[1]
-    skeleton = get_skeleton(int(batch["joints"].shape[1]))
+    skeleton = read_pose(pattern, split)
     generator = keras.random.SeedGenerator(seed)
     params = aug.sample_params(n, generator) if augment else aug.identity_params(n)
     matrices = aug.augmentation_matrices(params, source, SOURCE_MARGIN, input_size)
