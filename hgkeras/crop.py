@@ -49,18 +49,19 @@ def shrunk_matrix(center: Sequence[float], scale: float, output_size, factor: in
 
 
 def _block_mean(image: np.ndarray, y0: int, x0: int, rows: int, cols: int, n: int) -> np.ndarray:
-    """float32 means of ``rows x cols`` blocks of ``n x n`` pixels starting at image pixel (y0, x0).
+    """float32 means of ``rows x cols`` blocks of ``n x n`` pixels from image pixel (y0, x0) >= 0.
 
-    Pixels outside the image count as zero.
+    Pixels beyond the image's bottom/right edge count as zero. One band of ``n`` image rows is
+    summed at a time, so no copy of the image is made.
     """
-    height, width = image.shape[:2]
-    region = np.zeros((rows * n, cols * n) + image.shape[2:], image.dtype)
-    ys, ye = max(0, y0), min(height, y0 + rows * n)
-    xs, xe = max(0, x0), min(width, x0 + cols * n)
-    if ye > ys and xe > xs:
-        region[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
-    blocks = region.reshape((rows, n, cols, n) + image.shape[2:])
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+    region = image[y0 : y0 + rows * n, x0 : x0 + cols * n]
+    starts = np.arange(0, region.shape[1], n)
+    accumulator = np.int64 if np.issubdtype(image.dtype, np.integer) else np.float64
+    out = np.zeros((rows, cols) + image.shape[2:], np.float32)
+    for row in range(min(rows, -(-region.shape[0] // n))):
+        column_sums = region[row * n : (row + 1) * n].sum(axis=0, dtype=accumulator)
+        out[row, : len(starts)] = np.add.reduceat(column_sums, starts, axis=0) / (n * n)
+    return out
 
 
 def crop_numpy(
@@ -83,10 +84,14 @@ def crop_numpy(
         half_h = geometry.PIXELS_PER_SCALE * float(scale) / 2.0
         half_w = half_h * out_w / out_h
         cx, cy = float(center[0]), float(center[1])
-        bx0 = int(math.floor((cx - half_w) / n)) - _MARGIN_BLOCKS
-        by0 = int(math.floor((cy - half_h) / n)) - _MARGIN_BLOCKS
-        bx1 = int(math.ceil((cx + half_w) / n)) + _MARGIN_BLOCKS
-        by1 = int(math.ceil((cy + half_h) / n)) + _MARGIN_BLOCKS
+        # Blocks around the box that hold image pixels (the warp's zero border stands for the rest).
+        height, width = source.shape[:2]
+        bx0 = max(0, int(math.floor((cx - half_w) / n)) - _MARGIN_BLOCKS)
+        by0 = max(0, int(math.floor((cy - half_h) / n)) - _MARGIN_BLOCKS)
+        bx1 = min(-(-width // n), int(math.ceil((cx + half_w) / n)) + _MARGIN_BLOCKS)
+        by1 = min(-(-height // n), int(math.ceil((cy + half_h) / n)) + _MARGIN_BLOCKS)
+        if bx1 <= bx0 or by1 <= by0:  # the box lies outside the image
+            return np.zeros((out_h, out_w) + source.shape[2:], source.dtype)
         dtype = source.dtype
         source = _block_mean(source, by0 * n, bx0 * n, by1 - by0, bx1 - bx0, n)
         shift = np.array([[1.0, 0.0, bx0], [0.0, 1.0, by0], [0.0, 0.0, 1.0]])  # region -> shrunk

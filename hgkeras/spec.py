@@ -100,19 +100,10 @@ FLIC = PoseSpec(
     normalizer="torso",
 )  # fmt: skip
 
-#: The known specs by name (other modules may register more with :func:`register_pose`).
+#: The known specs by name (a new joint set adds its entry here).
 POSES: dict[str, PoseSpec] = {"mpii": MPII, "flic": FLIC}
 #: The name this module had before specs carried normalisers (kept for existing code).
 Skeleton = PoseSpec
-
-
-def register_pose(spec: PoseSpec) -> PoseSpec:
-    """Make ``spec`` known to :func:`get_pose` by its name; returns it."""
-    key = spec.name.lower()
-    if key in POSES and POSES[key] != spec:
-        raise ValueError(f"a different pose spec is already registered as {spec.name!r}")
-    POSES[key] = spec
-    return spec
 
 
 def get_pose(pose: str | PoseSpec | dict) -> PoseSpec:

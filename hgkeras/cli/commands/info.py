@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     model = None
     if args.model:
-        model = keras.models.load_model(args.model)
+        from hgkeras.models.loading import load_model
+
+        model = load_model(args.model)
     elif args.stacks is not None:
         model = StackedHourglass(
             num_stacks=args.stacks,
