@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-#: Normaliser rules of the PCK metrics: "head" (MPII PCKh: 0.6 x head-box diagonal), "torso"
-#: (FLIC PCK: left shoulder to right hip). The set is open: other specs may name their own rule.
-NORMALIZERS = ("head", "torso")
-
 
 @dataclass(frozen=True)
 class PoseSpec:
-    """A joint set in heatmap-channel order: names, flip pairs, drawing limbs and normaliser rule."""
+    """A joint set in heatmap-channel order: names, flip pairs, drawing limbs and normaliser rule.
+
+    ``normalizer`` names the PCK metric's normaliser: "head" (MPII PCKh, 0.6 x head-box diagonal)
+    or "torso" (FLIC PCK, left shoulder to right hip); the set is open to other rules.
+    """
 
     name: str
     joint_names: tuple[str, ...]
@@ -115,13 +115,18 @@ def get_pose(pose: str | PoseSpec | dict) -> PoseSpec:
         return pose
     if isinstance(pose, dict):
         known = POSES.get(str(pose.get("name", "")).lower())
-        spec = PoseSpec(
-            name=str(pose["name"]),
-            joint_names=tuple(pose["joint_names"]),
-            flip_pairs=tuple(tuple(int(i) for i in p) for p in pose["flip_pairs"]),
-            limbs=tuple(tuple(int(i) for i in p) for p in pose.get("limbs", ())),
-            normalizer=str(pose.get("normalizer", "head")),
-        )
+        try:
+            spec = PoseSpec(
+                name=str(pose["name"]),
+                joint_names=tuple(pose["joint_names"]),
+                flip_pairs=tuple(tuple(int(i) for i in p) for p in pose["flip_pairs"]),
+                limbs=tuple(tuple(int(i) for i in p) for p in pose.get("limbs", ())),
+                normalizer=str(pose.get("normalizer", "head")),
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"a pose spec dict needs name, joint_names, flip_pairs: {error}"
+            ) from None
         return known if known == spec else spec
     if isinstance(pose, str):
         key = pose.lower()

@@ -66,19 +66,27 @@ def resolve_shards(pattern: str | os.PathLike | list, split: str | None = None) 
     return files
 
 
-def _num_joints(files: list[str]) -> int:
-    """Joints per record: from a manifest beside the shards, else from the first record."""
-    manifest_path = Path(files[0]).parent / MANIFEST_NAME
-    if manifest_path.is_file():
-        value = json.loads(manifest_path.read_text()).get("num_joints")
-        if value:
-            return int(value)
+def _manifest_beside(files: list[str]) -> dict:
+    """The manifest in the shards' folder, or {} when there is none."""
+    path = Path(files[0]).parent / MANIFEST_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _first_example(files: list[str]):
+    """The first record of the shards as a ``tf.train.Example``."""
     import tensorflow as tf
 
     for raw in tf.data.TFRecordDataset(files[:1]).take(1):
-        example = tf.train.Example.FromString(raw.numpy())
-        return len(example.features.feature["visible"].int64_list.value)
-    raise ValueError(f"{files[0]}: empty shard; cannot infer the number of joints")
+        return tf.train.Example.FromString(raw.numpy())
+    raise ValueError(f"{files[0]}: empty shard")
+
+
+def _num_joints(files: list[str]) -> int:
+    """Joints per record: from a manifest beside the shards, else from the first record."""
+    value = _manifest_beside(files).get("num_joints")
+    if value:
+        return int(value)
+    return len(_first_example(files).features.feature["visible"].int64_list.value)
 
 
 def read_pose(pattern, split: str | None = None):
@@ -87,20 +95,14 @@ def read_pose(pattern, split: str | None = None):
     from hgkeras.spec import get_pose
 
     files = resolve_shards(pattern, split)
-    manifest_path = Path(files[0]).parent / MANIFEST_NAME
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        name = manifest.get("pose") or manifest.get("dataset")
-        if isinstance(name, str):
-            return get_pose(name)
-    import tensorflow as tf
-
-    for raw in tf.data.TFRecordDataset(files[:1]).take(1):
-        example = tf.train.Example.FromString(raw.numpy())
-        names = example.features.feature["dataset"].bytes_list.value
-        if names:
-            return get_pose(names[0].decode())
-    raise ValueError(f"{files[0]}: neither a manifest nor the records name the pose spec")
+    manifest = _manifest_beside(files)
+    name = manifest.get("pose") or manifest.get("dataset")
+    if not isinstance(name, str):
+        names = _first_example(files).features.feature["dataset"].bytes_list.value
+        if not names:
+            raise ValueError(f"{files[0]}: neither a manifest nor the records name the pose spec")
+        name = names[0].decode()
+    return get_pose(name)
 
 
 def decode_and_crop(encoded, center, scale, size, margin: float = 1.0, use_opencv: bool = True):
