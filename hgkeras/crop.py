@@ -24,6 +24,8 @@ from hgkeras import geometry
 
 #: Margin in shrunk pixels kept around the box when only the box's part of an image is shrunk.
 _MARGIN_BLOCKS = 2
+#: Image values converted to float32 at a time while shrinking (bounds the memory used).
+_BAND_VALUES = 1 << 22
 
 
 def output_hw(output_size: int | Sequence[int]) -> tuple[int, int]:
@@ -51,16 +53,35 @@ def shrunk_matrix(center: Sequence[float], scale: float, output_size, factor: in
 def _block_mean(image: np.ndarray, y0: int, x0: int, rows: int, cols: int, n: int) -> np.ndarray:
     """float32 means of ``rows x cols`` blocks of ``n x n`` pixels from image pixel (y0, x0) >= 0.
 
-    Pixels beyond the image's bottom/right edge count as zero. One band of ``n`` image rows is
-    summed at a time, so no copy of the image is made.
+    Pixels beyond the image's bottom/right edge count as zero (partial blocks are divided by n^2
+    too). Whole blocks are averaged by OpenCV's area resize (exact for an integer factor) in bands
+    of rows converted to float32, so memory stays bounded whatever the image size.
     """
+    import cv2
+
     region = image[y0 : y0 + rows * n, x0 : x0 + cols * n]
-    starts = np.arange(0, region.shape[1], n)
-    accumulator = np.int64 if np.issubdtype(image.dtype, np.integer) else np.float64
-    out = np.zeros((rows, cols) + image.shape[2:], np.float32)
-    for row in range(min(rows, -(-region.shape[0] // n))):
-        column_sums = region[row * n : (row + 1) * n].sum(axis=0, dtype=accumulator)
-        out[row, : len(starts)] = np.add.reduceat(column_sums, starts, axis=0) / (n * n)
+    height, width = region.shape[:2]
+    full_rows, full_cols = height // n, width // n
+    channels = image.shape[2:]
+    out = np.zeros((rows, cols) + channels, np.float32)
+    if full_rows and full_cols:
+        step = max(1, _BAND_VALUES // (n * n * full_cols * max(1, int(np.prod(channels)))))
+        for r0 in range(0, full_rows, step):
+            r1 = min(full_rows, r0 + step)
+            band = region[r0 * n : r1 * n, : full_cols * n].astype(np.float32)
+            small = cv2.resize(band, (full_cols, r1 - r0), interpolation=cv2.INTER_AREA)
+            out[r0:r1, :full_cols] = small.reshape((r1 - r0, full_cols) + channels)
+    area = float(n * n)
+    if width % n:  # partial blocks on the right edge
+        strip = region[: full_rows * n, full_cols * n :].astype(np.float32)
+        shape = (full_rows, n, width % n) + channels
+        out[:full_rows, full_cols] = strip.reshape(shape).sum(axis=(1, 2)) / area
+    if height % n:  # partial blocks on the bottom edge
+        sums = region[full_rows * n :].astype(np.float32).sum(axis=0)
+        whole = sums[: full_cols * n].reshape((full_cols, n) + channels).sum(axis=1)
+        out[full_rows, :full_cols] = whole / area
+        if width % n:
+            out[full_rows, full_cols] = sums[full_cols * n :].sum(axis=0) / area
     return out
 
 
