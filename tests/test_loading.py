@@ -82,6 +82,8 @@ def test_saved_trainer_runs_in_predictor_evaluate_and_export(saved_trainer, real
     _, path = saved_trainer
     predictor = PosePredictor(path, flip=True)
     assert predictor.pose is FLIC and predictor.input_size == (64, 64)
+    with pytest.raises(ValueError, match="11 joints but pose 'mpii' has 16"):
+        PosePredictor(path, pose="mpii")
     (person,) = predictor.predict(np.zeros((40, 30, 3), np.uint8))
     assert person.joint_names == FLIC.joint_names and person.keypoints.shape == (11, 2)
 

@@ -190,6 +190,11 @@ class PosePredictor:
 
         model = load_model(model_or_path)
         spec = get_pose(pose) if pose is not None else pose_of(model)
+        joints = int(model.outputs[-1].shape[-1])
+        if joints != spec.num_joints:
+            raise ValueError(
+                f"the model predicts {joints} joints but pose {spec.name!r} has {spec.num_joints}"
+            )
         network = model
         if fold_batch_norms:
             try:
