@@ -594,7 +594,8 @@ def _decode_and_crop(index: int) -> int:
     import cv2
     import numpy as np
 
-    from hgkeras.inference.predictor import BOX_PADDING, crop_person
+    from hgkeras.crop import crop_numpy as crop_person
+    from hgkeras.inference.predictor import BOX_PADDING
 
     jpeg, center, scale, size = _HOST_JOBS[index % len(_HOST_JOBS)]
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)

@@ -1,8 +1,10 @@
 """The heatmap codec: Gaussian targets, decoding to crop and image pixels, the flip test (``keras.ops``).
 
-Training renders targets with :func:`render_heatmaps`; evaluation, prediction and the exported graphs
-decode with :func:`decode_heatmaps` / :func:`decode_to_image` and average the mirrored pass with
-:func:`heatmaps_with_flip`. Everything is batched backend tensors, so it runs eagerly under every
+Training renders targets with :func:`render_heatmaps`; evaluation (on TFRecords and on image files),
+:class:`hgkeras.PosePredictor` and the exported graphs run the network and average the mirrored pass
+with :func:`heatmaps_with_flip` and decode with :func:`decode_to_image` / :func:`decode_to_input`
+(batched over numpy crops by :func:`predict_keypoints`). The flip permutation always comes from the
+model's pose spec (:mod:`hgkeras.spec`). Everything is batched backend tensors, so it runs eagerly under every
 backend and traces into exported TensorFlow graphs. Heatmap coordinates follow
 :mod:`hgkeras.geometry`: (x, y) in 0-based pixel centres of the heatmap grid.
 """
@@ -15,7 +17,6 @@ import numpy as np
 from keras import ops
 
 from hgkeras import geometry
-from hgkeras.spec import get_skeleton
 
 #: Default Gaussian standard deviation in heatmap pixels (docs/method.md: sigma = 1 at 64x64).
 DEFAULT_SIGMA = 1.0
@@ -101,14 +102,6 @@ def flip_heatmaps(heatmaps, flip_permutation: Sequence[int]):
     return ops.take(mirrored, ops.convert_to_tensor(list(flip_permutation), dtype="int32"), axis=3)
 
 
-def flip_joints(joints, visible, width: float, flip_permutation: Sequence[int]):
-    """Mirror joint positions (N, J, 2) on a grid of ``width`` pixels and swap left/right joints."""
-    joints = ops.cast(ops.convert_to_tensor(joints), "float32")
-    perm = ops.convert_to_tensor(list(flip_permutation), dtype="int32")
-    mirrored = ops.stack([(width - 1.0) - joints[..., 0], joints[..., 1]], axis=-1)
-    return ops.take(mirrored, perm, axis=1), ops.take(ops.convert_to_tensor(visible), perm, axis=1)
-
-
 def final_heatmaps(outputs):
     """The last stack's heatmaps from a model's output (a list of stacks, or one tensor)."""
     if isinstance(outputs, (list, tuple)):
@@ -116,31 +109,33 @@ def final_heatmaps(outputs):
     return outputs
 
 
-def flip_permutation_for(model_or_joints) -> np.ndarray:
-    """The left/right channel permutation for a model (by its joint count) or a joint count."""
-    joints = (
-        model_or_joints
-        if isinstance(model_or_joints, int)
-        else model_or_joints.outputs[-1].shape[-1]
-    )
-    return get_skeleton(int(joints)).flip_permutation
+def network_heatmaps(network, images):
+    """Final-stack heatmaps of ``network`` on ``images``.
+
+    ``network`` is a Keras model (run in inference mode) or any callable from images (N, H, W, 3)
+    float32 in [0, 1] to heatmaps (N, h, w, J) or a list of stacks (e.g. an exported runtime).
+    """
+    import keras
+
+    if isinstance(network, keras.Layer):
+        return final_heatmaps(network(images, training=False))
+    return ops.convert_to_tensor(final_heatmaps(network(images)))
 
 
-def heatmaps_with_flip(
-    model, images, flip_permutation: Sequence[int] | None = None, flip: bool = True
-):
-    """Final-stack heatmaps of ``model`` on ``images`` (N, H, W, 3), averaged with the mirrored pass.
+def heatmaps_with_flip(network, images, flip_permutation: Sequence[int] | None, flip: bool = True):
+    """Final-stack heatmaps of ``network`` on ``images`` (N, H, W, 3), averaged with the mirrored pass.
 
-    The mirrored image's heatmaps are mirrored back with left/right channels swapped before
-    averaging (docs/method.md "Flip test"). ``flip=False`` returns the plain prediction.
+    The mirrored image's heatmaps are mirrored back with left/right channels swapped
+    (``flip_permutation``, from the pose spec: :attr:`hgkeras.spec.PoseSpec.flip_permutation`)
+    before averaging (docs/method.md "Flip test"). ``flip=False`` returns the plain prediction.
     """
     images = ops.convert_to_tensor(images)
-    heatmaps = final_heatmaps(model(images, training=False))
+    heatmaps = network_heatmaps(network, images)
     if not flip:
         return heatmaps
     if flip_permutation is None:
-        flip_permutation = flip_permutation_for(model)
-    mirrored = final_heatmaps(model(ops.flip(images, axis=2), training=False))
+        raise ValueError("the flip test needs the pose spec's flip permutation")
+    mirrored = network_heatmaps(network, ops.flip(images, axis=2))
     return (heatmaps + flip_heatmaps(mirrored, flip_permutation)) / 2.0
 
 
@@ -166,30 +161,40 @@ def decode_to_input(heatmaps, input_size: Sequence[int]):
 
 
 def predict_keypoints(
-    model,
+    network,
     crops: np.ndarray,
     centers: np.ndarray,
     scales: np.ndarray,
+    flip_permutation: Sequence[int] | None,
     flip: bool = True,
     batch_size: int = 16,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoints (N, J, 2) in original image pixels and scores (N, J) for person crops, batched (numpy)."""
+    return_heatmaps: bool = False,
+) -> dict[str, np.ndarray]:
+    """Keypoints of person crops in original image pixels, batched (numpy in, numpy out).
+
+    ``crops`` (N, H, W, 3) float32 in [0, 1] are the person boxes ``centers`` (N, 2), ``scales``
+    (N,) cropped by :mod:`hgkeras.crop`; ``network`` is as in :func:`network_heatmaps`. Returns
+    ``keypoints`` (N, J, 2), ``scores`` (N, J) and, with ``return_heatmaps``, ``heatmaps``.
+    """
     crops = np.asarray(crops, np.float32)
     centers = np.asarray(centers, np.float32).reshape(-1, 2)
     scales = np.asarray(scales, np.float32).reshape(-1)
     if not (len(crops) == len(centers) == len(scales)):
         raise ValueError(
-            f"crops ({len(crops)}), centers ({len(centers)}) and scales ({len(scales)}) must have the same length"
+            f"crops ({len(crops)}), centers ({len(centers)}) and scales ({len(scales)}) must "
+            "have the same length"
         )
-    perm = flip_permutation_for(model)
-    keypoints, scores = [], []
+    if len(crops) == 0:
+        raise ValueError("no person crops to predict")
+    out: dict[str, list[np.ndarray]] = {"keypoints": [], "scores": []}
+    if return_heatmaps:
+        out["heatmaps"] = []
     for start in range(0, len(crops), batch_size):
         stop = start + batch_size
-        heatmaps = heatmaps_with_flip(model, crops[start:stop], perm, flip=flip)
-        k, s = decode_to_image(heatmaps, centers[start:stop], scales[start:stop])
-        keypoints.append(ops.convert_to_numpy(k))
-        scores.append(ops.convert_to_numpy(s))
-    num_joints = model.outputs[-1].shape[-1]
-    if not keypoints:
-        return np.zeros((0, num_joints, 2), np.float32), np.zeros((0, num_joints), np.float32)
-    return np.concatenate(keypoints), np.concatenate(scores)
+        heatmaps = heatmaps_with_flip(network, crops[start:stop], flip_permutation, flip=flip)
+        keypoints, scores = decode_to_image(heatmaps, centers[start:stop], scales[start:stop])
+        out["keypoints"].append(ops.convert_to_numpy(keypoints))
+        out["scores"].append(ops.convert_to_numpy(scores))
+        if return_heatmaps:
+            out["heatmaps"].append(ops.convert_to_numpy(heatmaps))
+    return {key: np.concatenate(values) for key, values in out.items()}

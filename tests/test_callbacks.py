@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from hgkeras import geometry
+from hgkeras import MPII, geometry
 from hgkeras.training.validation import PCKhCallback
 from hgkeras.codec import render_heatmaps
 
@@ -23,7 +23,9 @@ from hgkeras.codec import render_heatmaps
 def pooling_model():
     # 'heatmaps' = 4x4 average pooling of a 16-channel 'image': the image encodes the heatmaps exactly.
     inputs = keras.Input((64, 64, 16))
-    return keras.Model(inputs, [keras.layers.AveragePooling2D(4)(inputs)])
+    model = keras.Model(inputs, [keras.layers.AveragePooling2D(4)(inputs)])
+    model.pose = MPII  # a plain Keras model carries no pose spec: give it the joint set
+    return model
 
 
 def eval_dataset():
@@ -85,12 +87,14 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from hgkeras import MPII
 from hgkeras.training.validation import PCKhCallback
 
 keras.utils.set_random_seed(0)
 # A tiny trainable stand-in for the hourglass (same input/output contract, fast to compile).
 inputs = keras.Input((64, 64, 3))
 model = keras.Model(inputs, [keras.layers.AveragePooling2D(4)(keras.layers.Conv2D(16, 1)(inputs))])
+model.pose = MPII
 model.compile(optimizer="rmsprop", loss=["mse"])
 rng = np.random.default_rng(0)
 x = rng.random((2, 64, 64, 3)).astype("float32")
@@ -161,12 +165,13 @@ def test_flic_model_logs_pck_against_torso(tmp_path):
     import tensorflow as tf
     from keras import ops
 
-    from hgkeras import geometry
+    from hgkeras import FLIC, geometry
     from hgkeras.codec import render_heatmaps
     from hgkeras.training.validation import PCKhCallback
 
     inputs = keras.Input((32, 32, 11))
     model = keras.Model(inputs, [keras.layers.AveragePooling2D(4)(inputs)])
+    model.pose = FLIC
     hm = np.tile(np.array([[2, 2], [3, 3], [4, 4], [5, 2], [5, 3], [5, 4], [2, 6], [5, 6],
                            [3, 1], [4, 1], [3, 2]], "float32"), (2, 1, 1))  # fmt: skip
     centers, scales = np.full((2, 2), 50.0, "float32"), np.ones(2, "float32")

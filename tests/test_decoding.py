@@ -61,7 +61,8 @@ images = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
 plain = ops.convert_to_numpy(final_heatmaps(model(images)))
 mirrored = ops.convert_to_numpy(final_heatmaps(model(images[:, :, ::-1].copy())))
 reference = (plain + mirrored[:, :, ::-1, :][..., MPII.flip_permutation]) / 2
-np.testing.assert_allclose(ops.convert_to_numpy(heatmaps_with_flip(model, images)), reference,
+np.testing.assert_allclose(ops.convert_to_numpy(heatmaps_with_flip(model, images, MPII.flip_permutation)),
+                           reference,
                            rtol=1e-5, atol=1e-6)
 print("DECODE_OK")
 """

@@ -11,13 +11,13 @@ import tensorflow as tf
 from keras import ops
 from serving_loopback import NAME, exported
 
-from hgkeras import geometry
+from hgkeras import MPII, geometry
 from hgkeras.codec import decode_to_image, decode_to_input, heatmaps_with_flip
+from hgkeras.crop import crop_numpy, crop_tf
 from hgkeras.deploy.export import (
     PREDICT_IMAGE,
     SERVING_DEFAULT,
     SERVING_UINT8,
-    crop_person_box,
     decode_image_bytes,
     export_model,
     signature_summary,
@@ -36,7 +36,7 @@ def loaded(export):
 
 
 def keras_reference(model, images):
-    heatmaps = heatmaps_with_flip(model, images, flip=True)
+    heatmaps = heatmaps_with_flip(model, images, MPII.flip_permutation, flip=True)
     keypoints, scores = decode_to_input(heatmaps, (64, 64))
     return [ops.convert_to_numpy(t) for t in (heatmaps, keypoints, scores)]
 
@@ -78,7 +78,7 @@ def test_saved_model_matches_keras_float_and_uint8(export, loaded):
         np.testing.assert_array_equal(got["keypoints"].numpy(), want[1])
         np.testing.assert_allclose(got["scores"].numpy(), want[2], atol=1e-5)
     # the flip test is baked in: it differs from the plain prediction
-    plain = ops.convert_to_numpy(heatmaps_with_flip(model, floats, flip=False))
+    plain = ops.convert_to_numpy(heatmaps_with_flip(model, floats, None, flip=False))
     assert np.abs(plain - want[0]).max() > 1e-4
 
 
@@ -112,21 +112,18 @@ def test_predict_image_crops_like_cv2_and_returns_original_pixels(export, loaded
     model, _ = export
     path, center, scale = _mpii_person(real_data)
     data = path.read_bytes()
-    # decoding and the in-graph crop agree with OpenCV's warpAffine of the crop_matrix convention
+    # decoding and the in-graph crop agree with the OpenCV crop (one crop policy, hgkeras.crop)
     decoded = decode_image_bytes(tf.constant(data)).numpy()
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(decoded, rgb)  # identical JPEG decoding (accurate DCT)
     size = 64
-    matrix = geometry.crop_matrix(center, scale, size)
-    want_crop = cv2.warpAffine(
-        rgb.astype(np.float32) / 255, matrix, (size, size), flags=cv2.INTER_LINEAR
-    )
-    crop = crop_person_box(
+    want_crop = crop_numpy(rgb.astype(np.float32) / 255, center, scale, size)
+    crop = crop_tf(
         tf.constant(rgb, tf.float32) / 255, tf.constant(center), tf.constant(scale), (size, size)
     ).numpy()
     assert np.abs(crop - want_crop).max() < 0.05 and np.abs(crop - want_crop).mean() < 2e-3
     # a box half outside the image is padded with zeros
-    edge = crop_person_box(
+    edge = crop_tf(
         tf.ones((100, 100, 3)), tf.constant([0.0, 50.0]), tf.constant(0.5), (size, size)
     ).numpy()
     ones = cv2.warpAffine(
@@ -139,10 +136,10 @@ def test_predict_image_crops_like_cv2_and_returns_original_pixels(export, loaded
     out = loaded.signatures[PREDICT_IMAGE](
         image_bytes=tf.constant(data), center=tf.constant(center), scale=tf.constant(scale)
     )
-    tf_crop = crop_person_box(
+    tf_crop = crop_tf(
         tf.cast(tf.constant(decoded), tf.float32) / 255, center, scale, (size, size)
     ).numpy()
-    heatmaps = heatmaps_with_flip(model, tf_crop[None], flip=True)
+    heatmaps = heatmaps_with_flip(model, tf_crop[None], MPII.flip_permutation, flip=True)
     keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
     np.testing.assert_allclose(
         out["keypoints"].numpy(), ops.convert_to_numpy(keypoints)[0], atol=1e-3

@@ -51,11 +51,13 @@ class _Identityish:
 def test_flip_test_averages_with_unmirrored_swapped_heatmaps():
     model = _Identityish()
     images = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
-    plain = ops.convert_to_numpy(heatmaps_with_flip(model, images, flip=False))
+    plain = ops.convert_to_numpy(heatmaps_with_flip(model, images, None, flip=False))
     mirrored = model(images[:, :, ::-1])[0]
     expected = (plain + ops.convert_to_numpy(flip_heatmaps(mirrored, MPII.flip_permutation))) / 2
     np.testing.assert_allclose(
-        ops.convert_to_numpy(heatmaps_with_flip(model, images)), expected, rtol=1e-6
+        ops.convert_to_numpy(heatmaps_with_flip(model, images, MPII.flip_permutation)),
+        expected,
+        rtol=1e-6,
     )
 
 
@@ -70,7 +72,8 @@ def test_predict_keypoints_batches_and_maps_to_image():
             for c, s in zip(centers, scales, strict=True)
         ]
     )
-    k, s = predict_keypoints(model, crops, centers, scales, flip=True, batch_size=2)
+    out = predict_keypoints(model, crops, centers, scales, MPII.flip_permutation, batch_size=2)
+    k, s = out["keypoints"], out["scores"]
     assert k.shape == (3, 16, 2) and s.shape == (3, 16)
     box_lo = centers[:, None, :] - 100 * scales[:, None, None] - 1
     box_hi = centers[:, None, :] + 100 * scales[:, None, None] + 1

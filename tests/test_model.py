@@ -36,7 +36,7 @@ def small_model(**kwargs):
 
 
 def test_outputs_are_one_heatmap_tensor_per_stack():
-    model = small_model(num_stacks=3, image_shape=(128, 64, 3), num_joints=11)
+    model = small_model(num_stacks=3, image_shape=(128, 64, 3), num_joints=11, pose="flic")
     assert model.output_names == ["stack_1", "stack_2", "stack_3"]
     outputs = model(np.zeros((2, 128, 64, 3), "float32"))
     assert [tuple(o.shape) for o in outputs] == [(2, 32, 16, 11)] * 3

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from hgkeras import MPII, StackedHourglass, geometry
+from hgkeras.crop import crop_numpy as crop_person
 from hgkeras.inference.detect import detect_people, nms
-from hgkeras.inference.predictor import PersonPose, PosePredictor, crop_person, to_rgb_float
+from hgkeras.inference.images import to_rgb_float
+from hgkeras.inference.predictor import PersonPose, PosePredictor
 from hgkeras.vis.draw import SIDE_COLORS, draw_people, heatmap_montage
 
 # 0-based MPII head boxes of the five shipped people (data/README.md, same order as samples.json).
@@ -91,7 +93,7 @@ def train_tiny_mpii_model(real_data):
     size, hm = TRAIN_SIZE, TRAIN_SIZE // 4
     crops, joints, visible = [], [], []
     for p in people:
-        # the predictor's own crop (cv2.warpAffine of geometry.crop_matrix, area pre-shrink)
+        # the predictor's own crop (hgkeras.crop: block-average shrink, bilinear warp)
         crop = crop_person(p["rgb"], p["center"], p["scale"], size)
         crops.append(crop.astype(np.float32) / 255.0)
         to_heatmap = geometry.crop_matrix(p["center"], p["scale"], hm)
@@ -148,7 +150,8 @@ def test_crop_person_shrinks_large_boxes_without_aliasing():
     noise = (np.random.default_rng(0).integers(0, 2, (640, 640)) * 255).astype(np.uint8)
     center, scale = (319.5, 319.5), 3.3  # 660 px box -> 64 px crop: 10.3 source px per crop px
     smooth = crop_person(noise, center, scale, 64).astype(np.float64)[4:-4, 4:-4]
-    aliased = crop_person(noise, center, scale, 64, antialias=False).astype(np.float64)[4:-4, 4:-4]
+    plain = cv2.warpAffine(noise, geometry.crop_matrix(center, scale, 64), (64, 64))
+    aliased = plain.astype(np.float64)[4:-4, 4:-4]
     assert abs(smooth.mean() - 127.5) < 5 and smooth.std() < 20
     assert aliased.std() > 50
     # the shrunk crop keeps the geometry: a white square lands where crop_matrix puts it

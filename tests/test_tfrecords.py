@@ -9,7 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from hgkeras import MPII
+from hgkeras.crop import crop_numpy
 from hgkeras.data import pose_dataset, read_annotations
+from hgkeras.data.pipeline import read_pose
 from hgkeras.data.tfrecords import read_manifest, write_tfrecords
 from hgkeras.geometry import apply_matrix, crop_matrix
 
@@ -28,6 +31,7 @@ def test_manifest_and_shards(mpii_shards):
     out, records = mpii_shards
     manifest = read_manifest(out)
     assert manifest["schema_version"] == 1 and manifest["num_joints"] == 16
+    assert manifest["pose"] == "mpii" and read_pose(out, "valid") is MPII
     assert manifest["splits"]["valid"]["records"] == 5
     assert [s["records"] for s in manifest["splits"]["valid"]["shards"]] == [2, 3]
     assert manifest["skipped_images"] == []
@@ -47,11 +51,11 @@ def test_eval_dataset_order_metadata_and_crop(mpii_shards, repo_root, use_opencv
         assert batch["person_id"][i] == record.person_id
         assert batch["image_id"][i] == record.image_id
         assert batch["normalizer"][i] == pytest.approx(record.normalizer, rel=1e-6)
-        # Same crop as an independent OpenCV warp of the person box (area resampling).
+        # The one crop policy: the same pixels as the predictor's crop of the image file.
         image = cv2.imread(str(repo_root / SAMPLES / "images" / record.image))[:, :, ::-1]
+        ref = crop_numpy(image, record.center, record.scale, 256) / 255.0
+        assert np.abs(batch["image"][i] - ref).mean() < 0.5 / 255
         matrix = crop_matrix(record.center, record.scale, 256)
-        ref = cv2.warpAffine(image, matrix, (256, 256), flags=cv2.INTER_AREA) / 255.0
-        assert np.abs(batch["image"][i] - ref).mean() < 0.02
         # A misplaced crop (2 px shift) would differ much more than the resampling does.
         shifted = cv2.warpAffine(
             image, matrix + [[0, 0, 2], [0, 0, 0]], (256, 256), flags=cv2.INTER_AREA

@@ -69,7 +69,12 @@ def test_trainer_rejects_bad_input(tmp_path):
     from hgkeras.training.trainer import PoseTrainer
 
     hourglass = StackedHourglass(
-        num_stacks=2, num_features=16, num_joints=11, depth=1, image_shape=(64, 64, 3)
+        num_stacks=2,
+        num_features=16,
+        num_joints=11,
+        depth=1,
+        image_shape=(64, 64, 3),
+        pose="flic",
     )
     trainer = PoseTrainer(hourglass)
     with pytest.raises(ValueError, match="stack_weights must have 2"):

@@ -7,8 +7,8 @@ to rotate and scale inside it. For evaluation it is the model input itself: the 
 ``input_size``, no augmentation, in a deterministic order, with the metadata needed to map predictions
 back to the original image.
 
-JPEG images are decoded with libjpeg's DCT down-scaling (1/2, 1/4, 1/8) when the person box is at least
-that many times larger than the crop, which is both faster and an area-averaging (anti-aliased) resize.
+Crops follow the one crop policy of :mod:`hgkeras.crop` (``docs/architecture.md``), the same pixels
+that :class:`hgkeras.PosePredictor`, ``hgkeras evaluate --images`` and the exported graphs see.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 SOURCE_SIZE = 384
 #: Default source crop side as a multiple of the person box side (200 * scale).
 SOURCE_MARGIN = 1.5
-_RATIOS = (1, 2, 4, 8)
 
 
 def _manifest_shards(manifest: dict) -> dict[str, dict]:
@@ -220,95 +219,75 @@ def verify_shards(files: list[str], *, skip_corrupt: bool = False, workers: int 
     return kept
 
 
-def _num_joints(files: list[str]) -> int:
-    """Joints per record: from a manifest beside the shards, else from the first record."""
-    manifest_path = Path(files[0]).parent / MANIFEST_NAME
-    if manifest_path.is_file():
-        value = json.loads(manifest_path.read_text()).get("num_joints")
-        if value:
-            return int(value)
+def _manifest_beside(files: list[str]) -> dict:
+    """The manifest in the shards' folder, or {} when there is none."""
+    path = Path(files[0]).parent / MANIFEST_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _first_example(files: list[str]):
+    """The first record of the shards as a ``tf.train.Example``."""
     import tensorflow as tf
 
     for raw in tf.data.TFRecordDataset(files[:1]).take(1):
-        example = tf.train.Example.FromString(raw.numpy())
-        return len(example.features.feature["visible"].int64_list.value)
-    raise ValueError(f"{files[0]}: empty shard; cannot infer the number of joints")
+        return tf.train.Example.FromString(raw.numpy())
+    raise ValueError(f"{files[0]}: empty shard")
 
 
-def _cv2_warp(image, matrix, size: int):
-    import cv2
+def _num_joints(files: list[str]) -> int:
+    """Joints per record: from a manifest beside the shards, else from the first record."""
+    value = _manifest_beside(files).get("num_joints")
+    if value:
+        return int(value)
+    return len(_first_example(files).features.feature["visible"].int64_list.value)
 
-    return cv2.warpAffine(
-        image, matrix.astype("float64"), (size, size), flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-    )  # fmt: skip
+
+def read_pose(pattern, split: str | None = None):
+    """The pose spec of TFRecord shards: the manifest's ``pose`` (or ``dataset``) beside them, else
+    the ``dataset`` field of the first record."""
+    from hgkeras.spec import get_pose
+
+    files = resolve_shards(pattern, split)
+    manifest = _manifest_beside(files)
+    name = manifest.get("pose") or manifest.get("dataset")
+    if not isinstance(name, str):
+        names = _first_example(files).features.feature["dataset"].bytes_list.value
+        if not names:
+            raise ValueError(f"{files[0]}: neither a manifest nor the records name the pose spec")
+        name = names[0].decode()
+    return get_pose(name)
 
 
-def decode_and_crop(
-    encoded, height, width, center, scale, size: int, margin: float = 1.0, use_opencv: bool = True
-):
-    """Decode an image and crop the square of side ``margin * 200 * scale`` around ``center``.
+def decode_and_crop(encoded, center, scale, size, margin: float = 1.0, use_opencv: bool = True):
+    """Decode an image and crop the box of height ``margin * 200 * scale`` around ``center``.
 
-    Returns (uint8 crop (size, size, 3), k, offset) where a point p of the original image lands on
-    ``k * p + offset`` in the crop. Pixels outside the image are zero (as in the Torch code). The
-    bilinear warp runs in OpenCV (``use_opencv``, about 10x faster) or in TensorFlow.
+    ``size`` is the crop's side (int) or (height, width). The crop follows the one crop policy
+    (:mod:`hgkeras.crop`, ``docs/architecture.md``): large boxes are first shrunk by block averaging,
+    then warped bilinearly with zeros outside the image. Returns (uint8 crop, k, offset) where a point
+    p of the original image lands on ``k * p + offset`` in the crop. The crop runs in OpenCV through
+    ``tf.numpy_function`` (``use_opencv``, faster on CPU) or in TensorFlow ops; both agree to
+    rounding.
     """
     import tensorflow as tf
 
-    size_f = float(size)
-    side = margin * PIXELS_PER_SCALE * scale
-    k = size_f / side  # crop pixels per image pixel
-    offset = (size_f / 2.0 - 0.5) - k * center  # (2,)
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 2), b"\xff\xd8")
-    # Largest DCT down-scaling ratio that keeps at least crop resolution.
-    ratio_index = tf.cast(
-        tf.math.floor(tf.math.log(tf.maximum(1.0 / k, 1.0)) / tf.math.log(2.0)), tf.int32
-    )
-    ratio_index = tf.where(is_jpeg, tf.clip_by_value(ratio_index, 0, len(_RATIOS) - 1), 0)
+    from hgkeras import crop as person_crop
 
-    def decoder(ratio: int):
-        if ratio == 1:
-            return lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        return lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
-
-    image = tf.switch_case(ratio_index, [decoder(r) for r in _RATIOS])
-    image.set_shape([None, None, 3])
-    ratio = tf.cast(tf.gather(tf.constant(_RATIOS), ratio_index), tf.float32)
-    # Decoded pixel j (at 1/ratio) covers original pixels around (j + 0.5) * ratio - 0.5, so the
-    # original -> crop map q = k p + offset becomes, on decoded pixels, q = k r p_s + k (r - 1) / 2 + offset.
-    kr = k * ratio
-    shift = k * (ratio - 1.0) / 2.0
+    out_h, out_w = person_crop.output_hw(size)
+    box_scale = margin * scale
+    k = out_h / (PIXELS_PER_SCALE * box_scale)  # crop pixels per image pixel
+    offset = tf.stack([out_w / 2.0 - 0.5, out_h / 2.0 - 0.5]) - k * center  # (2,)
+    image = person_crop.decode_image_tf(encoded)
     if use_opencv:
-        matrix = tf.stack(
-            [tf.stack([kr, 0.0, shift + offset[0]]), tf.stack([0.0, kr, shift + offset[1]])]
-        )
         crop = tf.numpy_function(
-            lambda img, m: _cv2_warp(img, m, size), [image, matrix], tf.uint8, stateful=False
+            lambda img, c, s: person_crop.crop_numpy(img, c, float(s), (out_h, out_w)),
+            [image, center, box_scale],
+            tf.uint8,
+            stateful=False,
         )
     else:
-        inv = 1.0 / kr  # output -> input, as ImageProjectiveTransform expects
-        zero = tf.zeros_like(inv)
-        transform = tf.stack(
-            [
-                inv,
-                zero,
-                -(shift + offset[0]) * inv,
-                zero,
-                inv,
-                -(shift + offset[1]) * inv,
-                zero,
-                zero,
-            ]
-        )[None, :]
-        crop = tf.raw_ops.ImageProjectiveTransformV3(
-            images=image[None],
-            transforms=transform,
-            output_shape=tf.constant([size, size], tf.int32),
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="CONSTANT",
-        )[0]
-    crop.set_shape([size, size, 3])
+        crop = person_crop.crop_tf(image, center, box_scale, (out_h, out_w))
+        crop = tf.cast(tf.clip_by_value(tf.round(crop), 0.0, 255.0), tf.uint8)
+    crop = tf.ensure_shape(crop, [out_h, out_w, 3])
     return crop, k, offset
 
 
@@ -320,7 +299,7 @@ def pose_dataset(
     split: str | None = None,
     source_size: int = SOURCE_SIZE,
     source_margin: float = SOURCE_MARGIN,
-    input_size: int = 256,
+    input_size: int | tuple[int, int] = 256,
     shuffle_buffer: int = 256,
     repeat: bool = False,
     drop_remainder: bool | None = None,
@@ -339,7 +318,7 @@ def pose_dataset(
         training: True for augmentation source crops (shuffled), False for evaluation crops
             (deterministic order, every record once).
         source_size, source_margin: training source crop side in pixels and in person-box sides.
-        input_size: evaluation crop side (the model input).
+        input_size: evaluation crop side or (height, width) (the model input).
         shuffle_buffer: serialized records in the shuffle buffer (training).
         repeat: repeat forever (training).
         drop_remainder: drop a last partial batch (default: True when training).
@@ -393,16 +372,15 @@ def pose_dataset(
     def train_map(serialized):
         ex, joints, visible = parse(serialized)
         crop, k, offset = decode_and_crop(
-            ex["image/encoded"], ex["image/height"], ex["image/width"], ex["center"],
-            ex["scale"], source_size, source_margin, use_opencv,
+            ex["image/encoded"], ex["center"], ex["scale"], source_size, source_margin,
+            use_opencv,
         )  # fmt: skip
         return {"image": crop, "joints": joints * k + offset, "visible": visible}
 
     def eval_map(serialized):
         ex, joints, visible = parse(serialized)
         crop, _, _ = decode_and_crop(
-            ex["image/encoded"], ex["image/height"], ex["image/width"], ex["center"],
-            ex["scale"], input_size, 1.0, use_opencv,
+            ex["image/encoded"], ex["center"], ex["scale"], input_size, 1.0, use_opencv,
         )  # fmt: skip
         return {
             "image": tf.cast(crop, tf.float32) / 255.0,

@@ -36,7 +36,7 @@ import numpy as np
 from hgkeras import io
 from hgkeras.data.images import image_size
 from hgkeras.data.records import PoseRecord
-from hgkeras.spec import get_skeleton
+from hgkeras.spec import get_pose
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -330,15 +330,16 @@ def write_tfrecords(
             f"{manifest_path} stays marked incomplete"
         )
     datasets = sorted({r.dataset for r in records})
-    skeleton = get_skeleton(next(iter(num_joints)))
+    skeleton = get_pose(datasets[0]) if len(datasets) == 1 else None
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "complete": True,
         "started": started,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dataset": datasets[0] if len(datasets) == 1 else datasets,
+        "pose": skeleton.name if skeleton else None,
         "num_joints": next(iter(num_joints)),
-        "joint_names": list(skeleton.joint_names),
+        "joint_names": list(skeleton.joint_names) if skeleton else [],
         "source": source,
         "images": str(image_dir),
         "splits": splits,

@@ -371,7 +371,10 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         )
         keypoints, scores = client.predict_image(path.read_bytes(), center, scale)
         if keypoints.shape[0] != skeleton.num_joints:
-            skeleton = get_skeleton(int(keypoints.shape[0]))
+            raise ValueError(
+                f"the model returned {keypoints.shape[0]} joints; --dataset {args.dataset} has "
+                f"{skeleton.num_joints}"
+            )
         from hgkeras.vis.draw import write_overlay
 
         out = Path(args.out) if args.out else path.with_name(f"{path.stem}_pose.png")

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from hgkeras import io
 from hgkeras.data.images import DEFAULT_MAX_PIXELS
 
 #: Signature names.
@@ -136,6 +135,7 @@ def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """
     import tensorflow as tf
 
+    from hgkeras.crop import decode_image_tf
     from hgkeras.data.images import encoded_image_size_tf
 
     checks = []
@@ -151,39 +151,7 @@ def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         ]
     with tf.control_dependencies(checks):
         image_bytes = tf.identity(image_bytes)
-    return tf.cond(
-        tf.io.is_jpeg(image_bytes),
-        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.ensure_shape(
-            tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
-            [None, None, 3],
-        ),
-    )
-
-
-def crop_person_box(image, center, scale, size: tuple[int, int]):
-    """Crop the person box of ``image`` (H, W, C) float to ``size`` (TF graph op, bilinear, zeros outside).
-
-    Same convention as ``cv2.warpAffine(image, geometry.crop_matrix(center, scale, size), ...)``.
-    """
-    import tensorflow as tf
-
-    from hgkeras import geometry
-
-    matrix = geometry.crop_matrices(
-        tf.reshape(center, (1, 2)), tf.reshape(scale, (1,)), size
-    )  # image -> crop
-    inverse = tf.reshape(geometry.invert_matrices(matrix), (1, 6))  # crop -> image
-    transform = tf.concat([inverse, tf.zeros((1, 2), tf.float32)], axis=1)
-    crop = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None],
-        transforms=transform,
-        output_shape=tf.constant(size, tf.int32),
-        fill_value=tf.constant(0.0, tf.float32),
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
-    return crop[0]
+    return decode_image_tf(image_bytes)
 
 
 def build_serving_functions(
@@ -197,17 +165,14 @@ def build_serving_functions(
     _require_tensorflow_backend()
     import tensorflow as tf
 
-    from hgkeras.codec import (
-        decode_to_image,
-        decode_to_input,
-        flip_permutation_for,
-        heatmaps_with_flip,
-    )
+    from hgkeras.codec import decode_to_image, decode_to_input, heatmaps_with_flip
+    from hgkeras.crop import crop_tf
     from hgkeras.data.images import encoded_image_size_tf
     from hgkeras.inference.boxes import crop_box_checks_tf
+    from hgkeras.spec import pose_of
 
     height, width = model_input_size(model)
-    perm = flip_permutation_for(model) if flip else None
+    perm = pose_of(model).flip_permutation
 
     def predict(images):
         heatmaps = heatmaps_with_flip(model, images, perm, flip=flip)
@@ -254,7 +219,7 @@ def build_serving_functions(
                 checks = crop_box_checks_tf(center, scale, size, width / height)
         with tf.control_dependencies(checks):
             image = decode_image_bytes(image_bytes, max_pixels if validate else None)
-        crop = crop_person_box(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))
+        crop = crop_tf(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))
         heatmaps = heatmaps_with_flip(model, crop[None], perm, flip=flip)
         keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
         return {"keypoints": keypoints[0], "scores": scores[0]}
@@ -396,9 +361,7 @@ def write_models_config(
         raise ExportError(f"no exported model versions under {out_dir}")
     text = "model_config_list {\n" + "".join(blocks) + "}\n"
     path = out_dir / "models.config"
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    io.atomic_write_text(path, text)
     return path
 
 
@@ -433,8 +396,7 @@ def export_onnx(model, path: str | Path, flip: bool = False, opset: int = ONNX_O
     function = build_serving_functions(model, flip=flip, validate=False)[SERVING_DEFAULT]
     height, width = model_input_size(model)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with io.atomic_path(path) as tmp:
         with _plain_argmax():
             proto, _ = tf2onnx.convert.from_function(
                 function,
@@ -450,10 +412,7 @@ def export_onnx(model, path: str | Path, flip: bool = False, opset: int = ONNX_O
         if unsupported:
             raise ExportError(f"tf2onnx left TensorFlow ops without ONNX equivalent: {unsupported}")
         onnx.checker.check_model(proto)
-        tmp.write_bytes(proto.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).write_bytes(proto.SerializeToString())
     return path
 
 
@@ -487,10 +446,10 @@ def _plain_argmax():
 def _reference_outputs(model, images: np.ndarray, flip: bool) -> dict[str, np.ndarray]:
     from keras import ops
 
-    from hgkeras.codec import decode_to_input, flip_permutation_for, heatmaps_with_flip
+    from hgkeras.codec import decode_to_input, heatmaps_with_flip
+    from hgkeras.spec import pose_of
 
-    perm = flip_permutation_for(model) if flip else None
-    heatmaps = heatmaps_with_flip(model, images, perm, flip=flip)
+    heatmaps = heatmaps_with_flip(model, images, pose_of(model).flip_permutation, flip=flip)
     keypoints, scores = decode_to_input(heatmaps, model_input_size(model))
     return {
         "heatmaps": ops.convert_to_numpy(heatmaps),
@@ -561,7 +520,8 @@ def export_model(
     fold: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ExportResult:
-    """Export ``model`` (a Keras model or a ``.keras`` path) to ``out_dir/name/version``.
+    """Export ``model`` (anything :func:`hgkeras.models.loading.load_model` takes: a model, a
+    ``PoseTrainer`` or a ``.keras`` path) to ``out_dir/name/version``.
 
     Writes the SavedModel (and with ``onnx=True`` ``model.onnx`` inside the version folder) into a
     temporary folder, checks parity with Keras (``verify``), then renames it into place. An existing
@@ -585,37 +545,14 @@ def export_model(
             model, out_dir, name, version, flip=flip, onnx=onnx, force=force, verify=verify,
             models_config=models_config, base_path=base_path, fold=fold, max_pixels=max_pixels,
         )  # fmt: skip
-    if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        model = keras.models.load_model(path)
-    # a training wrapper (PoseTrainer) holds the network as .hourglass, sharing its weights
-    model = getattr(model, "hourglass", model)
-    if fold:
-        from hgkeras.models.fold import fold_batch_norms
+    from hgkeras.models.loading import load_model
 
-        network = fold_batch_norms(model)
-    else:
-        network = model
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
-    try:
-        save_signatures(network, tmp, flip=flip, max_pixels=max_pixels)
-        onnx_tmp = None
-        if onnx:
-            onnx_tmp = export_onnx(network, tmp / ONNX_FILENAME, flip=flip)
-        checks = check_parity(model, tmp, flip, onnx_tmp) if verify else {}
-        if final.exists():  # force
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    model = load_model(model)  # a trainer (PoseTrainer) gives its .hourglass
+    network = load_model(model, fold_batch_norms=True) if fold else model
+    with io.atomic_path(final) as tmp:
+        save_signatures(network, Path(tmp), flip=flip, max_pixels=max_pixels)
+        onnx_tmp = export_onnx(network, Path(tmp) / ONNX_FILENAME, flip=flip) if onnx else None
+        checks = check_parity(model, Path(tmp), flip, onnx_tmp) if verify else {}
     config_path = write_models_config(out_dir, base_path=base_path) if models_config else None
     return ExportResult(
         version_dir=final,

@@ -7,17 +7,20 @@ readers here subtract :data:`~hgkeras.geometry.MATLAB_OFFSET` and the writers ad
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from hgkeras import io
 from hgkeras.evaluation import metrics
 from hgkeras.geometry import MATLAB_OFFSET
+from hgkeras.spec import PoseSpec, get_pose, pose_of
 
 PREDICTION_KEYS = ("preds", "pred", "predictions", "keypoints")
+#: Suffixes of annotation files (anything else given as evaluation data is TFRecords).
+ANNOTATION_SUFFIXES = (".h5", ".hdf5", ".mat", ".json")
 
 
 # ------------------------------------------------------------------------------- coordinate helpers
@@ -31,38 +34,6 @@ def to_matlab(points) -> np.ndarray:
 def from_matlab(points) -> np.ndarray:
     """MATLAB 1-based pixel coordinates -> 0-based pixel centres (NaN stays NaN)."""
     return np.asarray(points, np.float64) - MATLAB_OFFSET
-
-
-# ------------------------------------------------------------------------------------- file writes
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_call(path: Path, write) -> None:
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------- prediction files
@@ -157,7 +128,8 @@ def write_predictions(path: str | Path, preds, scores=None) -> None:
 
     else:
         raise ValueError(f"{path}: predictions are written as .h5 or .mat, not {suffix!r}")
-    _atomic_call(path, write)
+    with io.atomic_path(path) as tmp:
+        write(tmp)
 
 
 def mpii_test_images(release_path: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -250,11 +222,8 @@ def write_mpii_submission(
         pred[0, k]["annorect"] = annorect
     import scipy.io
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            scipy.io.savemat(handle, {"pred": pred}, do_compression=True)
-
-    _atomic_call(path, write)
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        scipy.io.savemat(handle, {"pred": pred}, do_compression=True)
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -284,6 +253,44 @@ def score(
     raise ValueError(f"dataset must be 'mpii' or 'flic', got {dataset!r}")
 
 
+def score_for_pose(out: dict[str, Any], pose: str | PoseSpec, protocol: str = "official"):
+    """Score predictions ``out`` (``pred``, ``joints``, ``visible``, ``normalizer``) by the pose's rule.
+
+    Normaliser rule "head": MPII PCKh@0.5 with the records' head sizes; "torso": FLIC PCK@0.2 with
+    the torso size (left shoulder to right hip) of the ground truth.
+    """
+    spec = get_pose(pose)
+    joints = np.asarray(out["joints"], np.float64)
+    if spec.normalizer == "head":
+        normalizer = np.asarray(out["normalizer"], np.float64)
+        result = score(out["pred"], joints, out["visible"], normalizer, "mpii", protocol)
+    elif spec.normalizer == "torso":
+        normalizer = metrics.flic_torso_size(joints)
+        result = score(out["pred"], joints, out["visible"], normalizer, "flic")
+    else:
+        raise ValueError(
+            f"pose {spec.name!r}: no PCK metric for normaliser rule {spec.normalizer!r}"
+        )
+    result["dataset"] = spec.name
+    return result
+
+
+def format_result(result: dict[str, Any], pose: str | PoseSpec) -> tuple[str, str]:
+    """(title, table) of a :func:`score_for_pose` result, paper style."""
+    spec = get_pose(pose)
+    if spec.normalizer == "torso":
+        return "FLIC PCK@0.2 (torso = left shoulder to right hip)", metrics.format_flic_table(
+            result
+        )
+    protocol = result.get("protocol", "official")
+    title = f"MPII PCKh@0.5, {protocol} protocol" + (
+        " (Head = upper neck + head top; Total over 14 joints)"
+        if protocol == "official"
+        else " (Head = head top; Mean over 14 joints, count-weighted)"
+    )
+    return title, metrics.format_table(result)
+
+
 def summary_key(result: dict[str, object]) -> str:
     """The headline key of a result: ``Total`` (official MPII) or ``Mean`` (HRNet protocol, FLIC)."""
     return "Total" if "Total" in result else "Mean"
@@ -292,21 +299,25 @@ def summary_key(result: dict[str, object]) -> str:
 # -------------------------------------------------------------------------------------- prediction
 
 
-def predict_eval_dataset(model, dataset, flip: bool = True) -> dict[str, np.ndarray]:
+def predict_eval_dataset(
+    model, dataset, flip: bool = True, pose: str | PoseSpec | None = None
+) -> dict[str, np.ndarray]:
     """Predict every batch of an evaluation dataset and decode to original image pixels.
 
     ``dataset`` yields the evaluation dict of :func:`hgkeras.data.pose_dataset` (``training=False``):
-    ``image`` (B, S, S, 3) model input crops in [0, 1], ``center`` (B, 2), ``scale`` (B,),
+    ``image`` (B, H, W, 3) model input crops in [0, 1], ``center`` (B, 2), ``scale`` (B,),
     ``joints`` (B, J, 2) original 0-based pixels, ``visible`` (B, J), ``normalizer`` (B,), and optional
-    ``image_id``/``person_id``. ``model`` is a StackedHourglass (or a wrapper with ``.hourglass``).
-    Returns numpy arrays ``pred``, ``scores``, ``joints``, ``visible``, ``normalizer`` (+ ids).
+    ``image_id``/``person_id``. ``model`` is anything :func:`hgkeras.models.loading.load_model`
+    takes; ``pose`` defaults to the model's. Returns numpy arrays ``pred``, ``scores``, ``joints``,
+    ``visible``, ``normalizer`` (+ ids).
     """
-    from keras import ops
+    from hgkeras.codec import predict_keypoints
+    from hgkeras.models.loading import load_model
 
-    from hgkeras.codec import decode_to_image, flip_permutation_for, heatmaps_with_flip
-
-    network = getattr(model, "hourglass", model)
-    perm = flip_permutation_for(network)
+    network = load_model(model)
+    perm = (
+        get_pose(pose).flip_permutation if pose is not None else pose_of(network).flip_permutation
+    )
     out: dict[str, list] = {}
     for batch in dataset:
         if not isinstance(batch, dict):
@@ -320,15 +331,159 @@ def predict_eval_dataset(model, dataset, flip: bool = True) -> dict[str, np.ndar
                     f"evaluation dataset element has no {key!r} (keys: {sorted(batch)})"
                 )
         images = np.asarray(batch["image"], np.float32)
-        heatmaps = heatmaps_with_flip(network, images, perm, flip=flip)
-        center = np.asarray(batch["center"], np.float32).reshape(-1, 2)
-        scale = np.asarray(batch["scale"], np.float32).reshape(-1)
-        keypoints, scores = decode_to_image(heatmaps, center, scale)
-        out.setdefault("pred", []).append(ops.convert_to_numpy(keypoints))
-        out.setdefault("scores", []).append(ops.convert_to_numpy(scores))
+        predicted = predict_keypoints(
+            network, images, batch["center"], batch["scale"], perm, flip, len(images)
+        )
+        out.setdefault("pred", []).append(predicted["keypoints"])
+        out.setdefault("scores", []).append(predicted["scores"])
         for key in ("joints", "visible", "normalizer", "image_id", "person_id"):
             if key in batch:
                 out.setdefault(key, []).append(np.asarray(batch[key]))
     if not out:
         raise ValueError("the evaluation dataset is empty")
     return {key: np.concatenate(values) for key, values in out.items()}
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3), or a clear error."""
+    import cv2
+
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def predict_records(
+    model,
+    records: Sequence,
+    images_dir: str | Path,
+    flip: bool = True,
+    batch_size: int = 16,
+    pose: str | PoseSpec | None = None,
+) -> dict[str, np.ndarray]:
+    """Crop every record's person box from its image file (:func:`hgkeras.crop.crop_numpy`), predict
+    and decode to original 0-based pixels. Returns ``pred`` (N, J, 2) and ``scores`` (N, J)."""
+    from tqdm import tqdm
+
+    from hgkeras.codec import predict_keypoints
+    from hgkeras.crop import crop_numpy
+    from hgkeras.models.loading import load_model
+
+    network = load_model(model)
+    spec = get_pose(pose) if pose is not None else pose_of(network)
+    height, width = (int(v) for v in network.inputs[0].shape[1:3])
+    images_dir = Path(images_dir)
+    keypoints, scores, cache = [], [], {}
+    for start in tqdm(range(0, len(records), batch_size), desc="evaluate", leave=False):
+        batch = records[start : start + batch_size]
+        crops = []
+        for record in batch:
+            if record.image not in cache:
+                cache.clear()  # records of one image are adjacent; keep one decoded image
+                cache[record.image] = read_image_rgb(images_dir / record.image)
+            crop = crop_numpy(cache[record.image], record.center, record.scale, (height, width))
+            crops.append(crop.astype(np.float32) / 255.0)
+        predicted = predict_keypoints(
+            network,
+            np.stack(crops),
+            np.stack([r.center for r in batch]),
+            np.array([r.scale for r in batch]),
+            spec.flip_permutation,
+            flip,
+            batch_size,
+        )
+        keypoints.append(predicted["keypoints"])
+        scores.append(predicted["scores"])
+    return {"pred": np.concatenate(keypoints), "scores": np.concatenate(scores)}
+
+
+def is_annotation_file(path: str | Path) -> bool:
+    """Whether evaluation data ``path`` is an annotation file (else it names TFRecords)."""
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in ANNOTATION_SUFFIXES
+
+
+def _check_same_pose(model_pose: PoseSpec, data_pose: PoseSpec, data) -> None:
+    if model_pose.joint_names != data_pose.joint_names:
+        raise ValueError(
+            f"the model predicts pose {model_pose.name!r} ({model_pose.num_joints} joints) but "
+            f"{data} holds {data_pose.name!r} ({data_pose.num_joints} joints)"
+        )
+
+
+def gather_predictions(
+    data: str | Path,
+    *,
+    model: Any = None,
+    predictions: str | Path | None = None,
+    images: str | Path | None = None,
+    split: str | None = None,
+    flip: bool = True,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Predictions and ground truth of an evaluation set, ready for :func:`score_for_pose`.
+
+    ``data`` is an annotation file (then ``predictions`` is read from a file, or ``model`` runs on
+    the records' crops of the image files in ``images``) or TFRecords (``model`` runs on
+    :func:`hgkeras.data.pose_dataset` evaluation crops). ``model`` is anything
+    :func:`hgkeras.models.loading.load_model` takes. Returns numpy ``pred``, ``joints``, ``visible``,
+    ``normalizer``, ``image_id``, ``person_id`` and the data's ``pose`` spec.
+    """
+    from hgkeras.models.loading import load_model
+
+    if (model is None) == (predictions is None):
+        raise ValueError("give exactly one of a model or a predictions file")
+    network = load_model(model, fold_batch_norms=True) if model is not None else None
+    if is_annotation_file(data):
+        from hgkeras.data import read_annotations
+
+        records = read_annotations(data, split=split)
+        if not records:
+            raise ValueError(f"{data}: no records" + (f" in split {split!r}" if split else ""))
+        data_pose = get_pose(records[0].dataset)
+        if predictions is not None:
+            pred = read_predictions(predictions)
+        else:
+            if images is None:
+                raise ValueError(
+                    "an image directory is needed to run a model on an annotation file"
+                )
+            _check_same_pose(pose_of(network), data_pose, data)
+            pred = predict_records(network, records, images, flip, batch_size)["pred"]
+        if pred.shape[0] != len(records):
+            raise ValueError(
+                f"predictions have {pred.shape[0]} people but {data} has {len(records)} records "
+                f"(shape {pred.shape})"
+            )
+        out = {
+            "pred": pred,
+            "joints": np.stack([r.joints for r in records]).astype(np.float64),
+            "visible": np.stack([r.visible for r in records]),
+            "normalizer": np.array([r.normalizer for r in records]),
+            "image_id": np.array([r.image_id for r in records]),
+            "person_id": np.array([r.person_id for r in records]),
+        }
+    else:
+        if predictions is not None:
+            raise ValueError(
+                "a predictions file is scored against an annotation file, not TFRecords"
+            )
+        from hgkeras.data import pose_dataset
+        from hgkeras.data.pipeline import read_pose
+
+        data_pose = read_pose(data, split)
+        _check_same_pose(pose_of(network), data_pose, data)
+        height, width = (int(v) for v in network.inputs[0].shape[1:3])
+        dataset = pose_dataset(
+            data, batch_size, training=False, split=split, input_size=(height, width)
+        )
+        out = predict_eval_dataset(network, dataset, flip=flip)
+    if out["joints"].shape != out["pred"].shape:
+        raise ValueError(
+            f"predictions {out['pred'].shape} and ground truth {out['joints'].shape} of {data} differ"
+        )
+    out["pose"] = data_pose
+    return out

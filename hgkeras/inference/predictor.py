@@ -6,9 +6,12 @@
     people = predictor.predict("photo.jpg", boxes=[(x1, y1, x2, y2)])
     people[0].keypoints  # (J, 2) in the photo's pixels
 
-Crops follow :mod:`hgkeras.geometry` (a square person box of side ``200 * scale``, zero border);
-the network runs through :func:`hgkeras.codec.predict_keypoints` (flip test, decoding to
-original image pixels).
+Models are read by :func:`hgkeras.models.loading.load_model` (a ``StackedHourglass``, a
+``PoseTrainer`` or their ``.keras`` files) and carry their pose spec. Crops follow the one crop
+policy (:func:`hgkeras.crop.crop_numpy`, ``docs/architecture.md``); the network runs through
+:func:`hgkeras.codec.predict_keypoints` (flip test, decoding to original image pixels).
+:meth:`PosePredictor.from_network` takes any callable from crops to heatmaps instead of a Keras
+model (the seam for exported runtimes).
 """
 
 from __future__ import annotations
@@ -18,22 +21,18 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from hgkeras import geometry
+from hgkeras.crop import crop_numpy
 from hgkeras.inference.boxes import Detector, check_boxes, check_crop_box, run_detector
 from hgkeras.inference.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_float, to_uint8_bgr
-from hgkeras.spec import Skeleton, get_skeleton
+from hgkeras.spec import PoseSpec, get_pose, pose_of
 
 #: Person boxes given by the user or the detector are enlarged by this factor (Torch's 1.25).
 BOX_PADDING = 1.25
-#: Above this many source pixels per crop pixel, the box region is first shrunk with area
-#: averaging (as the original Torch code does) so that the bilinear warp does not alias.
-ANTIALIAS_FACTOR = 2.0
 
 
 @dataclass
@@ -45,8 +44,8 @@ class PersonPose:
         scores: (J,) float32 heatmap maxima (about 1 = confident, near 0 = not found).
         joint_names: the J joint names, in keypoint order.
         box: (x1, y1, x2, y2) the person box the crop was made from.
-        center: (2,) centre of the square crop in image pixels.
-        scale: crop side / 200 px.
+        center: (2,) centre of the crop box in image pixels.
+        scale: crop box height / 200 px.
         detection_score: the detector's score (``detect=True``, ``detector=``, ``box_scores``)
             or None.
         heatmaps: (h, w, J) final heatmaps of the crop when requested, else None.
@@ -78,119 +77,30 @@ class PersonPose:
         }
 
 
-def whole_image_center_scale(height: int, width: int) -> tuple[np.ndarray, float]:
-    """The default person box: the square that just holds the whole image (no padding).
+def whole_image_center_scale(
+    height: int, width: int, aspect_ratio: float = 1.0
+) -> tuple[np.ndarray, float]:
+    """The default person box: the smallest box of ``aspect_ratio`` (width / height) holding the image.
 
-    centre = ((W - 1) / 2, (H - 1) / 2), scale = max(W, H) / 200; the image's long side fills the
-    crop and the short side is centred with zero borders.
+    centre = ((W - 1) / 2, (H - 1) / 2), scale = max(H, W / aspect_ratio) / 200 (no padding): the
+    image fills the crop along one side and is centred with zero borders along the other.
     """
     center = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-    return center, max(width, height) / geometry.PIXELS_PER_SCALE
-
-
-def crop_person(
-    image: np.ndarray,
-    center: Sequence[float],
-    scale: float,
-    output_size: int | Sequence[int],
-    antialias: bool = True,
-) -> np.ndarray:
-    """Crop the person box of ``image`` (its own dtype and channels) to ``output_size``.
-
-    ``cv2.warpAffine`` with :func:`hgkeras.geometry.crop_matrix`, bilinear, zero border. When the
-    box is more than :data:`ANTIALIAS_FACTOR` times larger than the crop and ``antialias`` is set,
-    only the box's part of the image is first shrunk with area averaging, so memory and time stay
-    bounded by the box, never by a float copy of the whole image.
-    """
-    if isinstance(output_size, (int, np.integer)):
-        out_h = out_w = int(output_size)
-    else:
-        out_h, out_w = int(output_size[0]), int(output_size[1])
-    matrix = geometry.crop_matrix(center, scale, (out_h, out_w))
-    source = image
-    if image.dtype == np.bool_:
-        source = image.astype(np.uint8) * 255
-    side = geometry.PIXELS_PER_SCALE * float(scale)
-    factor = side / max(out_h, out_w)
-    if antialias and factor > ANTIALIAS_FACTOR:
-        height, width = image.shape[:2]
-        half = side / 2.0
-        cx, cy = float(center[0]), float(center[1])
-        x0 = max(0, int(math.floor(cx - half)))
-        y0 = max(0, int(math.floor(cy - half)))
-        x1 = min(width, int(math.ceil(cx + half)) + 1)
-        y1 = min(height, int(math.ceil(cy + half)) + 1)
-        if x1 <= x0 or y1 <= y0:  # the box lies entirely outside the image
-            shape = (out_h, out_w) + tuple(source.shape[2:])
-            return np.zeros(shape, source.dtype)
-        region = source[y0:y1, x0:x1]
-        small_w = max(1, int(round((x1 - x0) / factor)))
-        small_h = max(1, int(round((y1 - y0) / factor)))
-        small = cv2.resize(region, (small_w, small_h), interpolation=cv2.INTER_AREA)
-        if small.ndim < region.ndim:
-            small = small[..., None]
-        rx, ry = small_w / (x1 - x0), small_h / (y1 - y0)
-        # point in `small` -> point in the image (pixel centres): p = (q + 0.5) / r - 0.5 + origin
-        to_image = np.array(
-            [[1.0 / rx, 0.0, 0.5 / rx - 0.5 + x0], [0.0, 1.0 / ry, 0.5 / ry - 0.5 + y0]]
-        )
-        matrix = (np.vstack([matrix, [0.0, 0.0, 1.0]]) @ np.vstack([to_image, [0.0, 0.0, 1.0]]))[:2]
-        source = small
-    crop = cv2.warpAffine(
-        source,
-        matrix,
-        (out_w, out_h),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-    if crop.ndim < source.ndim:
-        crop = crop[..., None]
-    return crop
-
-
-def load_model(model_or_path: Any):
-    """A keras model, or load one from a ``.keras`` file (clear errors for missing/bad files)."""
-    if isinstance(model_or_path, (str, os.PathLike)):
-        import keras
-
-        import hgkeras.models.hourglass  # noqa: F401  (registers StackedHourglass for deserialisation)
-
-        path = Path(model_or_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        try:
-            return keras.models.load_model(str(path), compile=False)
-        except Exception as error:  # keras raises many types for a bad file
-            raise ValueError(f"cannot load a Keras model from {path}: {error}") from error
-    if not hasattr(model_or_path, "outputs") or not callable(model_or_path):
-        raise ValueError(
-            f"model_or_path must be a keras model or a path, got {type(model_or_path).__name__}"
-        )
-    return model_or_path
-
-
-def _inference_copy(model):
-    """``model`` with its batch norms folded, or ``model`` itself when it is not functional."""
-    from hgkeras.models.fold import fold_batch_norms
-
-    try:
-        return fold_batch_norms(model)
-    except TypeError:
-        return model
+    return center, max(height, width / aspect_ratio) / geometry.PIXELS_PER_SCALE
 
 
 class PosePredictor:
     """Keypoints of people in whole images from a Stacked Hourglass model.
 
     Args:
-        model_or_path: a keras model (e.g. :class:`hgkeras.StackedHourglass`) or a ``.keras`` path.
-        flip: average with the mirrored image (docs/method.md "Flip test").
+        model_or_path: a ``StackedHourglass`` (or other Keras model), a ``PoseTrainer`` or a
+            ``.keras`` path holding either (read by :func:`hgkeras.models.loading.load_model`).
+        flip: average with the mirrored image (the flip test).
         batch_size: person crops per network call.
-        antialias: shrink large person boxes with area averaging before the bilinear crop.
         fold_batch_norms: run an inference copy of the model with each conv -> BatchNorm pair folded
             into one conv (:func:`hgkeras.models.fold.fold_batch_norms`: same outputs, faster). The copy is
             made here: weights changed on ``model`` later are not seen by this predictor.
+        pose: the joint set, when the model carries none (default: the model's own pose spec).
         detector: person boxes for images given without ``boxes``: any callable
             ``detector(image_bgr uint8 (H, W, 3)) -> (boxes (N, 4) x1, y1, x2, y2, scores (N,))``
             (:mod:`hgkeras.inference.boxes`); None: OpenCV's HOG with ``detect=True``, else the
@@ -208,12 +118,14 @@ class PosePredictor:
         model_or_path: Any,
         flip: bool = True,
         batch_size: int = 16,
-        antialias: bool = True,
         fold_batch_norms: bool = True,
+        pose: str | PoseSpec | None = None,
         detector: Detector | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         allow_truncated: bool = False,
     ) -> None:
+        from hgkeras.models.loading import load_model
+
         if detector is not None and not callable(detector):
             raise ValueError(
                 f"detector must be a callable image -> (boxes, scores), got {detector!r}"
@@ -221,34 +133,65 @@ class PosePredictor:
         self.detector = detector
         self.max_pixels = max_pixels
         self.allow_truncated = bool(allow_truncated)
-        self.model = load_model(model_or_path)
-        self.network = _inference_copy(self.model) if fold_batch_norms else self.model
-        shape = getattr(self.model, "image_shape", None) or tuple(self.model.input_shape[1:])
-        if len(shape) != 3 or shape[0] is None or shape[1] is None:
+
+        model = load_model(model_or_path)
+        spec = get_pose(pose) if pose is not None else pose_of(model)
+        joints = int(model.outputs[-1].shape[-1])
+        if joints != spec.num_joints:
             raise ValueError(
-                f"the model needs a fixed input shape (H, W, 3) to crop people, got {shape}"
+                f"the model predicts {joints} joints but pose {spec.name!r} has {spec.num_joints}"
             )
-        self.input_size = (int(shape[0]), int(shape[1]))
-        self.num_joints = int(self.model.outputs[-1].shape[-1])
-        try:
-            self.skeleton: Skeleton | None = get_skeleton(self.num_joints)
-        except ValueError:
-            if flip:
-                raise ValueError(
-                    f"the flip test needs the left/right joint pairs, but no known skeleton has "
-                    f"{self.num_joints} joints; use flip=False"
-                ) from None
-            self.skeleton = None
-        self.joint_names = (
-            self.skeleton.joint_names
-            if self.skeleton is not None
-            else tuple(f"joint_{j}" for j in range(self.num_joints))
-        )
-        self.flip = bool(flip)
+        network = model
+        if fold_batch_norms:
+            try:
+                network = load_model(model, fold_batch_norms=True)
+            except TypeError:  # not a functional model: run it as it is
+                network = model
+        self._setup(network, spec, _input_size(model), flip, batch_size)
+        self.model = model
+
+    @classmethod
+    def from_network(
+        cls,
+        network: Any,
+        pose: str | PoseSpec,
+        input_size: Sequence[int],
+        flip: bool = True,
+        batch_size: int = 16,
+    ) -> PosePredictor:
+        """A predictor around ``network``: any callable from crops (N, H, W, 3) float32 RGB in [0, 1]
+        to heatmaps (N, H/4, W/4, J) (numpy or tensors; a list of stacks is fine), for runtimes
+        other than Keras. ``input_size`` is (H, W)."""
+        predictor = cls.__new__(cls)
+        predictor._setup(network, get_pose(pose), input_size, flip, batch_size)
+        predictor.model = None
+        return predictor
+
+    def _setup(self, network, pose: PoseSpec, input_size, flip: bool, batch_size: int) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.network = network
+        self.pose = pose
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.flip = bool(flip)
         self.batch_size = int(batch_size)
-        self.antialias = bool(antialias)
+
+    @property
+    def _aspect_ratio(self) -> float:
+        return self.input_size[1] / self.input_size[0]
+
+    @property
+    def skeleton(self) -> PoseSpec:
+        """The pose spec (older name)."""
+        return self.pose
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return self.pose.joint_names
+
+    @property
+    def num_joints(self) -> int:
+        return self.pose.num_joints
 
     def predict(
         self,
@@ -267,10 +210,11 @@ class PosePredictor:
                 HxWx3 (RGB, or BGR with ``color="bgr"``), HxWx4 (alpha ignored); uint8, uint16
                 (full range 0..65535) or float in [0, 1].
             boxes: person boxes (x1, y1, x2, y2) in image pixels, one or (N, 4). Each is padded
-                by 1.25 into a square crop, which must overlap the image and be at most 10x its
-                longer side (:func:`hgkeras.inference.boxes.check_crop_box`). ``None``: the
-                predictor's ``detector`` finds them; without one, the whole image is one person
-                (see :func:`whole_image_center_scale`; a warning says so) unless ``detect`` is set.
+                by 1.25 into a box of the model input's aspect ratio, which must overlap the image
+                and be at most 10x its longer side (:func:`hgkeras.inference.boxes.check_crop_box`).
+                ``None``: the predictor's ``detector`` finds them; without one, the whole image is
+                one person (see :func:`whole_image_center_scale`; a warning says so) unless
+                ``detect`` is set.
             detect: instead of boxes, find people with OpenCV's HOG people detector
                 (:func:`hgkeras.inference.detect.detect_people`); returns [] when it finds nobody.
             box_scores: a detector's scores of ``boxes`` (N,), kept as ``detection_score``.
@@ -299,19 +243,20 @@ class PosePredictor:
                 "detect=True or a detector)",
                 stacklevel=2,
             )
-            center, scale = whole_image_center_scale(height, width)
+            center, scale = whole_image_center_scale(height, width, self._aspect_ratio)
             box_array = np.array([[-0.5, -0.5, width - 0.5, height - 0.5]])
-            detection_scores = [None]
             return self._predict_crops(
-                pixels, box_array, [center], [scale], detection_scores, color, return_heatmaps
+                pixels, box_array, [center], [scale], [None], color, return_heatmaps
             )
         else:
             box_array, det_scores = check_boxes(boxes, box_scores)
         detection_scores = [None if math.isnan(v) else float(v) for v in det_scores]
         centers, scales = [], []
         for box in box_array:
-            center, scale = geometry.box_to_center_scale(box, padding=BOX_PADDING)
-            check_crop_box(center, scale, height, width)
+            center, scale = geometry.box_to_center_scale(
+                box, padding=BOX_PADDING, aspect_ratio=self._aspect_ratio
+            )
+            check_crop_box(center, scale, height, width, self._aspect_ratio)
             centers.append(center)
             scales.append(scale)
         return self._predict_crops(
@@ -332,23 +277,23 @@ class PosePredictor:
             return []
         crops = np.stack(
             [
-                to_rgb_float(
-                    crop_person(pixels, c, s, self.input_size, antialias=self.antialias), color
-                )
+                to_rgb_float(crop_numpy(pixels, c, s, self.input_size), color)
                 for c, s in zip(centers, scales, strict=True)
             ]
         )
-        centers_arr = np.asarray(centers, np.float32)
-        scales_arr = np.asarray(scales, np.float32)
-        heatmaps = None
-        if return_heatmaps:
-            keypoints, scores, heatmaps = self._run_with_heatmaps(crops, centers_arr, scales_arr)
-        else:
-            from hgkeras.codec import predict_keypoints
+        from hgkeras.codec import predict_keypoints
 
-            keypoints, scores = predict_keypoints(
-                self.network, crops, centers_arr, scales_arr, self.flip, self.batch_size
-            )
+        out = predict_keypoints(
+            self.network,
+            crops,
+            np.asarray(centers, np.float32),
+            np.asarray(scales, np.float32),
+            self.pose.flip_permutation,
+            self.flip,
+            self.batch_size,
+            return_heatmaps=return_heatmaps,
+        )
+        keypoints, scores, heatmaps = out["keypoints"], out["scores"], out.get("heatmaps")
         people = []
         for i, box in enumerate(boxes):
             people.append(
@@ -366,18 +311,12 @@ class PosePredictor:
             )
         return people
 
-    def _run_with_heatmaps(self, crops, centers, scales):
-        from keras import ops
 
-        from hgkeras.codec import decode_to_image, heatmaps_with_flip
-
-        perm = self.skeleton.flip_permutation if self.skeleton is not None else None
-        keypoints, scores, maps = [], [], []
-        for start in range(0, len(crops), self.batch_size):
-            stop = start + self.batch_size
-            hm = heatmaps_with_flip(self.network, crops[start:stop], perm, flip=self.flip)
-            k, s = decode_to_image(hm, centers[start:stop], scales[start:stop])
-            keypoints.append(ops.convert_to_numpy(k))
-            scores.append(ops.convert_to_numpy(s))
-            maps.append(ops.convert_to_numpy(hm))
-        return np.concatenate(keypoints), np.concatenate(scores), np.concatenate(maps)
+def _input_size(model) -> tuple[int, int]:
+    """(height, width) of a model's fixed input, or ValueError."""
+    shape = getattr(model, "image_shape", None) or tuple(model.input_shape[1:])
+    if len(shape) != 3 or shape[0] is None or shape[1] is None:
+        raise ValueError(
+            f"the model needs a fixed input shape (H, W, 3) to crop people, got {shape}"
+        )
+    return int(shape[0]), int(shape[1])

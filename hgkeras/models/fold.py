@@ -95,7 +95,8 @@ def fold_batch_norms(model) -> keras.Model:
     ``model`` is any functional Keras model (e.g. :class:`hgkeras.StackedHourglass`); the copy has the
     same inputs, outputs and layer names, holds its own weights, and returns the same values as
     ``model(x, training=False)`` to float rounding. Batch norms that follow something other than a
-    lone convolution are kept. A model with nothing to fold is still copied.
+    lone convolution are kept. A model with nothing to fold is still copied. The copy keeps the
+    model's pose spec (``model.pose``) when it has one.
     """
     if not isinstance(model, keras.Model):
         raise TypeError(
@@ -124,4 +125,6 @@ def fold_batch_norms(model) -> keras.Model:
             new.set_weights(list(folded_conv_weights(old, pairs[new.name])))
         else:
             new.set_weights(old.get_weights())
+    if getattr(model, "pose", None) is not None:
+        copy.pose = model.pose
     return copy

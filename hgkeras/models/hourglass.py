@@ -20,6 +20,7 @@ import keras
 from keras import layers
 
 from hgkeras.models.layers import BatchNorm, Conv2D, MaxPooling2D, NearestUpsample2x, UpsampleAdd
+from hgkeras.spec import PoseSpec, get_pose, pose_config
 
 #: BatchNorm as in Torch/PyTorch: eps 1e-5, momentum 0.1 (Keras convention: 0.9).
 BN_EPSILON = 1e-5
@@ -150,9 +151,13 @@ class StackedHourglass(keras.Model):
         num_stacks: number of hourglasses N (paper: 8).
         num_features: feature width f inside the hourglasses (paper: 256).
         num_modules: residual modules per resolution m (paper: 1).
-        num_joints: heatmap channels J (MPII 16, FLIC 11).
+        num_joints: heatmap channels J; default (None) the pose spec's joint count. A value that
+            differs from the spec's count is an error (choose the matching ``pose``).
         depth: hourglass order n (paper: 4).
         image_shape: input (height, width, 3); both sides multiples of ``2**(depth+2)``.
+        pose: the joint set (:class:`hgkeras.spec.PoseSpec` or its name: "mpii", "flic"), saved in
+            the config so that evaluation, prediction and export know the joints' names, flip pairs
+            and normaliser.
 
     Outputs are named ``stack_1`` ... ``stack_N``, each (batch, height/4, width/4, J); the last one is
     the final prediction. Input images are float RGB scaled to [0, 1] (the PyTorch convention).
@@ -163,11 +168,20 @@ class StackedHourglass(keras.Model):
         num_stacks: int = 8,
         num_features: int = 256,
         num_modules: int = 1,
-        num_joints: int = 16,
+        num_joints: int | None = None,
         depth: int = 4,
         image_shape: Sequence[int] = (256, 256, 3),
+        pose: str | PoseSpec | dict = "mpii",
         **kwargs: Any,
     ) -> None:
+        spec = get_pose(pose)
+        if num_joints is None:
+            num_joints = spec.num_joints
+        elif num_joints != spec.num_joints:
+            raise ValueError(
+                f"num_joints={num_joints!r} does not match pose {spec.name!r} "
+                f"({spec.num_joints} joints); pass the matching pose (e.g. pose='flic' for 11)"
+            )
         shape = _check_arguments(
             num_stacks, num_features, num_modules, num_joints, depth, image_shape
         )
@@ -196,6 +210,7 @@ class StackedHourglass(keras.Model):
         self.num_joints = num_joints
         self.depth = depth
         self.image_shape = shape
+        self.pose = spec
 
     @property
     def heatmap_shape(self) -> tuple[int, int, int]:
@@ -213,11 +228,36 @@ class StackedHourglass(keras.Model):
             "num_joints": self.num_joints,
             "depth": self.depth,
             "image_shape": list(self.image_shape),
+            "pose": pose_config(self.pose),
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> StackedHourglass:
+        if "pose" not in config:
+            config = dict(config, pose=legacy_pose(config.get("num_joints", 16)))
         return cls(**config)
+
+
+def legacy_pose(num_joints: int) -> str:
+    """The pose of a model saved before models carried one: MPII for 16 joints, FLIC for 11.
+
+    Only files written by older hgkeras versions reach this (with a warning); new models always
+    name their pose.
+    """
+    import warnings
+
+    known = {16: "mpii", 11: "flic"}
+    if num_joints not in known:
+        raise ValueError(
+            f"this saved StackedHourglass predates pose specs and has {num_joints} joints, which "
+            "is neither MPII (16) nor FLIC (11); rebuild it with pose=... and load its weights"
+        )
+    warnings.warn(
+        f"the saved StackedHourglass has no pose spec (saved by an older hgkeras); assuming "
+        f"{known[num_joints]!r} from its {num_joints} joints. Re-save the model to record it.",
+        stacklevel=3,
+    )
+    return known[num_joints]
 
 
 def compile_model(

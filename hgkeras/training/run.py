@@ -666,6 +666,7 @@ def build_trainer(config: TrainConfig, distributed: bool = False):
         num_joints=config.joints,
         depth=config.depth,
         image_shape=(config.input_size, config.input_size, 3),
+        pose=config.dataset,
         name="stacked_hourglass",
     )
     trainer_class = _pose_trainer_class(distributed)

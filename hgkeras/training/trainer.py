@@ -23,7 +23,7 @@ from keras import ops
 from hgkeras.codec import DEFAULT_SIGMA, render_heatmaps
 from hgkeras.data import augment
 from hgkeras.data.pipeline import SOURCE_MARGIN
-from hgkeras.spec import get_skeleton
+from hgkeras.spec import pose_of
 
 
 @keras.saving.register_keras_serializable(package="hgkeras")
@@ -34,7 +34,7 @@ class PoseTrainer(keras.Model):
         hourglass: a model mapping (B, H, W, 3) images in [0, 1] to a list of per-stack heatmaps.
         augment: apply random rotation/scale/flip/colour in training; otherwise only the centre crop.
         sigma: target Gaussian standard deviation in heatmap pixels.
-        flip_permutation: left/right joint swap; default from the joint count (MPII 16, FLIC 11).
+        flip_permutation: left/right joint swap; default from the hourglass' pose spec.
         source_margin: person-box sides shown by the source crop (must match ``pose_dataset``).
         seed: seed of the augmentation random stream.
         **augment_options: ``rotation``, ``rotation_probability``, ``scale_sigma``, ``scale_range``,
@@ -70,7 +70,7 @@ class PoseTrainer(keras.Model):
         self.sigma = float(sigma)
         self.source_margin = float(source_margin)
         if flip_permutation is None:
-            flip_permutation = get_skeleton(self.num_joints).flip_permutation
+            flip_permutation = pose_of(hourglass).flip_permutation
         self.flip_permutation = [int(i) for i in flip_permutation]
         unknown = set(augment_options) - {
             "rotation", "rotation_probability", "scale_sigma", "scale_range",

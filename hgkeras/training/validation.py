@@ -60,22 +60,12 @@ class PCKhCallback(keras.callbacks.Callback):
 
     def evaluate(self) -> dict[str, object]:
         """Predict and score the dataset now; returns the full metrics dict."""
-        from hgkeras.evaluation.evaluate import predict_eval_dataset, score
+        from hgkeras.evaluation.evaluate import predict_eval_dataset, score_for_pose
+        from hgkeras.spec import pose_of
 
         network = getattr(self.model, "hourglass", self.model)
         out = predict_eval_dataset(network, self.dataset, flip=self.flip)
-        num_joints = out["pred"].shape[1]
-        dataset = "mpii" if num_joints == 16 else "flic" if num_joints == 11 else None
-        if dataset is None:
-            raise ValueError(f"PCKhCallback: model predicts {num_joints} joints; expected 16 or 11")
-        normalizer = out["normalizer"]
-        if dataset == "flic":
-            normalizer = metrics.flic_torso_size(out["joints"])
-        result = score(
-            out["pred"], out["joints"], out["visible"], normalizer, dataset, protocol=self.protocol
-        )
-        result["dataset"] = dataset
-        return result
+        return score_for_pose(out, pose_of(network), protocol=self.protocol)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_n_epochs != 0:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hgkeras.spec import get_skeleton
 from hgkeras.vis.draw import draw_people, write_image
 
 
@@ -31,7 +30,7 @@ def preview_grid(
     from keras import ops
 
     from hgkeras.data import augment as aug
-    from hgkeras.data.pipeline import SOURCE_MARGIN, pose_dataset
+    from hgkeras.data.pipeline import SOURCE_MARGIN, pose_dataset, read_pose
 
     if count < 1 or columns < 1:
         raise ValueError("count and columns must be >= 1")
@@ -39,7 +38,7 @@ def preview_grid(
                                    drop_remainder=False)))  # fmt: skip
     images = batch["image"].numpy()
     n, source = images.shape[0], images.shape[1]
-    skeleton = get_skeleton(int(batch["joints"].shape[1]))
+    skeleton = read_pose(pattern, split)
     generator = keras.random.SeedGenerator(seed)
     params = aug.sample_params(n, generator) if augment else aug.identity_params(n)
     matrices = aug.augmentation_matrices(params, source, SOURCE_MARGIN, input_size)

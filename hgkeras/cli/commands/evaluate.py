@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-ANNOTATION_SUFFIXES = (".h5", ".hdf5", ".mat", ".json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,72 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _is_annotation_file(path: str) -> bool:
-    p = Path(path)
-    return p.is_file() and p.suffix.lower() in ANNOTATION_SUFFIXES
-
-
-def _load_model(path: str):
-    import keras
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"model not found: {path}")
-    try:
-        import hgkeras.training.trainer  # noqa: F401  (registers training wrappers, if present)
-    except ImportError:
-        pass
-    from hgkeras.models.fold import fold_batch_norms
-
-    model = keras.models.load_model(path, compile=False)
-    return fold_batch_norms(getattr(model, "hourglass", model))
-
-
-def _read_image(path: Path):
-    """RGB uint8, upright; truncated files are errors (hgkeras.inference.images.read_image)."""
-    import cv2
-
-    from hgkeras.inference.images import read_image, to_uint8_bgr
-
-    return cv2.cvtColor(to_uint8_bgr(read_image(path), "bgr"), cv2.COLOR_BGR2RGB)
-
-
-def _predict_records(model, records, images_dir: Path, flip: bool, batch_size: int):
-    """Crop every record from its image, predict and decode to original 0-based pixels."""
-    import cv2
-    import numpy as np
-    from tqdm import tqdm
-
-    from hgkeras.codec import predict_keypoints
-    from hgkeras.geometry import crop_matrix
-
-    size = model.inputs[0].shape[1] or 256
-    preds, cache = [], {}
-    for start in tqdm(range(0, len(records), batch_size), desc="evaluate", leave=False):
-        batch = records[start : start + batch_size]
-        crops = []
-        for record in batch:
-            if record.image not in cache:
-                cache.clear()  # records of one image are adjacent; keep one decoded image
-                cache[record.image] = _read_image(images_dir / record.image)
-            matrix = crop_matrix(record.center, record.scale, size)
-            crop = cv2.warpAffine(cache[record.image], matrix, (size, size), flags=cv2.INTER_LINEAR)
-            crops.append(crop.astype(np.float32) / 255.0)
-        keypoints, _ = predict_keypoints(
-            model,
-            np.stack(crops),
-            np.stack([r.center for r in batch]),
-            np.array([r.scale for r in batch]),
-            flip=flip,
-            batch_size=batch_size,
-        )
-        preds.append(keypoints)
-    return np.concatenate(preds)
-
-
 def _is_coco_file(path: str) -> bool:
     from hgkeras.data.coco import is_coco_json
+    from hgkeras.evaluation.evaluate import is_annotation_file
 
-    return _is_annotation_file(path) and path.lower().endswith(".json") and is_coco_json(path)
+    return is_annotation_file(path) and path.lower().endswith(".json") and is_coco_json(path)
 
 
 def _run_coco(args: argparse.Namespace) -> int:
@@ -145,6 +81,7 @@ def _run_coco(args: argparse.Namespace) -> int:
     import json
 
     from hgkeras.evaluation import coco
+    from hgkeras.models.loading import load_model
 
     if args.predictions:
         metrics = coco.evaluate_results(args.data, args.predictions)
@@ -152,7 +89,7 @@ def _run_coco(args: argparse.Namespace) -> int:
         if not args.images:
             raise ValueError("--images DIR is needed to run --model on a COCO annotation file")
         metrics, results = coco.evaluate_model(
-            _load_model(args.model), args.data, args.images, args.detections, flip=args.flip,
+            load_model(args.model, fold_batch_norms=True), args.data, args.images, args.detections, flip=args.flip,
             batch_size=args.batch_size, nms=args.oks_nms,
         )  # fmt: skip
         if args.write_predictions:
@@ -165,7 +102,7 @@ def _run_coco(args: argparse.Namespace) -> int:
     print(f"COCO keypoints OKS AP/AR (pycocotools), {metrics['num_results']} results from {source}")
     print(coco.format_metrics(metrics))
     if args.out:
-        from hgkeras.evaluation.evaluate import atomic_write_text
+        from hgkeras.io import atomic_write_text
 
         document = {"dataset": "coco", "data": str(args.data), "model": args.model,
                     "predictions": args.predictions, "detections": args.detections, **metrics}  # fmt: skip
@@ -174,65 +111,19 @@ def _run_coco(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gather(args: argparse.Namespace) -> dict:
-    """Predictions and ground truth as numpy arrays (keys pred, joints, visible, normalizer, ids)."""
-    import numpy as np
-
-    if _is_annotation_file(args.data):
-        from hgkeras.data import read_annotations
-
-        records = read_annotations(args.data, split=args.split)
-        if not records:
-            raise ValueError(
-                f"{args.data}: no records" + (f" in split {args.split!r}" if args.split else "")
-            )
-        if args.predictions:
-            from hgkeras.evaluation.evaluate import read_predictions
-
-            pred = read_predictions(args.predictions)
-        else:
-            if not args.images:
-                raise ValueError("--images DIR is needed to run --model on an annotation file")
-            pred = _predict_records(
-                _load_model(args.model), records, Path(args.images), args.flip, args.batch_size
-            )
-        if pred.shape[0] != len(records):
-            raise ValueError(
-                f"predictions have {pred.shape[0]} people but {args.data} has {len(records)} records "
-                f"(shape {pred.shape})"
-            )
-        return {
-            "pred": pred,
-            "joints": np.stack([r.joints for r in records]).astype(np.float64),
-            "visible": np.stack([r.visible for r in records]),
-            "normalizer": np.array([r.normalizer for r in records]),
-            "image_id": np.array([r.image_id for r in records]),
-            "person_id": np.array([r.person_id for r in records]),
-        }
-    if args.predictions:
-        raise ValueError("--predictions needs --data to be an annotation file (the ground truth)")
-    from hgkeras.data import pose_dataset
-    from hgkeras.evaluation.evaluate import predict_eval_dataset
-
-    model = _load_model(args.model)
-    size = model.inputs[0].shape[1] or 256
-    dataset = pose_dataset(
-        args.data, args.batch_size, training=False, split=args.split, input_size=int(size)
-    )
-    return predict_eval_dataset(model, dataset, flip=args.flip)
-
-
 def run(args: argparse.Namespace) -> int:
     import json
     import math
 
     import numpy as np
 
-    from hgkeras.evaluation import metrics
+    from hgkeras import io
     from hgkeras.evaluation.evaluate import (
-        atomic_write_text,
+        format_result,
+        gather_predictions,
+        is_annotation_file,
         mpii_test_images,
-        score,
+        score_for_pose,
         summary_key,
         write_mpii_submission,
         write_predictions,
@@ -244,26 +135,27 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if _is_coco_file(args.data):
         return _run_coco(args)
-    out = _gather(args)
-    pred = out["pred"]
-    num_joints = pred.shape[1]
-    if num_joints not in (16, 11):
-        raise ValueError(
-            f"predictions have {num_joints} joints; expected 16 (MPII) or 11 (FLIC); for COCO "
-            "give --data person_keypoints_*.json (and --images with --model)"
-        )
-    dataset = "mpii" if num_joints == 16 else "flic"
-    if out["joints"].shape != pred.shape:
-        raise ValueError(
-            f"predictions {pred.shape} and ground truth {out['joints'].shape} of {args.data} differ"
-        )
+    if args.predictions and not is_annotation_file(args.data):
+        raise ValueError("--predictions needs --data to be an annotation file (the ground truth)")
+    if args.model and is_annotation_file(args.data) and not args.images:
+        raise ValueError("--images DIR is needed to run --model on an annotation file")
+    out = gather_predictions(
+        args.data,
+        model=args.model,
+        predictions=args.predictions,
+        images=args.images,
+        split=args.split,
+        flip=args.flip,
+        batch_size=args.batch_size,
+    )
+    pred, pose = out["pred"], out["pose"]
 
     if args.write_predictions:
         write_predictions(args.write_predictions, pred)
         print(f"wrote predictions to {args.write_predictions}")
     if args.write_mpii_submission:
-        if dataset != "mpii":
-            raise ValueError("--write-mpii-submission needs MPII (16-joint) predictions")
+        if pose.name != "mpii":
+            raise ValueError(f"--write-mpii-submission needs MPII predictions, not {pose.name!r}")
         test_images, names = (None, None)
         if args.mpii_release:
             test_images, names = mpii_test_images(args.mpii_release)
@@ -276,27 +168,15 @@ def run(args: argparse.Namespace) -> int:
     if not visible.any():
         print(f"{args.data}: no annotated joints (a test set?): nothing to score")
         return 0
-    if dataset == "flic":
-        normalizer = metrics.flic_torso_size(out["joints"])
-        result = score(pred, out["joints"], visible, normalizer, "flic")
-        table = metrics.format_flic_table(result)
-        title = "FLIC PCK@0.2 (torso = left shoulder to right hip)"
-    else:
-        normalizer = np.asarray(out["normalizer"], np.float64)
-        result = score(pred, out["joints"], visible, normalizer, "mpii", protocol=args.protocol)
-        table = metrics.format_table(result)
-        title = f"MPII PCKh@0.5, {args.protocol} protocol" + (
-            " (Head = upper neck + head top; Total over 14 joints)"
-            if args.protocol == "official"
-            else " (Head = head top; Mean over 14 joints, count-weighted)"
-        )
+    result = score_for_pose(dict(out, visible=visible), pose, protocol=args.protocol)
+    title, table = format_result(result, pose)
     print(f"{title}, {pred.shape[0]} people, {int(visible.sum())} annotated joints")
     print(table)
     if "AUC" in result:
         print(f"AUC (PCKh 0..0.5): {result['AUC']:.1f}")
     if args.out:
         document = {
-            "dataset": dataset,
+            "dataset": pose.name,
             "data": str(args.data),
             "model": args.model,
             "predictions": args.predictions,
@@ -311,6 +191,6 @@ def run(args: argparse.Namespace) -> int:
             },
             "per_joint": [None if math.isnan(v) else v for v in result["per_joint"]],
         }
-        atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
+        io.atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

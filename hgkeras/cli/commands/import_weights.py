@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch.load(weights_only=False): allow arbitrary pickled objects. Only for files "
         "from a source you trust",
     )
+    parser.add_argument(
+        "--pose",
+        default="mpii",
+        help="joint set of the checkpoint (mpii or flic; default mpii, as the published ones)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.set_defaults(func=run)
 
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         num_features=arch["num_features"],
         num_modules=1,
         num_joints=arch["num_joints"],
+        pose=args.pose,
         depth=arch["depth"],
         image_shape=(args.image_size, args.image_size, 3),
         name="stacked_hourglass",

@@ -86,14 +86,16 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     model = None
     if args.model:
-        model = keras.models.load_model(args.model)
+        from hgkeras.models.loading import load_model
+
+        model = load_model(args.model)
     elif args.stacks is not None:
         model = StackedHourglass(
             num_stacks=args.stacks,
             num_features=args.features,
             num_modules=args.modules,
-            num_joints=args.joints,
             image_shape=(args.image_size, args.image_size, 3),
+            pose=_counting_pose(args.joints),
         )
     if model is not None:
         trainable, non_trainable = count_params(model)
@@ -118,3 +120,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  non-trainable parameters  {m['non_trainable_params']:,}")
         print(f"  multiply-accumulates      {m['macs_per_image'] / 1e9:.2f} G per image")
     return 0
+
+
+def _counting_pose(num_joints: int):
+    """A joint set of ``num_joints`` unnamed joints (the size report needs only the count)."""
+    from hgkeras.spec import PoseSpec
+
+    names = tuple(f"joint_{j}" for j in range(num_joints))
+    return PoseSpec(name=f"{num_joints}_joints", joint_names=names, flip_pairs=(), limbs=())

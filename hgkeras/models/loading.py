@@ -1,0 +1,72 @@
+"""The one way hgkeras turns "a model" into a Keras network: :func:`load_model`.
+
+Every command, :class:`hgkeras.PosePredictor`, evaluation and export go through it, so a
+``StackedHourglass``, a training wrapper (``PoseTrainer``) and their ``.keras`` files are accepted
+everywhere alike.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+
+def register_classes() -> None:
+    """Import the modules whose classes ``.keras`` files may name (registers them with Keras)."""
+    import hgkeras.models.fold  # noqa: F401  (FoldedBatchNorm)
+    import hgkeras.models.hourglass  # noqa: F401  (StackedHourglass)
+    import hgkeras.models.layers  # noqa: F401  (BatchNorm, Conv2D, ...)
+    import hgkeras.training.trainer  # noqa: F401  (PoseTrainer)
+
+
+def load_model(
+    path_or_model: Any, *, fold_batch_norms: bool = False, compile: bool = False
+) -> keras.Model:
+    """The pose network of a model, a training wrapper or a ``.keras`` file.
+
+    Args:
+        path_or_model: a ``StackedHourglass`` or other Keras model, a ``PoseTrainer`` (its
+            ``.hourglass`` is returned), or the path of a ``.keras`` file holding either.
+        fold_batch_norms: return an inference copy with each conv -> BatchNorm pair folded into one
+            conv (:func:`hgkeras.models.fold.fold_batch_norms`; same outputs, faster). The copy
+            keeps the model's ``pose``.
+        compile: restore the saved training configuration (optimizer, losses) of a file.
+
+    Raises FileNotFoundError for a missing file and ValueError for a file that is not a Keras model
+    (SavedModel folders and ONNX files are served by their runtimes, not loaded here).
+    """
+    if isinstance(path_or_model, (str, os.PathLike)):
+        model = _load_file(Path(path_or_model), compile)
+    else:
+        model = path_or_model
+    model = getattr(model, "hourglass", model)  # a trainer shares its hourglass' weights
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "expected a Keras model, a PoseTrainer or a .keras path, got "
+            f"{type(path_or_model).__name__}"
+        )
+    if fold_batch_norms:
+        from hgkeras.models.fold import fold_batch_norms as fold
+
+        return fold(model)
+    return model
+
+
+def _load_file(path: Path, compile: bool) -> keras.Model:
+    if path.is_dir():
+        kind = "a SavedModel folder" if (path / "saved_model.pb").is_file() else "a folder"
+        raise ValueError(f"{path} is {kind}, not a .keras model file")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix.lower() != ".keras":
+        raise ValueError(
+            f"{path}: expected a .keras model file, got a {path.suffix or 'no'} suffix"
+        )
+    register_classes()
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except Exception as error:  # keras raises many types for a damaged or foreign file
+        raise ValueError(f"cannot load a Keras model from {path}: {error}") from error
