@@ -13,11 +13,13 @@ import pytest
 from hgkeras import StackedHourglass
 from hgkeras.data.images import (
     check_encoded_image,
+    decode_image,
     image_size,
     inspect_encoded_image,
+    read_image,
+    upright_bytes,
     validate_encoded_image,
 )
-from hgkeras.inference.images import decode_image, read_image, upright_bytes
 from hgkeras.inference.predictor import PosePredictor
 
 SAMPLE = "052475643.jpg"  # 854x480, one person

@@ -11,8 +11,8 @@ import pytest
 
 from hgkeras import MPII, StackedHourglass, geometry
 from hgkeras.crop import crop_numpy as crop_person
+from hgkeras.data.images import to_rgb_float
 from hgkeras.inference.detect import detect_people, nms
-from hgkeras.inference.images import to_rgb_float
 from hgkeras.inference.predictor import PersonPose, PosePredictor
 from hgkeras.vis.draw import SIDE_COLORS, draw_people, heatmap_montage
 

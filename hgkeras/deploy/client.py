@@ -139,11 +139,11 @@ class _RetryingClient:
         ``image_bytes``: an encoded JPEG/PNG; ``center`` (x, y) in 0-based pixels of the upright
         image; ``scale`` = box side / 200 (see :mod:`hgkeras.geometry`). Before sending, the bytes
         are checked (truncated files and images above ``max_pixels`` are ValueErrors), turned
-        upright by their EXIF orientation (:func:`hgkeras.inference.images.upright_bytes`) and
+        upright by their EXIF orientation (:func:`hgkeras.data.images.upright_bytes`) and
         the box is checked against the image size.
         """
+        from hgkeras.data.images import upright_bytes
         from hgkeras.inference.boxes import check_crop_box
-        from hgkeras.inference.images import upright_bytes
 
         if not isinstance(image_bytes, (bytes, bytearray)):
             raise TypeError(f"image_bytes must be bytes, got {type(image_bytes).__name__}")

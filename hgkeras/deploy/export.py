@@ -131,7 +131,7 @@ def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     JPEGs use the accurate integer DCT, as OpenCV and PIL do, so pixels match ``cv2.imread``.
     Images above ``max_pixels`` (height x width from the header; None = no limit) fail with
     InvalidArgumentError before anything is decoded. EXIF orientation is not applied: clients send
-    upright bytes (:func:`hgkeras.inference.images.upright_bytes`).
+    upright bytes (:func:`hgkeras.data.images.upright_bytes`).
     """
     import tensorflow as tf
 

@@ -345,15 +345,11 @@ def predict_eval_dataset(
 
 
 def read_image_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3), or a clear error."""
-    import cv2
+    """An image file as RGB uint8 (H, W, 3), upright by its EXIF orientation; truncated files and
+    unreadable ones are clear errors (:func:`hgkeras.data.images.read_image`)."""
+    from hgkeras.data.images import read_image, to_uint8_bgr
 
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(to_uint8_bgr(read_image(path), "bgr")[..., ::-1])
 
 
 def predict_records(
@@ -432,11 +428,13 @@ def gather_predictions(
     :func:`hgkeras.models.loading.load_model` takes. Returns numpy ``pred``, ``joints``, ``visible``,
     ``normalizer``, ``image_id``, ``person_id`` and the data's ``pose`` spec.
     """
-    from hgkeras.models.loading import load_model
-
     if (model is None) == (predictions is None):
         raise ValueError("give exactly one of a model or a predictions file")
-    network = load_model(model, fold_batch_norms=True) if model is not None else None
+    network = None
+    if model is not None:  # keras (and its backend) only when a model runs
+        from hgkeras.models.loading import load_model
+
+        network = load_model(model, fold_batch_norms=True)
     if is_annotation_file(data):
         from hgkeras.data import read_annotations
 

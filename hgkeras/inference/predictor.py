@@ -27,8 +27,8 @@ import numpy as np
 
 from hgkeras import geometry
 from hgkeras.crop import crop_numpy
+from hgkeras.data.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_float, to_uint8_bgr
 from hgkeras.inference.boxes import Detector, check_boxes, check_crop_box, run_detector
-from hgkeras.inference.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_float, to_uint8_bgr
 from hgkeras.spec import PoseSpec, get_pose, pose_of
 
 #: Person boxes given by the user or the detector are enlarged by this factor (Torch's 1.25).

@@ -333,7 +333,7 @@ def write_overlay(
 
     Images longer than ``max_side`` are drawn downscaled (:func:`draw_people`); written atomically.
     """
-    from hgkeras.inference.images import read_image, to_uint8_bgr
+    from hgkeras.data.images import read_image, to_uint8_bgr
 
     if isinstance(image, (str, Path)):
         image = to_uint8_bgr(read_image(image), "bgr")

@@ -179,7 +179,7 @@ def predict_image(
 
     ``coco_results``: a list the image's COCO results entries are added to.
     """
-    from hgkeras.inference.images import load_image, to_uint8_bgr
+    from hgkeras.data.images import load_image, to_uint8_bgr
     from hgkeras.io import atomic_write_text
     from hgkeras.vis.draw import draw_people, heatmap_montage, write_image
 
