@@ -258,7 +258,9 @@ class PosePredictor:
     """Keypoints of people in whole images from a Stacked Hourglass model.
 
     Args:
-        model_or_path: a keras model (e.g. :class:`hgkeras.StackedHourglass`) or a ``.keras`` path.
+        model_or_path: a keras model (e.g. :class:`hgkeras.StackedHourglass`), a ``.keras`` path,
+            an exported file (SavedModel folder, ``.onnx``, ``.tflite``, OpenVINO ``.xml``) or a
+            :class:`hgkeras.inference.runtimes.Runtime`; the runtime is chosen from the file.
         flip: average with the mirrored image (METHOD.md "Flip test").
         batch_size: person crops per network call.
         antialias: shrink large person boxes with area averaging before the bilinear crop.
@@ -275,8 +277,15 @@ class PosePredictor:
         antialias: bool = True,
         fold_batch_norms: bool = True,
     ) -> None:
-        self.model = load_model(model_or_path)
-        self.network = _inference_copy(self.model) if fold_batch_norms else self.model
+        from hgkeras.inference.runtimes import Runtime, load_runtime, runtime_kind
+
+        if isinstance(model_or_path, (str, os.PathLike)) and runtime_kind(model_or_path) != "keras":
+            model_or_path = load_runtime(model_or_path)
+        runtime = isinstance(model_or_path, Runtime)
+        self.model = model_or_path if runtime else load_model(model_or_path)
+        self.network = (
+            _inference_copy(self.model) if fold_batch_norms and not runtime else self.model
+        )
         shape = getattr(self.model, "image_shape", None) or tuple(self.model.input_shape[1:])
         if len(shape) != 3 or shape[0] is None or shape[1] is None:
             raise ValueError(
@@ -285,7 +294,11 @@ class PosePredictor:
         self.input_size = (int(shape[0]), int(shape[1]))
         self.num_joints = int(self.model.outputs[-1].shape[-1])
         try:
-            self.skeleton: Skeleton | None = get_skeleton(self.num_joints)
+            self.skeleton: Skeleton | None = (
+                self.model.skeleton if runtime else get_skeleton(self.num_joints)
+            )
+            if self.skeleton is None:
+                raise ValueError(f"no skeleton for {self.num_joints} joints")
         except ValueError:
             if flip:
                 raise ValueError(
@@ -298,7 +311,8 @@ class PosePredictor:
             if self.skeleton is not None
             else tuple(f"joint_{j}" for j in range(self.num_joints))
         )
-        self.flip = bool(flip)
+        # a SavedModel exported with --flip already averages the mirrored pass in its graph
+        self.flip = bool(flip) and not (runtime and self.model.flip_in_graph)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)

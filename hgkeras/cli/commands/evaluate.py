@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "glob of shards)",
     )
     parser.add_argument(
-        "--model", help="a saved .keras model (StackedHourglass or a training wrapper)"
+        "--model",
+        help="a saved .keras model (StackedHourglass or a training wrapper) or an exported one "
+        "(SavedModel folder, .onnx, .tflite, OpenVINO .xml)",
     )
     parser.add_argument(
         "--predictions",
@@ -70,6 +72,10 @@ def _load_model(path: str):
 
     if not Path(path).exists():
         raise FileNotFoundError(f"model not found: {path}")
+    from hgkeras.inference.runtimes import load_runtime, runtime_kind
+
+    if runtime_kind(path) != "keras":  # SavedModel folder, .onnx, .tflite, OpenVINO .xml
+        return load_runtime(path)
     try:
         import hgkeras.training.trainer  # noqa: F401  (registers training wrappers, if present)
     except ImportError:

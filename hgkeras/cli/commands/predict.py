@@ -30,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "recursive). Without --box or --detect the whole image is one person.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder or video file")
-    parser.add_argument("--model", required=True, help="a saved .keras model")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a saved .keras model or an exported one (SavedModel folder, .onnx, .tflite, .xml)",
+    )
     parser.add_argument(
         "--box",
         nargs=4,
