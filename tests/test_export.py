@@ -230,6 +230,12 @@ def test_cli_exports_a_jax_trained_model_under_tensorflow(export, loaded, run_ba
     assert np.abs(got["heatmaps"].numpy() - want).max() <= 1e-5
 
 
+def test_shipped_models_config_example_parses(repo_root):
+    config = read_models_config(repo_root / "serving" / "models.config")
+    (entry,) = config.model_config_list.config
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+
+
 def test_models_config_round_trip_keeps_models_versions_and_labels(export, tmp_path):
     """A models.config edited by hand (labels, another model, a latest policy) survives an export."""
     model, _ = export

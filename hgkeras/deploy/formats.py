@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,8 @@ def write_onnx(network, path: str | os.PathLike) -> Path:
     """``network`` (images -> heatmaps) as ONNX with a dynamic batch, output named ``heatmaps``."""
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="hgkeras-onnx-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hgkeras-onnx-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Keras' tf2onnx patch probes np.object
         raw = os.path.join(tmp, "model.onnx")
         network.export(
             raw, format="onnx", verbose=False, input_signature=_images_signature(network),
