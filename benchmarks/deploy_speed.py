@@ -2,12 +2,13 @@
 
     python benchmarks/deploy_speed.py --trained best.keras [--stacks 2 8] [--features 256]
 
-For each model (the ``--trained`` one, then a paper-sized StackedHourglass per ``--stacks`` with
+For each model (the ``--trained`` ones, then a paper-sized StackedHourglass per ``--stacks`` with
 random weights: speed does not depend on them), exports every format with
 :func:`hgkeras.deploy.export.export_model` (int8 calibrated on the shipped MPII people) into a
 temporary folder, then times each runtime of :mod:`hgkeras.inference.runtimes` on real person crops:
-latency at batch 1 and throughput at batch 8 (seconds per call averaged over at least
-``--min-steps`` calls and ``--min-time`` seconds, after one warm-up call). Keras is timed twice:
+latency at batch 1 and throughput at batch 8, the median of ``--rounds`` calls taken round robin
+over the engines (so load from other processes on a shared machine hits all of them alike), after
+one untimed call each. Keras is timed twice:
 ``model.predict`` and a direct call. OpenVINO also runs ``model_int8.onnx`` (its QDQ graph becomes
 int8 kernels). For the trained model it also measures, per format, the share of annotated joints of
 the 5 shipped people within 0.1 head sizes of the float Keras keypoints (no flip test, as the
@@ -118,17 +119,22 @@ def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
     }
     crops = people(size)["crops"]
     batch8 = np.concatenate([crops, crops[:, :, ::-1]])[:8]
+    engines = [(e, *load_engine(e, f, k, result.version_dir, keras_path)) for e, f, k in ENGINES]
+    times: dict[tuple[str, int], list[float]] = {}
+    for index in range(args.rounds):  # round robin: load on a shared machine hits every engine
+        for engine, _, run in engines:
+            for batch, images in ((1, batch8[:1]), (8, batch8)):
+                step = lambda images=images, run=run: run(images)  # noqa: E731
+                seconds, _ = timed(step, 0.0, 1, warmup=1 if index == 0 else 0)
+                times.setdefault((engine, batch), []).append(seconds)
     rows, reference = [], None
-    for engine, fmt, kind in ENGINES:
-        runtime, run = load_engine(engine, fmt, kind, result.version_dir, keras_path)
+    for (engine, fmt, kind), (_, runtime, _) in zip(ENGINES, engines, strict=True):
         row = {"engine": engine, "format": fmt, "runtime": kind}
-        for batch, images in ((1, batch8[:1]), (8, batch8)):
-            seconds, calls = timed(
-                lambda images=images, run=run: run(images), args.min_time, args.min_steps, warmup=1
-            )
-            row[f"batch{batch}_ms"] = 1000 * seconds
-            row[f"batch{batch}_images_per_s"] = batch / seconds
-            row[f"batch{batch}_calls"] = calls
+        for batch in (1, 8):
+            median = float(np.median(times[engine, batch]))
+            row[f"batch{batch}_ms"] = 1000 * median
+            row[f"batch{batch}_ms_min"] = 1000 * min(times[engine, batch])
+            row[f"batch{batch}_images_per_s"] = batch / median
         if truth is not None:
             keypoints, _ = predict_keypoints(
                 runtime, truth["crops"], truth["centers"], truth["scales"], flip=False
@@ -208,13 +214,14 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--trained", help="a trained .keras (python train.py) for the accuracy rows"
+        "--trained", nargs="*", default=[], help="trained .keras files (python train.py)"
     )
     parser.add_argument("--stacks", type=int, nargs="*", default=[2, 8])
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--min-steps", type=int, default=3, help="timed calls per measurement")
-    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="timed calls per engine and batch (medians reported)"
+    )
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "deploy_speed.json")
     )
@@ -246,16 +253,18 @@ def main(argv: list[str] | None = None) -> int:
                 "ai-edge-litert",
             )  # fmt: skip
         },
-        "settings": {"min_steps": args.min_steps, "min_time": args.min_time, "warmup": 1},
+        "settings": {"rounds": args.rounds, "warmup_calls": 1},
         "note": args.note,
         "models": [],
     }
     with tempfile.TemporaryDirectory(prefix="hgkeras-deploy-bench-") as tmp:
-        if args.trained:
-            model = keras.models.load_model(args.trained, compile=False)
+        for index, path in enumerate(args.trained):
+            model = keras.models.load_model(path, compile=False)
             model = getattr(model, "hourglass", model)
             size = tuple(int(d) for d in model.inputs[0].shape[1:3])
-            report["models"].append(measure("trained", model, Path(tmp), args, people(size)))
+            name = "trained" if index == 0 else f"trained-{index + 1}"
+            entry = measure(name, model, Path(tmp), args, people(size))
+            report["models"].append({**entry, "source": str(path)})
         for stacks in args.stacks:
             model = StackedHourglass(
                 num_stacks=stacks, num_features=args.features,
