@@ -174,7 +174,7 @@ def test_format_names_and_int8_warning():
 
 
 def test_bad_model_files_and_missing_runtimes_give_clear_errors(
-    every_format, tmp_path, monkeypatch
+    every_format, tmp_path, monkeypatch, capsys
 ):
     _, _, version_dir, _, _ = every_format
     (tmp_path / "model.pt").write_bytes(b"x")
@@ -193,6 +193,12 @@ def test_bad_model_files_and_missing_runtimes_give_clear_errors(
         load_runtime(version_dir / "model.onnx")
     with pytest.raises(MissingRuntimeError, match=r"pip install 'hgkeras\[openvino\]'"):
         load_runtime(version_dir / "model.xml")
+    data = default_calibration()
+    argv = ["evaluate", "--model", str(version_dir / "model.onnx"), "--data", str(data),
+            "--images", str(data.parent / "images")]  # fmt: skip
+    assert main(argv) == 2  # one line from the CLI, no traceback
+    err = capsys.readouterr().err
+    assert "pip install 'hgkeras[onnx]'" in err and "Traceback" not in err
 
 
 def test_export_cli_rejects_unknown_formats_in_one_line(tmp_path, capsys):

@@ -52,11 +52,10 @@ from hgkeras.deploy.formats import (
     calibration_crops,
     check_format,
     default_calibration,
-    heatmap_network,
     parse_formats,
     write_formats,
 )
-from hgkeras.inference.runtimes import POSE_SPEC, pose_spec
+from hgkeras.inference.runtimes import POSE_SPEC, heatmap_model, pose_spec
 
 #: Signature names.
 SERVING_DEFAULT = "serving_default"
@@ -474,7 +473,7 @@ def export_model(
             if verify:
                 checks[SAVED_MODEL] = check_saved_model(model, tmp, flip, crops)
         others = [f for f in chosen if f != SAVED_MODEL]
-        files = write_formats(heatmap_network(network), tmp, others, crops)
+        files = write_formats(heatmap_model(network), tmp, others, crops)
         io.atomic_write_json(
             tmp / POSE_SPEC,
             pose_spec(

@@ -79,15 +79,6 @@ def parse_formats(values: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in names)
 
 
-def heatmap_network(model):
-    """A Keras model with ``model``'s input and only its last stack's heatmaps as output."""
-    import keras
-
-    from hgkeras.codec import final_heatmaps
-
-    return keras.Model(model.inputs, final_heatmaps(model.outputs), name="heatmaps")
-
-
 # --------------------------------------------------------------------------------------------------
 # Calibration data
 
@@ -296,7 +287,7 @@ def write_formats(
 ) -> dict[str, Path]:
     """Write every non-SavedModel format of ``formats`` into ``folder``; returns {format: path}.
 
-    ``network`` is the heatmap network (:func:`heatmap_network`); ``crops`` the calibration crops
+    ``network`` is the heatmap network (:func:`hgkeras.inference.runtimes.heatmap_model`); ``crops`` the calibration crops
     (needed for int8). The float ONNX file that int8 ONNX and OpenVINO start from is written to a
     scratch folder when ``onnx`` itself is not asked for.
     """

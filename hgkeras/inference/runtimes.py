@@ -39,8 +39,8 @@ EXTRAS = {"onnx": "onnx", "tflite": "litert", "openvino": "openvino"}
 KINDS = ("keras", "saved_model", "onnx", "tflite", "openvino")
 
 
-class MissingRuntimeError(ImportError):
-    """The runtime a model file needs is not installed."""
+class MissingRuntimeError(ImportError, ValueError):
+    """The runtime a model file needs is not installed (a ValueError too: the CLI prints one line)."""
 
 
 def _missing(kind: str, module: str) -> MissingRuntimeError:
@@ -98,6 +98,16 @@ def read_pose_spec(model_path: str | os.PathLike) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{sidecar}: not a valid pose spec ({error})") from None
     return spec
+
+
+def heatmap_model(model):
+    """A Keras model with ``model``'s (single) input and only its last stack's heatmaps as output."""
+    import keras
+
+    from hgkeras.codec import final_heatmaps
+
+    (images,) = model.inputs
+    return keras.Model(images, final_heatmaps(model.outputs), name="heatmaps")
 
 
 class Runtime:
@@ -175,7 +185,6 @@ class KerasRuntime(Runtime):
         import keras
 
         import hgkeras.models.hourglass  # noqa: F401  (registers StackedHourglass)
-        from hgkeras.codec import final_heatmaps
         from hgkeras.models.fold import fold_batch_norms
 
         try:
@@ -183,8 +192,7 @@ class KerasRuntime(Runtime):
         except Exception as error:  # keras raises many types for a bad file
             raise ValueError(f"cannot load a Keras model from {path}: {error}") from error
         model = getattr(model, "hourglass", model)
-        folded = fold_batch_norms(model)
-        self.model = keras.Model(folded.inputs, final_heatmaps(folded.outputs))
+        self.model = heatmap_model(fold_batch_norms(model))
         super().__init__(path, self.model.inputs[0].shape, self.model.outputs[0].shape)
 
     def _run(self, crops):
