@@ -108,9 +108,12 @@ def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
     model.save(keras_path)
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
     start = time.perf_counter()
+    # random-weight models are for speed only: their activations grow through the stacks far beyond a
+    # trained model's [0, 1] heatmaps, so the absolute 1e-4 export check is for trained models
     result = export_model(
-        keras_path, out_root / "models", name, 1, formats=FORMATS, models_config=False, log=print
-    )
+        keras_path, out_root / "models", name, 1, formats=FORMATS, models_config=False,
+        verify=truth is not None, log=print,
+    )  # fmt: skip
     export_seconds = time.perf_counter() - start
     checks = {
         fmt: {"max_abs": c.max_abs, "agreement": c.agreement}
