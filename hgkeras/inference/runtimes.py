@@ -46,8 +46,7 @@ class MissingRuntimeError(ImportError, ValueError):
 def _missing(kind: str, module: str) -> MissingRuntimeError:
     extra = EXTRAS[kind]
     return MissingRuntimeError(
-        f"running a {kind} model needs {module}, which is not installed: "
-        f"pip install 'hgkeras[{extra}]'"
+        f"{kind} models need {module}, which is not installed: pip install 'hgkeras[{extra}]'"
     )
 
 
