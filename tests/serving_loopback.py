@@ -1,7 +1,8 @@
 """Test helpers: a small exported model and loopback TF Serving look-alikes (gRPC and REST).
 
 The gRPC server implements tensorflow-serving-api's generated ``PredictionServiceServicer`` by running
-the loaded SavedModel's signatures, with TF Serving's status codes: requests whose tensors do not
+the loaded SavedModel's signatures (``Predict``, ``GetModelMetadata``) and ``ModelServiceServicer``'s
+``GetModelStatus`` (every loaded version AVAILABLE), with TF Serving's status codes: requests whose tensors do not
 match the signature (names, dtype, shape) or that the graph rejects (``InvalidArgumentError``) get
 ``INVALID_ARGUMENT``; unknown models, versions and signatures get ``NOT_FOUND``. Loopback only.
 """
@@ -20,7 +21,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from hgkeras import StackedHourglass
 from hgkeras.deploy.export import export_model
@@ -29,13 +37,13 @@ NAME = "hourglass"
 IMAGE_SIZE = 64
 
 
-def small_model(seed: int = 0) -> StackedHourglass:
-    """1 stack, f=32, depth 2, 64x64 input, with non-trivial BatchNorm statistics."""
+def small_model(seed: int = 0, features: int = 32) -> StackedHourglass:
+    """1 stack, depth 2, 64x64 input, with non-trivial BatchNorm statistics."""
     import keras
 
     keras.utils.set_random_seed(seed)
     model = StackedHourglass(
-        num_stacks=1, num_features=32, num_joints=16, depth=2, image_shape=(64, 64, 3)
+        num_stacks=1, num_features=features, num_joints=16, depth=2, image_shape=(64, 64, 3)
     )
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -58,13 +66,14 @@ class LoopbackPredictionService(prediction_service_pb2_grpc.PredictionServiceSer
     """TF Serving's ``Predict`` over SavedModels loaded in this process: ``{name: {version: dir}}``."""
 
     def __init__(self, models: dict[str, dict[int, Path]]) -> None:
+        self.paths = models
         self.models = {
             name: {v: tf.saved_model.load(str(p)) for v, p in versions.items()}
             for name, versions in models.items()
         }
 
-    def resolve(self, name: str, version: int | None, signature: str):
-        """The signature's concrete function, or (code, message)."""
+    def find_version(self, name: str, version: int | None):
+        """The served version number, or (code, message)."""
         if name not in self.models:
             return grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})"
         versions = self.models[name]
@@ -74,7 +83,14 @@ class LoopbackPredictionService(prediction_service_pb2_grpc.PredictionServiceSer
                 grpc.StatusCode.NOT_FOUND,
                 f"Servable not found for request: Specific({name}, {version})",
             )
-        signatures = versions[version].signatures
+        return version
+
+    def resolve(self, name: str, version: int | None, signature: str):
+        """The signature's concrete function, or (code, message)."""
+        version = self.find_version(name, version)
+        if isinstance(version, tuple):
+            return version
+        signatures = self.models[name][version].signatures
         if signature not in signatures:
             return grpc.StatusCode.NOT_FOUND, f'Serving signature key "{signature}" not found.'
         return signatures[signature]
@@ -124,17 +140,68 @@ class LoopbackPredictionService(prediction_service_pb2_grpc.PredictionServiceSer
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
 
+    def signature_defs(self, name: str, version: int):
+        """The SignatureDefs of a served version, read from its saved_model.pb."""
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((Path(self.paths[name][version]) / "saved_model.pb").read_bytes())
+        return proto.meta_graphs[0].signature_def
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        spec = request.model_spec
+        version = self.find_version(
+            spec.name, spec.version.value if spec.HasField("version") else None
+        )
+        if isinstance(version, tuple):
+            context.abort(*version)
+        if list(request.metadata_field) != ["signature_def"]:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "Metadata field signature_def is required"
+            )
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in self.signature_defs(spec.name, version).items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class LoopbackModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """TF Serving's ``GetModelStatus``: every version of ``service`` is AVAILABLE."""
+
+    def __init__(self, service: LoopbackPredictionService) -> None:
+        self.service = service
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        spec = request.model_spec
+        asked = spec.version.value if spec.HasField("version") else None
+        version = self.service.find_version(spec.name, asked)
+        if isinstance(version, tuple):
+            context.abort(*version)
+        versions = [version] if asked is not None else sorted(self.service.models[spec.name])
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number in versions:
+            status = response.model_version_status.add()
+            status.version = number
+            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return response
+
 
 def start_grpc_server(servicer) -> tuple[grpc.Server, str]:
-    """Serve ``servicer`` on 127.0.0.1 at a free port; returns (server, "127.0.0.1:port")."""
+    """Serve ``servicer`` (and its ModelService) on 127.0.0.1; returns (server, "127.0.0.1:port")."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        LoopbackModelService(servicer), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, f"127.0.0.1:{port}"
 
 
 _REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
+_REST_MODEL = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(/metadata)?$")
 _HTTP = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
@@ -164,6 +231,40 @@ def start_rest_server(service: LoopbackPredictionService) -> tuple[ThreadingHTTP
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 - status and metadata, as TF Serving's REST API
+            from google.protobuf import json_format
+
+            match = _REST_MODEL.match(self.path)
+            if not match:
+                return self.reply(404, {"error": f"Malformed request: GET {self.path}"})
+            name, asked = match.group(1), int(match.group(2)) if match.group(2) else None
+            version = service.find_version(name, asked)
+            if isinstance(version, tuple):
+                return self.reply(_HTTP[version[0]], {"error": version[1]})
+            if match.group(3):
+                signatures = {
+                    key: json_format.MessageToDict(sig, preserving_proto_field_name=True)
+                    for key, sig in service.signature_defs(name, version).items()
+                }
+                return self.reply(
+                    200,
+                    {
+                        "model_spec": {"name": name, "version": str(version)},
+                        "metadata": {"signature_def": {"signature_def": signatures}},
+                    },
+                )
+            versions = [version] if asked is not None else sorted(service.models[name])
+            status = {"error_code": "OK", "error_message": ""}
+            self.reply(
+                200,
+                {
+                    "model_version_status": [
+                        {"version": str(v), "state": "AVAILABLE", "status": status}
+                        for v in versions
+                    ]
+                },
+            )
 
         def do_POST(self):  # noqa: N802
             match = _REST_PATH.match(self.path)

@@ -1,4 +1,5 @@
-"""Export: SavedModel signatures and ONNX agree with Keras; predict_image crops like cv2; CLI and layout."""
+"""Export: SavedModel signatures and ONNX agree with Keras; predict_image crops like cv2; CLI, layout,
+models.config (protobuf text, labels kept) and the TF Serving warm-up file."""
 
 from __future__ import annotations
 
@@ -21,8 +22,19 @@ from hgkeras.deploy.export import (
     decode_image_bytes,
     export_model,
     signature_summary,
+)
+from hgkeras.deploy.serving_config import (
+    WARMUP_PATH,
+    read_models_config,
+    read_warmup_file,
     write_models_config,
 )
+
+
+def served_versions(out_dir, name=NAME):
+    config = read_models_config(out_dir / "models.config")
+    entry = next(c for c in config.model_config_list.config if c.name == name)
+    return list(entry.model_version_policy.specific.versions)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +74,12 @@ def test_layout_signatures_and_models_config(export):
         "scale": ("DT_FLOAT", ()),
     }
     assert image["outputs"]["keypoints"]["shape"] == (16, 2)
-    config = (version_dir.parents[1] / "models.config").read_text()
-    assert 'name: "hourglass"' in config and 'base_path: "/models/hourglass"' in config
-    assert "specific { versions: 1 }" in config
+    config = read_models_config(version_dir.parents[1] / "models.config")
+    (entry,) = config.model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == (
+        "hourglass", "/models/hourglass", "tensorflow",
+    )  # fmt: skip
+    assert 1 in served_versions(version_dir.parents[1])
 
 
 def test_saved_model_matches_keras_float_and_uint8(export, loaded):
@@ -82,7 +97,8 @@ def test_saved_model_matches_keras_float_and_uint8(export, loaded):
     assert np.abs(plain - want[0]).max() > 1e-4
 
 
-def test_onnx_matches_keras_with_dynamic_batch(export):
+def test_onnx_is_the_bare_network_with_dynamic_batch(export):
+    """model.onnx maps images to the last stack's heatmaps (no flip, no decoding: the host does)."""
     import onnxruntime
 
     model, version_dir = export
@@ -90,13 +106,13 @@ def test_onnx_matches_keras_with_dynamic_batch(export):
         str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     assert not isinstance(session.get_inputs()[0].shape[0], int)  # symbolic batch
-    names = [o.name for o in session.get_outputs()]
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["heatmaps"]
     for batch in (1, 4):
         images = np.random.default_rng(batch).random((batch, 64, 64, 3), dtype=np.float32)
-        got = dict(zip(names, session.run(None, {"images": images}), strict=True))
-        want = keras_reference(model, images)
-        assert np.abs(got["heatmaps"] - want[0]).max() <= 1e-4
-        np.testing.assert_array_equal(got["keypoints"], want[1])
+        (got,) = session.run(None, {"images": images})
+        want = ops.convert_to_numpy(heatmaps_with_flip(model, images, flip=False))
+        assert np.abs(got - want).max() <= 1e-4
 
 
 def _mpii_person(real_data):
@@ -200,7 +216,7 @@ def test_cli_exports_a_jax_trained_model_under_tensorflow(export, loaded, run_ba
     assert "signature_def['predict_image']" in stdout and "DT_STRING" in stdout
     version_dir = out / NAME / "2"
     assert not (version_dir / "stale.txt").exists() and (version_dir / "saved_model.pb").is_file()
-    assert "specific { versions: 1 versions: 2 }" in (out / "models.config").read_text()
+    assert served_versions(out)[:2] == [1, 2]
 
     import keras
 
@@ -209,3 +225,78 @@ def test_cli_exports_a_jax_trained_model_under_tensorflow(export, loaded, run_ba
     got = tf.saved_model.load(str(version_dir)).signatures[SERVING_DEFAULT](images=images)
     want = ops.convert_to_numpy(model(images))
     assert np.abs(got["heatmaps"].numpy() - want).max() <= 1e-5
+
+
+def test_shipped_models_config_example_parses(repo_root):
+    config = read_models_config(repo_root / "serving" / "models.config")
+    (entry,) = config.model_config_list.config
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+
+
+def test_models_config_round_trip_keeps_models_versions_and_labels(export, tmp_path):
+    """A models.config edited by hand (labels, another model, a latest policy) survives an export."""
+    model, _ = export
+    out = tmp_path / "models"
+    (out / "pose" / "1").mkdir(parents=True)
+    (out / "pose" / "1" / "saved_model.pb").write_bytes(b"")  # a version on disk
+    (out / "models.config").write_text(
+        """model_config_list {
+  config {
+    name: "pose"
+    base_path: "/srv/pose"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 } }
+    version_labels { key: "stable" value: 1 }
+  }
+  config {
+    name: "elsewhere"
+    base_path: "gs://bucket/elsewhere"
+    model_platform: "tensorflow"
+    model_version_policy { latest { num_versions: 2 } }
+  }
+}
+"""
+    )
+    export_model(model, out, "pose", 2, verify=False, warmup=False)
+    export_model(model, out, "fresh", 1, verify=False, warmup=False)
+    config = read_models_config(out / "models.config")
+    entries = {c.name: c for c in config.model_config_list.config}
+    assert set(entries) == {"pose", "elsewhere", "fresh"}
+    pose = entries["pose"]
+    assert pose.base_path == "/srv/pose" and list(pose.model_version_policy.specific.versions) == [
+        1, 2,
+    ]  # fmt: skip
+    assert dict(pose.version_labels) == {"stable": 1}
+    assert entries["elsewhere"].model_version_policy.latest.num_versions == 2
+    assert entries["elsewhere"].base_path == "gs://bucket/elsewhere"
+    assert entries["fresh"].base_path == "/models/fresh"
+    assert list(entries["fresh"].model_version_policy.specific.versions) == [1]
+    # the written file is TF Serving's text format: parsing and writing again changes nothing
+    text = (out / "models.config").read_text()
+    write_models_config(out)
+    assert (out / "models.config").read_text() == text
+    (out / "models.config").write_text("model_config_list { config { nme: 'x' } }")
+    with pytest.raises(ValueError, match="models.config: not a TF Serving ModelServerConfig"):
+        write_models_config(out)
+
+
+def test_warmup_file_holds_a_request_for_every_signature(export, loaded):
+    _, version_dir = export
+    logs = read_warmup_file(version_dir / WARMUP_PATH)
+    requests = [log.predict_log.request for log in logs]
+    assert {r.model_spec.signature_name for r in requests} == {
+        SERVING_DEFAULT, SERVING_UINT8, PREDICT_IMAGE,
+    }  # fmt: skip
+    assert {r.model_spec.name for r in requests} == {NAME}
+    for request in requests:  # each one runs on the SavedModel, as TF Serving replays them
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](
+            **{k: tf.constant(v) for k, v in inputs.items()}
+        )
+        assert np.isfinite(outputs["keypoints"].numpy()).all()
+    batches = sorted(
+        tf.make_ndarray(r.inputs["images"]).shape[0]
+        for r in requests
+        if r.model_spec.signature_name == SERVING_DEFAULT
+    )
+    assert batches == [1, 8]

@@ -175,6 +175,30 @@ def test_retries_with_exponential_backoff_on_unavailable(service):
     assert len(sleeps) == 2 and sleeps[1] >= sleeps[0]
 
 
+def test_status_and_metadata_over_grpc_and_rest(service, grpc_target):
+    server, base = start_rest_server(service)
+    try:
+        for client in (PoseClient(grpc_target, NAME, retries=0), RestPoseClient(base, NAME)):
+            assert client.status() == [
+                {"version": 1, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}
+            ]
+            meta = client.metadata()
+            assert meta["version"] == 1
+            assert set(meta["signatures"]) == {"serving_default", "serving_uint8", "predict_image"}
+            default = meta["signatures"]["serving_default"]
+            assert default["inputs"] == {"images": {"dtype": "DT_FLOAT", "shape": (-1, 64, 64, 3)}}
+            assert default["outputs"]["heatmaps"]["shape"] == (-1, 16, 16, 16)
+            image = meta["signatures"]["predict_image"]["inputs"]
+            assert image["image_bytes"] == {"dtype": "DT_STRING", "shape": ()}
+        with pytest.raises(ModelNotFoundError, match="nothere"):
+            PoseClient(grpc_target, "nothere", retries=0).status()
+        with pytest.raises(ModelNotFoundError):
+            RestPoseClient(base, NAME, version=9, retries=0).metadata()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_rest_client_matches_grpc(service, grpc_target, person):
     server, base = start_rest_server(service)
     path, center, scale = person

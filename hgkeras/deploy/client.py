@@ -1,8 +1,10 @@
 """Clients for a pose model served by TensorFlow Serving (gRPC and REST).
 
 The server runs a SavedModel written by :mod:`hgkeras.deploy.export`. :class:`PoseClient` talks gRPC
-(``tensorflow-serving-api``'s ``PredictionService``, port 8500), :class:`RestPoseClient` the REST
-``:predict`` API (port 8501). Both retry a request while the server is ``UNAVAILABLE`` (exponential
+(``tensorflow-serving-api``'s ``PredictionService`` and ``ModelService``, port 8500),
+:class:`RestPoseClient` the REST API (port 8501). Both offer ``predict*``, ``status()`` (the
+versions the server holds and their state, ``GetModelStatus``) and ``metadata()`` (the signatures,
+``GetModelMetadata``). Both retry a request while the server is ``UNAVAILABLE`` (exponential
 backoff) and turn ``INVALID_ARGUMENT`` / ``NOT_FOUND`` answers into :class:`InvalidRequestError` /
 :class:`ModelNotFoundError` carrying the server's message.
 """
@@ -109,22 +111,47 @@ class _RetryingClient:
     def _send(self, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def predict(
-        self, inputs: Mapping[str, Any], signature: str | None = None
-    ) -> dict[str, np.ndarray]:
-        """Send named input tensors to ``signature`` (default: the client's); returns named outputs."""
-        signature = signature or self.signature
-        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+    def _status(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _metadata(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        """``call()``, retried with exponential backoff while the server is UNAVAILABLE."""
         attempt = 0
         while True:
             try:
-                return self._send(arrays, signature)
+                return call()
             except ServerUnavailableError:
                 if attempt >= self.retries:
                     raise
                 delay = min(self.max_backoff, self.backoff * 2**attempt)
                 self._sleep(delay * (0.5 + random.random() / 2))  # jitter: 50-100% of the step
                 attempt += 1
+
+    def predict(
+        self, inputs: Mapping[str, Any], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Send named input tensors to ``signature`` (default: the client's); returns named outputs."""
+        signature = signature or self.signature
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        return self._retrying(lambda: self._send(arrays, signature))
+
+    def status(self) -> list[dict[str, Any]]:
+        """The model's versions on the server (the client's version only, when it has one).
+
+        Each is ``{"version": int, "state": "AVAILABLE" | "LOADING" | "UNLOADING" | "END" | ...,
+        "error_code": "OK" | ..., "error_message": str}``, newest first.
+        """
+        return sorted(self._retrying(self._status), key=lambda s: -s["version"])
+
+    def metadata(self) -> dict[str, Any]:
+        """``{"version": int, "signatures": {name: {"inputs": {...}, "outputs": {...}}}}``.
+
+        Each tensor is ``{"dtype": "DT_FLOAT", "shape": (-1, 256, 256, 3)}`` (-1: any size).
+        """
+        return self._retrying(self._metadata)
 
     def predict_image(
         self,
@@ -206,7 +233,7 @@ class PoseClient(_RetryingClient):
             target, model_name, version, signature, timeout, retries, backoff, max_backoff, sleep
         )
         import grpc
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self._grpc = grpc
         self._channel = grpc.insecure_channel(
@@ -217,23 +244,80 @@ class PoseClient(_RetryingClient):
             ],
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            code = error.code().name if error.code() is not None else "UNKNOWN"
+            raise _error_for(code, error.details() or "", self.target) from None
+
+    def _model_spec(self, spec) -> None:
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = self.version
+
+    def _status(self) -> list[dict[str, Any]]:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._model_spec(request.model_spec)
+        response = self._call(self._model_stub.GetModelStatus, request)
+        state = get_model_status_pb2.ModelVersionStatus.State
+        codes = get_model_status_pb2.ModelVersionStatus().status.DESCRIPTOR.fields_by_name
+        code_names = codes["error_code"].enum_type.values_by_number
+        return [
+            {
+                "version": int(s.version),
+                "state": state.Name(s.state),
+                "error_code": code_names[s.status.error_code].name,
+                "error_message": s.status.error_message,
+            }
+            for s in response.model_version_status
+        ]
+
+    def _metadata(self) -> dict[str, Any]:
+        from tensorflow.core.framework import types_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._model_spec(request.model_spec)
+        request.metadata_field.append("signature_def")
+        response = self._call(self._stub.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+
+        def tensors(infos) -> dict[str, dict[str, Any]]:
+            return {
+                key: {
+                    "dtype": types_pb2.DataType.Name(info.dtype),
+                    "shape": None
+                    if info.tensor_shape.unknown_rank
+                    else tuple(int(d.size) for d in info.tensor_shape.dim),
+                }
+                for key, info in sorted(infos.items())
+            }
+
+        return {
+            "version": int(response.model_spec.version.value),
+            "signatures": {
+                name: {"inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+                for name, sig in sorted(signature_map.signature_def.items())
+                if not name.startswith("__")
+            },
+        }
 
     def _send(self, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = self.model_name
+        self._model_spec(request.model_spec)
         request.model_spec.signature_name = signature
-        if self.version is not None:
-            request.model_spec.version.value = self.version
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        try:
-            response = self._stub.Predict(request, timeout=self.timeout)
-        except self._grpc.RpcError as error:
-            code = error.code().name if error.code() is not None else "UNKNOWN"
-            raise _error_for(code, error.details() or "", self.target) from None
+        response = self._call(self._stub.Predict, request)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def close(self) -> None:
@@ -286,29 +370,76 @@ class RestPoseClient(_RetryingClient):
         )  # fmt: skip
 
     @property
-    def url(self) -> str:
+    def model_url(self) -> str:
         version = f"/versions/{self.version}" if self.version is not None else ""
-        return f"{self.target}/v1/models/{self.model_name}{version}:predict"
+        return f"{self.target}/v1/models/{self.model_name}{version}"
 
-    def _send(self, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
-        body = json.dumps(
-            {"signature_name": signature, "inputs": {k: _to_json(v) for k, v in inputs.items()}}
-        ).encode()
+    @property
+    def url(self) -> str:
+        return f"{self.model_url}:predict"
+
+    def _request(self, url: str, body: dict | None = None) -> dict[str, Any]:
+        """GET ``url`` (or POST ``body`` as JSON); the decoded JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
+            url, data=data, headers={"Content-Type": "application/json"},
+            method="GET" if body is None else "POST",
+        )  # fmt: skip
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = json.loads(response.read())
+                return json.loads(response.read())
         except urllib.error.HTTPError as error:
             try:
                 message = json.loads(error.read()).get("error", "")
             except (ValueError, AttributeError):
                 message = str(error)
-            raise _error_for(_HTTP_CODES.get(error.code, "UNKNOWN"), message, self.url) from None
+            raise _error_for(_HTTP_CODES.get(error.code, "UNKNOWN"), message, url) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             reason = getattr(error, "reason", error)
-            raise ServerUnavailableError("UNAVAILABLE", str(reason), self.url) from None
+            raise ServerUnavailableError("UNAVAILABLE", str(reason), url) from None
+
+    def _status(self) -> list[dict[str, Any]]:
+        payload = self._request(self.model_url)
+        return [
+            {
+                "version": int(s["version"]),
+                "state": s["state"],
+                "error_code": s.get("status", {}).get("error_code", "OK"),
+                "error_message": s.get("status", {}).get("error_message", ""),
+            }
+            for s in payload.get("model_version_status", [])
+        ]
+
+    def _metadata(self) -> dict[str, Any]:
+        payload = self._request(f"{self.model_url}/metadata")
+        signatures = payload["metadata"]["signature_def"]["signature_def"]
+
+        def tensors(infos: dict) -> dict[str, dict[str, Any]]:
+            out = {}
+            for key, info in sorted(infos.items()):
+                shape = info.get("tensor_shape", {})
+                out[key] = {
+                    "dtype": info["dtype"],
+                    "shape": None
+                    if shape.get("unknown_rank")
+                    else tuple(int(d["size"]) for d in shape.get("dim", [])),
+                }
+            return out
+
+        return {
+            "version": int(payload["model_spec"]["version"]),
+            "signatures": {
+                name: {"inputs": tensors(sig["inputs"]), "outputs": tensors(sig["outputs"])}
+                for name, sig in sorted(signatures.items())
+                if not name.startswith("__")
+            },
+        }
+
+    def _send(self, inputs: Mapping[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        payload = self._request(
+            self.url,
+            {"signature_name": signature, "inputs": {k: _to_json(v) for k, v in inputs.items()}},
+        )
         outputs = payload.get("outputs")
         if outputs is None:
             raise ServingError("INTERNAL", f"response without 'outputs': {payload!r}", self.url)

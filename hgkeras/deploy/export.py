@@ -1,4 +1,9 @@
-"""Export a pose model for production: a TF Serving SavedModel, an ONNX file and ``models.config``.
+"""Export a pose model for production: a TF Serving SavedModel, other formats and ``models.config``.
+
+Besides the SavedModel, :mod:`hgkeras.deploy.formats` writes ONNX (float32, int8), LiteRT (float32,
+float16, int8) and OpenVINO files of the bare network into the same version folder, with a
+``pose.json`` (joint names, flip pairs, input size) for :mod:`hgkeras.inference.runtimes`. Every file
+is checked against the Keras model on real person crops before the folder is renamed into place.
 
 The SavedModel lands in TF Serving's layout ``DIR/<name>/<version>/`` (written to a temporary folder
 beside it, then renamed) and has three signatures:
@@ -17,7 +22,10 @@ Bad requests (empty batch, values outside [0, 1], non-finite numbers, undecodabl
 the decoded-size limit ``max_pixels`` (default 100 MP, read from the header before decoding), crop
 boxes outside the image or not between 1 px and 10x its longer side) fail inside the graph with
 ``InvalidArgumentError`` (gRPC ``INVALID_ARGUMENT`` in TF Serving).
-With ``flip=True`` the flip test (docs/method.md "Inference") is part of every signature.
+With ``flip=True`` the flip test (docs/method.md "Inference") is part of every signature. The
+SavedModel carries a TF Serving warm-up file (``assets.extra/tf_serving_warmup_requests``) and
+``models.config`` is updated through :mod:`hgkeras.deploy.serving_config` (entries, versions and
+labels already there are kept).
 
 TensorFlow is imported lazily: the module imports under every Keras backend, and a model loaded under
 jax or torch is exported by re-running the export in a TensorFlow subprocess.
@@ -25,20 +33,34 @@ jax or torch is exported by re-running the export in a TensorFlow subprocess.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from keras import ops
 
 from hgkeras import io
+from hgkeras.codec import final_heatmaps
 from hgkeras.data.images import DEFAULT_MAX_PIXELS
+from hgkeras.deploy import serving_config
+from hgkeras.deploy.formats import (
+    FILENAMES,
+    PRECISION,
+    SAVED_MODEL,
+    calibration_crops,
+    check_format,
+    default_calibration,
+    parse_formats,
+    write_formats,
+)
+from hgkeras.inference.runtimes import POSE_SPEC, heatmap_model, pose_spec
+from hgkeras.spec import pose_of
 
 #: Signature names.
 SERVING_DEFAULT = "serving_default"
@@ -46,9 +68,7 @@ SERVING_UINT8 = "serving_uint8"
 PREDICT_IMAGE = "predict_image"
 SIGNATURES = (SERVING_DEFAULT, SERVING_UINT8, PREDICT_IMAGE)
 #: File name of the ONNX model inside the version folder.
-ONNX_FILENAME = "model.onnx"
-#: Default ONNX opset.
-ONNX_OPSET = 17
+ONNX_FILENAME = FILENAMES["onnx"]
 #: Parity limits of the exported graphs against Keras (issue 6): heatmaps max abs difference.
 HEATMAP_TOLERANCE = 1e-4
 
@@ -63,9 +83,12 @@ class ExportResult:
 
     version_dir: Path
     signatures: dict[str, dict[str, Any]]
+    files: dict[str, Path] = field(default_factory=dict)
     onnx_path: Path | None = None
     models_config: Path | None = None
-    checks: dict[str, float] = field(default_factory=dict)
+    #: "saved_model": max abs heatmap difference; other formats: a FormatCheck.
+    checks: dict[str, Any] = field(default_factory=dict)
+    calibration_crops: int = 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,10 +104,6 @@ def model_input_size(model) -> tuple[int, int]:
             f"the model's input must have a static height and width to export, got {shape}"
         )
     return int(height), int(width)
-
-
-def model_num_joints(model) -> int:
-    return int(model.outputs[-1].shape[-1])
 
 
 def _require_tensorflow_backend() -> None:
@@ -155,11 +174,10 @@ def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
 
 def build_serving_functions(
-    model, flip: bool = False, validate: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    model, flip: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> dict[str, Callable]:
     """The ``tf.function``s of the three signatures for ``model`` (a Keras model under TensorFlow).
 
-    ``validate=False`` leaves out the graph-side request checks (used for ONNX conversion);
     ``max_pixels`` is ``predict_image``'s decoded-size limit (None = no limit).
     """
     _require_tensorflow_backend()
@@ -183,14 +201,14 @@ def build_serving_functions(
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")]
     )
     def serving_default(images):
-        checks = _validate_images(images, 1.0) if validate else []
+        checks = _validate_images(images, 1.0)
         with tf.control_dependencies(checks):
             images = tf.identity(images)
         return predict(images)
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="images")])
     def serving_uint8(images):
-        checks = _validate_images(images, 255.0) if validate else []
+        checks = _validate_images(images, 255.0)
         with tf.control_dependencies(checks):
             scaled = tf.cast(images, tf.float32) / 255.0
         return predict(scaled)
@@ -203,22 +221,19 @@ def build_serving_functions(
         ]
     )
     def predict_image(image_bytes, center, scale):
-        checks = []
-        if validate:
-            checks = [
-                tf.debugging.assert_greater(
-                    tf.strings.length(image_bytes), 0, message="image_bytes: empty string"
-                ),
-                tf.debugging.assert_all_finite(center, message="center: contains NaN or Inf"),
-                tf.debugging.assert_all_finite(scale, message="scale: contains NaN or Inf"),
-                tf.debugging.assert_positive(scale, message="scale: must be > 0 (box side / 200)"),
-            ]
+        checks = [
+            tf.debugging.assert_greater(
+                tf.strings.length(image_bytes), 0, message="image_bytes: empty string"
+            ),
+            tf.debugging.assert_all_finite(center, message="center: contains NaN or Inf"),
+            tf.debugging.assert_all_finite(scale, message="scale: contains NaN or Inf"),
+            tf.debugging.assert_positive(scale, message="scale: must be > 0 (box side / 200)"),
+        ]
         with tf.control_dependencies(checks):
-            if validate:
-                size = encoded_image_size_tf(image_bytes)
-                checks = crop_box_checks_tf(center, scale, size, width / height)
+            size = encoded_image_size_tf(image_bytes)
+            checks = crop_box_checks_tf(center, scale, size, width / height)
         with tf.control_dependencies(checks):
-            image = decode_image_bytes(image_bytes, max_pixels if validate else None)
+            image = decode_image_bytes(image_bytes, max_pixels)
         crop = crop_tf(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))
         heatmaps = heatmaps_with_flip(model, crop[None], perm, flip=flip)
         keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
@@ -324,125 +339,6 @@ def format_signature_summary(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_models_config(
-    out_dir: str | Path, base_path: str = "/models", versions: str = "all"
-) -> Path:
-    """Write ``DIR/models.config`` (TF Serving ``--model_config_file``) for every model under ``DIR``.
-
-    ``base_path`` is where ``DIR`` is mounted in the server (``/models`` in the docker image).
-    ``versions``: "all" serves every exported version (``specific`` policy listing them, for a
-    roll-out where old and new run side by side), "latest" serves only the newest.
-    """
-    if versions not in ("all", "latest"):
-        raise ValueError(f"versions must be 'all' or 'latest', got {versions!r}")
-    out_dir = Path(out_dir)
-    blocks = []
-    for model_dir in sorted(p for p in out_dir.iterdir() if p.is_dir()):
-        numbers = sorted(
-            int(p.name)
-            for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
-        )
-        if not numbers:
-            continue
-        if versions == "all":
-            policy = "specific { " + " ".join(f"versions: {n}" for n in numbers) + " }"
-        else:
-            policy = "latest { num_versions: 1 }"
-        blocks.append(
-            "  config {\n"
-            f'    name: "{model_dir.name}"\n'
-            f'    base_path: "{base_path.rstrip("/")}/{model_dir.name}"\n'
-            '    model_platform: "tensorflow"\n'
-            f"    model_version_policy {{ {policy} }}\n"
-            "  }\n"
-        )
-    if not blocks:
-        raise ExportError(f"no exported model versions under {out_dir}")
-    text = "model_config_list {\n" + "".join(blocks) + "}\n"
-    path = out_dir / "models.config"
-    io.atomic_write_text(path, text)
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# ONNX
-
-
-def _patch_tf2onnx() -> None:
-    """tf2onnx 1.17 predates numpy 2; Keras ships the compatibility patch it uses for its own export."""
-    try:
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-    except ImportError:  # pragma: no cover - other Keras versions
-        if not hasattr(np, "object"):
-            np.object = object  # type: ignore[attr-defined]
-        return
-    import warnings
-
-    with warnings.catch_warnings():  # the patch probes np.object, which numpy 2 warns about
-        warnings.simplefilter("ignore", FutureWarning)
-        patch_tf2onnx()
-
-
-def export_onnx(model, path: str | Path, flip: bool = False, opset: int = ONNX_OPSET) -> Path:
-    """Convert the ``serving_default`` graph (float32 ``images``, dynamic batch) to ONNX at ``path``."""
-    _require_tensorflow_backend()
-    import tensorflow as tf
-
-    _patch_tf2onnx()
-    import onnx
-    import tf2onnx
-
-    function = build_serving_functions(model, flip=flip, validate=False)[SERVING_DEFAULT]
-    height, width = model_input_size(model)
-    path = Path(path)
-    with io.atomic_path(path) as tmp:
-        with _plain_argmax():
-            proto, _ = tf2onnx.convert.from_function(
-                function,
-                input_signature=[
-                    tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
-                ],
-                opset=opset,
-            )
-        unsupported = sorted(
-            {n.op_type for n in proto.graph.node if n.domain in ("", "ai.onnx")}
-            - {s.name for s in onnx.defs.get_all_schemas()}
-        )
-        if unsupported:
-            raise ExportError(f"tf2onnx left TensorFlow ops without ONNX equivalent: {unsupported}")
-        onnx.checker.check_model(proto)
-        Path(tmp).write_bytes(proto.SerializeToString())
-    return path
-
-
-@contextlib.contextmanager
-def _plain_argmax():
-    """Trace ``keras.ops.argmax`` as a plain ``tf.argmax`` while converting to ONNX.
-
-    Keras' TensorFlow argmax orders -0.0 below +0.0 through a float->int bitcast, which ONNX cannot
-    express; the two differ only when a heatmap's maximum is exactly zero and a -0.0 precedes it.
-    The ONNX parity check against Keras guards the result.
-    """
-    import keras
-    import tensorflow as tf
-
-    original = keras.ops.argmax
-
-    def argmax(x, axis=None, keepdims=False):
-        x = tf.convert_to_tensor(x)
-        if axis is None:
-            x, axis = tf.reshape(x, [-1]), 0
-        y = tf.argmax(x, axis=axis, output_type=tf.int32)
-        return tf.expand_dims(y, axis) if keepdims else y
-
-    keras.ops.argmax = argmax
-    try:
-        yield
-    finally:
-        keras.ops.argmax = original
-
-
 def _reference_outputs(model, images: np.ndarray, flip: bool) -> dict[str, np.ndarray]:
     from keras import ops
 
@@ -470,35 +366,20 @@ def _compare(name: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray])
     return diff
 
 
-def check_parity(
-    model, version_dir: Path, flip: bool, onnx_path: Path | None, seed: int = 0
-) -> dict[str, float]:
-    """Run the SavedModel (and ONNX model) on a random batch and compare with Keras.
+def check_saved_model(model, version_dir: Path, flip: bool, images: np.ndarray) -> float:
+    """Run the SavedModel's ``serving_default`` on ``images`` (real crops) and compare with Keras.
 
-    Returns the max abs heatmap differences; raises :class:`ExportError` on a mismatch.
+    Returns the max abs heatmap difference; raises :class:`ExportError` on a mismatch.
     """
     import tensorflow as tf
 
-    height, width = model_input_size(model)
-    images = np.random.default_rng(seed).random((2, height, width, 3), dtype=np.float32)
     want = _reference_outputs(model, images, flip)
     loaded = tf.saved_model.load(str(version_dir))
     got = {
         k: v.numpy()
         for k, v in loaded.signatures[SERVING_DEFAULT](images=tf.constant(images)).items()
     }
-    checks = {"saved_model": _compare("SavedModel serving_default", got, want)}
-    if onnx_path is not None:
-        try:
-            import onnxruntime
-        except ImportError:  # onnxruntime is a test extra
-            print("onnxruntime is not installed: ONNX parity not checked", file=sys.stderr)
-            return checks
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        result = dict(zip(names, session.run(None, {"images": images}), strict=True))
-        checks["onnx"] = _compare("ONNX", result, want)
-    return checks
+    return _compare("SavedModel serving_default", got, want)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,55 +392,104 @@ def export_model(
     name: str = "hourglass",
     version: int = 1,
     *,
+    formats: Sequence[str] | str = (SAVED_MODEL,),
     flip: bool = False,
     onnx: bool = False,
+    calibration: str | Path | None = None,
+    calibration_images: str | Path | None = None,
     force: bool = False,
     verify: bool = True,
     models_config: bool = True,
     base_path: str = "/models",
     fold: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    warmup: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (anything :func:`hgkeras.models.loading.load_model` takes: a model, a
     ``PoseTrainer`` or a ``.keras`` path) to ``out_dir/name/version``.
 
-    Writes the SavedModel (and with ``onnx=True`` ``model.onnx`` inside the version folder) into a
-    temporary folder, checks parity with Keras (``verify``), then renames it into place. An existing
-    version is an error unless ``force``. With ``fold`` (the default) the exported graphs are those
-    of :func:`hgkeras.models.fold.fold_batch_norms` (batch norms folded into the convolutions before them:
-    the same outputs, faster); the parity check compares them with the model as given.
-    ``max_pixels`` is the decoded-size limit of ``predict_image`` (None = no limit). Under a jax
-    or torch backend the export re-runs in a TensorFlow subprocess (the ``.keras`` file is backend
-    independent).
+    ``formats``: any of :data:`hgkeras.deploy.formats.FORMATS` (``onnx=True`` adds ``onnx``). Every
+    file is written into a temporary folder, checked against Keras on real person crops
+    (``verify``; the crops of ``calibration``, default the shipped samples, which also calibrate the
+    int8 formats), then the folder is renamed into place with a ``pose.json`` (joint names, flip
+    pairs, input size). An existing version is an error unless ``force``. The SavedModel gets a
+    TF Serving warm-up file (``warmup``) and ``models.config`` is updated (``models_config``).
+    ``flip`` bakes the flip test into the SavedModel's signatures; the other formats hold the bare
+    network (the predictor runs the flip test). With ``fold`` (the default) the exported graphs are
+    those of :func:`hgkeras.models.fold.fold_batch_norms` (same outputs, faster). Under a jax or
+    torch backend the export re-runs in a TensorFlow subprocess (the ``.keras`` file is backend
+    independent). ``max_pixels`` is the decoded-size limit of ``predict_image`` (None = no
+    limit). ``log`` receives progress lines (calibration size, checks).
     """
     import keras
 
+    chosen = list(parse_formats(formats))
+    if onnx and "onnx" not in chosen:
+        chosen = list(parse_formats([*chosen, "onnx"]))
     out_dir = Path(out_dir)
     final = version_path(out_dir, name, version)
     if final.exists() and not force:
         raise FileExistsError(
             f"{final} already exists; choose another --version or pass --force to replace it"
         )
+    options = dict(
+        formats=chosen, flip=flip, calibration=calibration, calibration_images=calibration_images,
+        force=force, verify=verify, models_config=models_config, base_path=base_path, fold=fold,
+        warmup=warmup,
+    )  # fmt: skip
     if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow(
-            model, out_dir, name, version, flip=flip, onnx=onnx, force=force, verify=verify,
-            models_config=models_config, base_path=base_path, fold=fold, max_pixels=max_pixels,
-        )  # fmt: skip
+        return _export_in_tensorflow(model, out_dir, name, version, **options)
+    log = log or (lambda line: None)
     from hgkeras.models.loading import load_model
 
     model = load_model(model)  # a trainer (PoseTrainer) gives its .hourglass
     network = load_model(model, fold_batch_norms=True) if fold else model
+    size = model_input_size(model)
+    needs_crops = verify or warmup or any(PRECISION[f] == "int8" for f in chosen)
+    crops = calibration_crops(calibration, size, calibration_images) if needs_crops else None
+    if crops is not None:
+        log(f"calibration and checks: {len(crops)} real person crops ({len(crops) // 2} people "
+            f"and their mirror images) from {calibration or default_calibration()}")  # fmt: skip
+    final.parent.mkdir(parents=True, exist_ok=True)
+    checks: dict[str, Any] = {}
     with io.atomic_path(final) as tmp:
-        save_signatures(network, Path(tmp), flip=flip, max_pixels=max_pixels)
-        onnx_tmp = export_onnx(network, Path(tmp) / ONNX_FILENAME, flip=flip) if onnx else None
-        checks = check_parity(model, Path(tmp), flip, onnx_tmp) if verify else {}
-    config_path = write_models_config(out_dir, base_path=base_path) if models_config else None
+        tmp = Path(tmp)
+        tmp.mkdir()
+        if SAVED_MODEL in chosen:
+            save_signatures(network, tmp, flip=flip, max_pixels=max_pixels)
+            if warmup:
+                logs = serving_config.warmup_requests(name, crops[0])
+                serving_config.write_warmup_file(tmp, logs)
+            if verify:
+                checks[SAVED_MODEL] = check_saved_model(model, tmp, flip, crops)
+        others = [f for f in chosen if f != SAVED_MODEL]
+        files = write_formats(heatmap_model(network), tmp, others, crops)
+        io.atomic_write_json(
+            tmp / POSE_SPEC,
+            pose_spec(
+                pose_of(model), size, formats={f: FILENAMES[f] for f in chosen},
+                flip_in_graph=bool(flip and SAVED_MODEL in chosen),
+            ),
+        )  # fmt: skip
+        if verify and others:
+            reference = ops.convert_to_numpy(final_heatmaps(model(crops, training=False)))
+            for fmt, file in files.items():
+                try:
+                    checks[fmt] = check_format(fmt, file, crops, reference)
+                except ValueError as error:
+                    raise ExportError(str(error)) from None
+    config_path = None
+    if models_config and SAVED_MODEL in chosen:
+        config_path = serving_config.write_models_config(out_dir, base_path=base_path)
     return ExportResult(
         version_dir=final,
-        signatures=signature_summary(final),
-        onnx_path=final / ONNX_FILENAME if onnx else None,
+        signatures=signature_summary(final) if SAVED_MODEL in chosen else {},
+        files={f: final / FILENAMES[f] for f in chosen},
+        onnx_path=final / FILENAMES["onnx"] if "onnx" in chosen else None,
         models_config=config_path,
         checks=checks,
+        calibration_crops=0 if crops is None else len(crops),
     )
 
 
@@ -585,11 +515,15 @@ def _export_in_tensorflow(model, out_dir: Path, name: str, version: int, **optio
             + (result.stderr.strip().splitlines() or ["no message"])[-1]
         )
     final = version_path(out_dir, name, version)
+    chosen = options["formats"]
     return ExportResult(
         version_dir=final,
-        signatures=signature_summary(final),
-        onnx_path=final / ONNX_FILENAME if options.get("onnx") else None,
-        models_config=out_dir / "models.config" if options.get("models_config", True) else None,
+        signatures=signature_summary(final) if SAVED_MODEL in chosen else {},
+        files={f: final / FILENAMES[f] for f in chosen},
+        onnx_path=final / FILENAMES["onnx"] if "onnx" in chosen else None,
+        models_config=out_dir / "models.config"
+        if options.get("models_config", True) and SAVED_MODEL in chosen
+        else None,
     )
 
 
@@ -599,25 +533,33 @@ def export_argv(
     name: str,
     version: int,
     *,
+    formats: Sequence[str] = (SAVED_MODEL,),
     flip: bool = False,
-    onnx: bool = False,
+    calibration: str | Path | None = None,
+    calibration_images: str | Path | None = None,
     force: bool = False,
     verify: bool = True,
     models_config: bool = True,
     base_path: str = "/models",
     fold: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    warmup: bool = True,
 ) -> list[str]:
     """The ``hgkeras export`` arguments equivalent to :func:`export_model`'s."""
     argv = ["export", "--model", str(model_path), "--out", str(out_dir), "--name", name]
     argv += ["--version", str(int(version)), "--base-path", base_path]
     argv += ["--max-pixels", str(0 if max_pixels is None else int(max_pixels))]
+    argv += ["--formats", ",".join(formats)]
+    if calibration is not None:
+        argv += ["--calibration", str(calibration)]
+    if calibration_images is not None:
+        argv += ["--calibration-images", str(calibration_images)]
     flags: Iterable[tuple[bool, str]] = (
         (flip, "--flip"),
-        (onnx, "--onnx"),
         (force, "--force"),
         (not verify, "--no-verify"),
         (not models_config, "--no-models-config"),
         (not fold, "--no-fold"),
+        (not warmup, "--no-warmup"),
     )
     return argv + [flag for on, flag in flags if on]

@@ -93,8 +93,10 @@ class PosePredictor:
     """Keypoints of people in whole images from a Stacked Hourglass model.
 
     Args:
-        model_or_path: a ``StackedHourglass`` (or other Keras model), a ``PoseTrainer`` or a
-            ``.keras`` path holding either (read by :func:`hgkeras.models.loading.load_model`).
+        model_or_path: a ``StackedHourglass`` (or other Keras model), a ``PoseTrainer``, a
+            ``.keras`` path holding either (read by :func:`hgkeras.models.loading.load_model`), an
+            exported file (SavedModel folder, ``.onnx``, ``.tflite``, OpenVINO ``.xml``: the runtime
+            is chosen from the file, :mod:`hgkeras.inference.runtimes`) or such a runtime.
         flip: average with the mirrored image (the flip test).
         batch_size: person crops per network call.
         fold_batch_norms: run an inference copy of the model with each conv -> BatchNorm pair folded
@@ -134,6 +136,22 @@ class PosePredictor:
         self.max_pixels = max_pixels
         self.allow_truncated = bool(allow_truncated)
 
+        from hgkeras.inference.runtimes import Runtime, load_runtime, runtime_kind
+
+        if isinstance(model_or_path, (str, os.PathLike)) and runtime_kind(model_or_path) != "keras":
+            model_or_path = load_runtime(model_or_path)
+        if isinstance(model_or_path, Runtime):
+            if pose is None and model_or_path.pose is None:
+                raise ValueError(
+                    f"{model_or_path.path}: no pose.json beside the model names its joints; "
+                    "pass pose='mpii' / 'flic' / 'coco' / a PoseSpec"
+                )
+            spec = get_pose(pose) if pose is not None else model_or_path.pose
+            # a SavedModel exported with --flip already averages the mirrored pass in its graph
+            flip = bool(flip) and not model_or_path.flip_in_graph
+            self._setup(model_or_path, spec, model_or_path.input_size, flip, batch_size)
+            self.model = model_or_path
+            return
         model = load_model(model_or_path)
         spec = get_pose(pose) if pose is not None else pose_of(model)
         joints = int(model.outputs[-1].shape[-1])

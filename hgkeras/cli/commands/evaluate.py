@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "glob of shards)",
     )
     parser.add_argument(
-        "--model", help="a saved .keras model (StackedHourglass or a training wrapper)"
+        "--model",
+        help="a saved .keras model (StackedHourglass or a training wrapper) or an exported one "
+        "(SavedModel folder, .onnx, .tflite, OpenVINO .xml)",
     )
     parser.add_argument(
         "--predictions",
@@ -139,9 +141,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--predictions needs --data to be an annotation file (the ground truth)")
     if args.model and is_annotation_file(args.data) and not args.images:
         raise ValueError("--images DIR is needed to run --model on an annotation file")
+    model = args.model
+    if model is not None:
+        from hgkeras.inference.runtimes import load_runtime, runtime_kind
+
+        if runtime_kind(model) != "keras":  # SavedModel folder, .onnx, .tflite, OpenVINO .xml
+            model = load_runtime(model)
     out = gather_predictions(
         args.data,
-        model=args.model,
+        model=model,
         predictions=args.predictions,
         images=args.images,
         split=args.split,

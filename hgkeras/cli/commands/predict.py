@@ -35,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="INPUT",
         help="image, folder, video file, camera index (0, 1, ...) or stream URL",
     )
-    parser.add_argument("--model", required=True, help="a saved .keras model")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a saved .keras model or an exported one (SavedModel folder, .onnx, .tflite, .xml)",
+    )
     parser.add_argument(
         "--box",
         nargs=4,

@@ -1,0 +1,390 @@
+"""Export formats beyond the SavedModel: ONNX, LiteRT (TFLite), OpenVINO, float16 and int8.
+
+Every file holds the bare network: ``images`` float32 (N, H, W, 3) RGB in [0, 1] -> ``heatmaps``
+float32 (N, H/4, W/4, J) of the last stack, with a dynamic batch. Decoding and the flip test run on
+the host (:mod:`hgkeras.inference.runtimes`, :class:`~hgkeras.inference.predictor.PosePredictor`).
+
+=================  =======================  ===================================================
+format             file                     made with
+=================  =======================  ===================================================
+``onnx``           ``model.onnx``           Keras ``model.export(format="onnx")`` (tf2onnx)
+``onnx-int8``      ``model_int8.onnx``      ``onnxruntime.quantization.quantize_static`` (QDQ,
+                                            per-channel int8 weights, uint8 activations; the
+                                            first and last convolutions stay float)
+``tflite``         ``model.tflite``         Keras ``model.export(format="litert")``
+``tflite-fp16``    ``model_fp16.tflite``    the same with float16 weights
+``tflite-int8``    ``model_int8.tflite``    the same, full int8 with a representative dataset
+``openvino``       ``model.xml`` + ``.bin``  ``openvino.convert_model`` of the ONNX file
+=================  =======================  ===================================================
+
+int8 formats are calibrated on real person crops (:func:`calibration_crops`). Every file is checked
+against the Keras model on real crops (:func:`check_format`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hgkeras import io
+
+SAVED_MODEL = "saved_model"
+#: Format -> file name inside the version folder (the SavedModel is the folder itself).
+FILENAMES = {
+    "saved_model": "saved_model.pb",
+    "onnx": "model.onnx",
+    "onnx-int8": "model_int8.onnx",
+    "tflite": "model.tflite",
+    "tflite-fp16": "model_fp16.tflite",
+    "tflite-int8": "model_int8.tflite",
+    "openvino": "model.xml",
+}
+FORMATS = tuple(FILENAMES)
+#: Numeric precision of each format's weights and activations.
+PRECISION = {
+    "saved_model": "float32",
+    "onnx": "float32",
+    "onnx-int8": "int8",
+    "tflite": "float32",
+    "tflite-fp16": "float16",
+    "tflite-int8": "int8",
+    "openvino": "float32",
+}
+#: Largest max |heatmap difference| from Keras accepted for float formats.
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+#: Below this share of joints within one heatmap pixel of Keras, an int8 export is flagged.
+MIN_AGREEMENT = 0.9
+#: Most crops used for calibration.
+MAX_CALIBRATION_CROPS = 256
+ONNX_OPSET = 17
+
+
+def parse_formats(values: str | Iterable[str]) -> tuple[str, ...]:
+    """Format names from "a,b" or a list, checked and de-duplicated, in :data:`FORMATS` order."""
+    if isinstance(values, str):
+        values = values.split(",")
+    names = {v.strip().lower() for v in values if v.strip()}
+    unknown = sorted(names - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    if not names:
+        raise ValueError(f"no export format given; choose from {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in names)
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration data
+
+
+def default_calibration() -> Path:
+    """The shipped real MPII samples (``hgkeras/data/samples/mpii/samples.json``)."""
+    return Path(__file__).resolve().parents[1] / "data" / "samples" / "mpii" / "samples.json"
+
+
+def calibration_crops(
+    source: str | os.PathLike | None,
+    input_size: tuple[int, int],
+    images: str | os.PathLike | None = None,
+    limit: int = MAX_CALIBRATION_CROPS,
+) -> np.ndarray:
+    """Person crops float32 (N, H, W, 3) in [0, 1] and their mirror images, for calibration/checks.
+
+    ``source``: a TFRecords folder of ``hgkeras prepare`` (its valid split, else train), an
+    annotation file (MPII/FLIC, any layout :func:`hgkeras.data.read_annotations` reads) with its
+    ``images`` folder (default: ``images/`` beside the file), or None for the shipped samples.
+    At most ``limit`` crops (half of them mirrored).
+    """
+    source = Path(source) if source is not None else default_calibration()
+    if not source.exists():
+        raise FileNotFoundError(f"calibration data not found: {source}")
+    height, width = int(input_size[0]), int(input_size[1])
+    people = max(1, limit // 2)
+    if source.is_dir():
+        crops = _tfrecord_crops(source, (height, width), people)
+    else:
+        crops = _annotation_crops(source, images, (height, width), people)
+    if len(crops) == 0:
+        raise ValueError(f"{source}: no people to calibrate on")
+    return np.concatenate([crops, crops[:, :, ::-1]])  # the flip test runs mirrored crops
+
+
+def _annotation_crops(path: Path, images, size: tuple[int, int], people: int) -> np.ndarray:
+    from hgkeras.data.readers import read_annotations
+    from hgkeras.inference.predictor import crop_person, load_image, to_rgb_float
+
+    folder = Path(images) if images is not None else path.parent / "images"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"image folder of the calibration annotations not found: {folder} "
+            "(give it with --calibration-images)"
+        )
+    crops = []
+    for record in read_annotations(path)[:people]:
+        image = load_image(folder / record.image)  # BGR, as OpenCV reads it
+        crop = crop_person(image, record.center, record.scale, size)
+        crops.append(to_rgb_float(crop, "bgr"))
+    return np.stack(crops) if crops else np.zeros((0, *size, 3), np.float32)
+
+
+def _tfrecord_crops(folder: Path, size: tuple[int, int], people: int) -> np.ndarray:
+    from hgkeras.data.pipeline import pose_dataset
+    from hgkeras.data.tfrecords import read_manifest
+
+    if size[0] != size[1]:
+        raise ValueError(f"TFRecord calibration crops are square; the model's input is {size}")
+    splits = read_manifest(folder).get("splits", {})
+    split = "valid" if "valid" in splits else "train"
+    dataset = pose_dataset(folder, 16, training=False, split=split, input_size=size[0])
+    crops, count = [], 0
+    for batch in dataset:
+        crops.append(np.asarray(batch["image"], np.float32))
+        count += len(crops[-1])
+        if count >= people:
+            break
+    return np.concatenate(crops)[:people] if crops else np.zeros((0, *size, 3), np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _images_signature(network) -> list:
+    """The export input signature: ``images`` float32 (None, H, W, 3)."""
+    import tensorflow as tf
+
+    height, width = (int(d) for d in network.inputs[0].shape[1:3])
+    return [tf.TensorSpec([None, height, width, 3], tf.float32, name="images")]
+
+
+def _rename_output(proto, name: str) -> None:
+    """Give the ONNX graph's single output the name ``name``."""
+    old = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    proto.graph.output[0].name = name
+
+
+def write_onnx(network, path: str | os.PathLike) -> Path:
+    """``network`` (images -> heatmaps) as ONNX with a dynamic batch, output named ``heatmaps``."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="hgkeras-onnx-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Keras' tf2onnx patch probes np.object
+        raw = os.path.join(tmp, "model.onnx")
+        network.export(
+            raw, format="onnx", verbose=False, input_signature=_images_signature(network),
+            opset_version=ONNX_OPSET,
+        )  # fmt: skip
+        proto = onnx.load(raw)
+    _rename_output(proto, "heatmaps")
+    onnx.checker.check_model(proto)
+    io.atomic_write_bytes(path, proto.SerializeToString())
+    return Path(path)
+
+
+def write_onnx_int8(float_onnx: str | os.PathLike, path: str | os.PathLike, crops) -> Path:
+    """Static int8 quantisation (QDQ, per-channel) of ``float_onnx``, calibrated on ``crops``."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    input_name = onnx.load(str(float_onnx)).graph.input[0].name
+
+    class CropReader(CalibrationDataReader):
+        """One crop per call, then None."""
+
+        def __init__(self) -> None:
+            self.feeds = iter([{input_name: c[None]} for c in np.asarray(crops, np.float32)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory(prefix="hgkeras-quant-") as tmp:
+        prepared = os.path.join(tmp, "prepared.onnx")
+        quant_pre_process(str(float_onnx), prepared, skip_symbolic_shape=True)
+        graph = onnx.load(prepared).graph
+        convs = [n.name for n in graph.node if n.op_type == "Conv"]  # in topological order
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # per-channel notes about rank-1 (batch norm) constants
+        try:
+            with io.atomic_path(path) as temp:
+                quantize_static(
+                    prepared,
+                    temp,
+                    CropReader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    # the stem's and the final heatmaps' convolutions stay float (as is usual)
+                    nodes_to_exclude=[convs[0], convs[-1]],
+                )
+        finally:
+            root.setLevel(level)
+    return Path(path)
+
+
+def write_tflite(network, path: str | os.PathLike, precision: str, crops=None) -> Path:
+    """``network`` as LiteRT: float32, float16 weights, or full int8 calibrated on ``crops``."""
+    import tensorflow as tf
+
+    options: dict = {}
+    if precision == "float16":
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "target_spec": {"supported_types": [tf.float16]},
+        }
+    elif precision == "int8":
+        samples = np.asarray(crops, np.float32)
+
+        def representative_dataset():
+            for crop in samples:
+                yield [crop[None]]
+
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "representative_dataset": representative_dataset,
+            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        }
+    elif precision != "float32":
+        raise ValueError(f"LiteRT precision must be float32, float16 or int8, got {precision!r}")
+    with io.atomic_path(path) as temp:
+        network.export(
+            temp, format="litert", verbose=False, input_signature=_images_signature(network),
+            **options,
+        )  # fmt: skip
+    return Path(path)
+
+
+def write_openvino(float_onnx: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """OpenVINO IR (``path`` .xml + .bin, float32 weights) converted from the float ONNX file."""
+    import openvino
+
+    model = openvino.convert_model(str(float_onnx))
+    path = Path(path)
+    openvino.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+def write_formats(
+    network, folder: str | os.PathLike, formats: Sequence[str], crops: np.ndarray | None
+) -> dict[str, Path]:
+    """Write every non-SavedModel format of ``formats`` into ``folder``; returns {format: path}.
+
+    ``network`` is the heatmap network (:func:`hgkeras.inference.runtimes.heatmap_model`); ``crops`` the calibration crops
+    (needed for int8). The float ONNX file that int8 ONNX and OpenVINO start from is written to a
+    scratch folder when ``onnx`` itself is not asked for.
+    """
+    folder = Path(folder)
+    written: dict[str, Path] = {}
+    needs_int8 = [f for f in formats if PRECISION[f] == "int8"]
+    if needs_int8 and crops is None:
+        raise ValueError(f"{', '.join(needs_int8)} need calibration crops")
+    with tempfile.TemporaryDirectory(prefix="hgkeras-formats-") as scratch:
+        float_onnx = None
+        if any(f in formats for f in ("onnx", "onnx-int8", "openvino")):
+            target = folder / FILENAMES["onnx"] if "onnx" in formats else Path(scratch) / "f.onnx"
+            float_onnx = write_onnx(network, target)
+            if "onnx" in formats:
+                written["onnx"] = float_onnx
+        for fmt in formats:
+            path = folder / FILENAMES[fmt]
+            if fmt == "onnx-int8":
+                written[fmt] = write_onnx_int8(float_onnx, path, crops)
+            elif fmt.startswith("tflite"):
+                written[fmt] = write_tflite(network, path, PRECISION[fmt], crops)
+            elif fmt == "openvino":
+                written[fmt] = write_openvino(float_onnx, path)
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks
+
+
+@dataclass
+class FormatCheck:
+    """How one exported file's heatmaps compare with Keras on real crops."""
+
+    format: str
+    precision: str
+    crops: int
+    max_abs: float
+    agreement: float
+    tolerance: float | None = None
+
+    @property
+    def warning(self) -> str | None:
+        """A message when an int8 file's keypoints agree with Keras on fewer than 90% of joints."""
+        if self.precision == "int8" and self.agreement < MIN_AGREEMENT:
+            return (
+                f"WARNING: {self.format}: only {self.agreement:.1%} of joints within 1 heatmap "
+                f"pixel of the Keras model (< {MIN_AGREEMENT:.0%}); check accuracy with "
+                "`hgkeras evaluate --model` before deploying it"
+            )
+        return None
+
+    def describe(self) -> str:
+        text = (
+            f"{self.format:12s} {self.precision:8s} max |heatmap - Keras| = {self.max_abs:.2e}"
+            f"{'' if self.tolerance is None else f' (<= {self.tolerance:g})'}, "
+            f"keypoint agreement {self.agreement:.1%} on {self.crops} real crops"
+        )
+        return text
+
+
+def keypoint_agreement(heatmaps: np.ndarray, reference: np.ndarray) -> float:
+    """Share of joints whose decoded position lies within 1 heatmap pixel of the reference's."""
+    from keras import ops
+
+    from hgkeras.codec import decode_heatmaps
+
+    got = ops.convert_to_numpy(decode_heatmaps(heatmaps)[0])
+    want = ops.convert_to_numpy(decode_heatmaps(reference)[0])
+    return float(np.mean(np.linalg.norm(got - want, axis=-1) <= 1.0))
+
+
+def check_format(
+    fmt: str, path: str | os.PathLike, crops: np.ndarray, reference: np.ndarray
+) -> FormatCheck:
+    """Run ``path`` on ``crops`` and compare with the Keras heatmaps ``reference``.
+
+    Float formats beyond :data:`TOLERANCE` raise ValueError; int8 results are only measured (see
+    :attr:`FormatCheck.warning`).
+    """
+    from hgkeras.inference.runtimes import load_runtime
+
+    heatmaps = load_runtime(path).run(crops)
+    if heatmaps.shape != reference.shape:
+        raise ValueError(f"{fmt}: heatmaps have shape {heatmaps.shape}, Keras {reference.shape}")
+    precision = PRECISION[fmt]
+    check = FormatCheck(
+        format=fmt,
+        precision=precision,
+        crops=len(crops),
+        max_abs=float(np.max(np.abs(heatmaps - reference))),
+        agreement=keypoint_agreement(heatmaps, reference),
+        tolerance=TOLERANCE.get(precision),
+    )
+    if check.tolerance is not None and not check.max_abs <= check.tolerance:
+        raise ValueError(
+            f"{fmt} ({Path(path).name}): heatmaps differ from Keras by {check.max_abs:.3g} "
+            f"(> {check.tolerance:g}) on {len(crops)} real crops"
+        )
+    return check
