@@ -36,8 +36,13 @@ def load_model(
         compile: restore the saved training configuration (optimizer, losses) of a file.
 
     Raises FileNotFoundError for a missing file and ValueError for a file that is not a Keras model
-    (SavedModel folders and ONNX files are served by their runtimes, not loaded here).
+    (SavedModel folders, ONNX, LiteRT and OpenVINO files are served by their runtimes,
+    :func:`hgkeras.inference.runtimes.load_runtime`). Such a runtime object (a callable from crops
+    to heatmaps with ``run``, ``pose`` and ``input_size``) is returned as it is, so evaluation and
+    prediction take exported models too; ``fold_batch_norms`` does not apply to it.
     """
+    if _is_runtime(path_or_model):
+        return path_or_model
     if isinstance(path_or_model, (str, os.PathLike)):
         model = _load_file(Path(path_or_model), compile)
     else:
@@ -53,6 +58,16 @@ def load_model(
 
         return fold(model)
     return model
+
+
+def _is_runtime(obj: Any) -> bool:
+    """An exported-model runtime (:class:`hgkeras.inference.runtimes.Runtime` or alike)."""
+    return (
+        not isinstance(obj, (str, os.PathLike, keras.Model))
+        and callable(getattr(obj, "run", None))
+        and hasattr(obj, "pose")
+        and hasattr(obj, "input_size")
+    )
 
 
 def _load_file(path: Path, compile: bool) -> keras.Model:

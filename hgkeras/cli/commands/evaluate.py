@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
         if runtime_kind(model) != "keras":  # SavedModel folder, .onnx, .tflite, OpenVINO .xml
             model = load_runtime(model)
+            # a SavedModel exported with --flip already averages the mirrored pass in its graph
+            args.flip = args.flip and not model.flip_in_graph
     out = gather_predictions(
         args.data,
         model=model,
