@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 import hgkeras.models.hourglass  # noqa: F401  (registers StackedHourglass for load_model)
+from hgkeras.cli.commands.train import build_parser, parse_config
 from hgkeras.training import callbacks as tc
 from hgkeras.training.run import (
     EMBEDDED_DEFAULTS,
     PAPER_DEFAULTS,
-    build_parser,
     default_samples_dir,
-    parse_config,
     prepare_embedded_data,
     resolve_config,
 )
@@ -89,8 +88,10 @@ def test_every_flag_overrides_and_is_documented():
     ],
 )
 def test_bad_flags_are_named(argv, message):
+    from hgkeras.cli.commands.train import given_settings
+
     with pytest.raises(ValueError, match=message):
-        resolve_config(build_parser().parse_args(argv))
+        resolve_config(given_settings(build_parser().parse_args(argv)))
 
 
 def test_lr_schedule_is_a_function_of_the_epoch():
@@ -98,6 +99,59 @@ def test_lr_schedule_is_a_function_of_the_epoch():
         pytest.approx(v) for v in (2.5e-4, 2.5e-4, 2.5e-5, 2.5e-5, 2.5e-6, 2.5e-6)
     ]
     assert PAPER_DEFAULTS["lr_drops"] == [60, 90]
+    warm = [tc.step_learning_rate(e, 1.0, [3], 0.1, warmup=4) for e in range(5)]
+    assert warm == [pytest.approx(v) for v in (0.25, 0.5, 0.75, 0.1, 0.1)]
+
+
+def test_large_batch_options_scale_the_learning_rate():
+    from hgkeras.training.run import base_learning_rate
+
+    config = parse_config(
+        "--dataset mpii --data-dir d --batch-size 48 --lr 2.5e-4 --scale-lr-with-batch "
+        "--lr-warmup-epochs 5 --steps-per-execution 4".split()
+    )
+    assert base_learning_rate(config) == pytest.approx(2.5e-4 * 48 / 6)
+    assert config.lr_warmup_epochs == 5 and config.steps_per_execution == 4
+    assert base_learning_rate(parse_config(["--batch-size", "48"])) == EMBEDDED_DEFAULTS["lr"]
+
+
+def test_config_file_repeats_a_run_and_flags_override_it(tmp_path):
+    first = parse_config(
+        ["--dataset", "flic", "--data-dir", "d", "--stacks", "2", "--lr", "0.01", "--seed", "4"]
+    )
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(first.to_json()))
+    again = parse_config(["--config", str(path)])
+    assert again.to_json() == first.to_json()
+    changed = parse_config(["--config", str(path), "--lr", "0.001"])
+    assert changed.lr == 0.001 and changed.stacks == 2 and changed.dataset == "flic"
+    embedded = parse_config(["--out", str(tmp_path / "e")])
+    embedded.data_dir = str(tmp_path / "e" / "data")  # set by the run
+    path.write_text(json.dumps(embedded.to_json()))
+    assert parse_config(["--config", str(path)]).embedded
+    path.write_text(json.dumps({"stack": 2}))
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(path)])
+
+
+def test_help_tells_the_embedded_defaults():
+    help_text = " ".join(build_parser().format_help().split())
+    assert "embedded run: 8)" in help_text  # --lr-drops of the embedded run
+    assert "embedded run: 1e-3)" in help_text or "embedded run: 0.001)" in help_text
+
+
+def test_verbosity_is_one_line_per_epoch_off_a_terminal(monkeypatch):
+    from hgkeras.training.run import fit_verbosity
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert fit_verbosity("auto") == 2 and fit_verbosity(1) == 1
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert fit_verbosity("auto") == 1
+
+
+def test_library_has_no_argparse():
+    for path in (REPO / "hgkeras" / "training").glob("*.py"):
+        assert "argparse" not in path.read_text(), path
 
 
 # ----------------------------------------------------------------------------------- callbacks
@@ -381,7 +435,7 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
 
 def test_cli_train_command_has_the_same_flags(capsys):
     from hgkeras.cli import main
-    from hgkeras.training.run import main as train_main
+    from hgkeras.cli.commands.train import main as train_main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])

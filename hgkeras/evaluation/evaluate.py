@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -292,6 +293,45 @@ def summary_key(result: dict[str, object]) -> str:
 # -------------------------------------------------------------------------------------- prediction
 
 
+def flip_test_predictor(network, flip: bool = True):
+    """A compiled ``images (B, H, W, 3) -> final-stack heatmaps`` (``predict_on_batch`` of a model).
+
+    With ``flip`` the images and their mirrors go through the network as one batch of 2B and the
+    mirrored half's heatmaps are mirrored back (left/right swapped) and averaged with the plain half,
+    as :func:`hgkeras.codec.heatmaps_with_flip` does in two eager passes.
+    """
+    import keras
+    from keras import ops
+
+    from hgkeras.codec import final_heatmaps, flip_heatmaps, flip_permutation_for
+
+    cached = _PREDICTORS.get(network, {}).get(flip)
+    if cached is not None:
+        return cached
+    perm = [int(i) for i in flip_permutation_for(network)]
+
+    class FlipTest(keras.Model):
+        def __init__(self):
+            super().__init__(name="flip_test")
+            self.network = network  # tracked: compiled steps read its current weights
+
+        def call(self, images):
+            if not flip:
+                return final_heatmaps(self.network(images, training=False))
+            count = ops.shape(images)[0]
+            both = ops.concatenate([images, ops.flip(images, axis=2)], axis=0)
+            heatmaps = final_heatmaps(self.network(both, training=False))
+            return (heatmaps[:count] + flip_heatmaps(heatmaps[count:], perm)) / 2.0
+
+    predictor = FlipTest().predict_on_batch
+    _PREDICTORS.setdefault(network, {})[flip] = predictor
+    return predictor
+
+
+#: Compiled predictors by network (weakly held), so that validation compiles once per run.
+_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def predict_eval_dataset(model, dataset, flip: bool = True) -> dict[str, np.ndarray]:
     """Predict every batch of an evaluation dataset and decode to original image pixels.
 
@@ -303,10 +343,10 @@ def predict_eval_dataset(model, dataset, flip: bool = True) -> dict[str, np.ndar
     """
     from keras import ops
 
-    from hgkeras.codec import decode_to_image, flip_permutation_for, heatmaps_with_flip
+    from hgkeras.codec import decode_to_image
 
     network = getattr(model, "hourglass", model)
-    perm = flip_permutation_for(network)
+    predict = flip_test_predictor(network, flip)
     out: dict[str, list] = {}
     for batch in dataset:
         if not isinstance(batch, dict):
@@ -320,7 +360,7 @@ def predict_eval_dataset(model, dataset, flip: bool = True) -> dict[str, np.ndar
                     f"evaluation dataset element has no {key!r} (keys: {sorted(batch)})"
                 )
         images = np.asarray(batch["image"], np.float32)
-        heatmaps = heatmaps_with_flip(network, images, perm, flip=flip)
+        heatmaps = predict(images)
         center = np.asarray(batch["center"], np.float32).reshape(-1, 2)
         scale = np.asarray(batch["scale"], np.float32).reshape(-1)
         keypoints, scores = decode_to_image(heatmaps, center, scale)
