@@ -140,9 +140,7 @@ def test_model_on_tfrecords(real_data, repo_root, tmp_path):
     from hgkeras.data import read_annotations
     from hgkeras.data.tfrecords import write_tfrecords
 
-    records = read_annotations(
-        repo_root / "hgkeras" / "data" / "samples" / "mpii" / "samples.json"
-    )[:2]
+    records = read_annotations(repo_root / "hgkeras" / "data" / "samples" / "mpii" / "samples.json")[:2]
     for r in records:
         r.split = "valid"
     write_tfrecords(records, real_data / "mpii" / "images", tmp_path / "tfr", progress=False)
