@@ -386,6 +386,78 @@ def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
     assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 2
 
 
+SHARD_CODE = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from hgkeras.cli.commands.train import parse_config
+from hgkeras.training.run import build_datasets, resolve_data, select_distribution
+
+config = parse_config(["--dataset", "mpii", "--data-dir", sys.argv[1], "--batch-size", "2",
+                       "--input-size", "64", "--out", sys.argv[2]])
+dist = select_distribution(config.batch_size)
+train, _ = build_datasets(config, resolve_data(config, Path(sys.argv[2])), dist)
+seen = []
+for batch, _ in zip(train, range(3)):
+    local = batch["joints"]
+    for joints in dist.strategy.experimental_local_results(local) if dist.strategy else [local]:
+        seen += [round(float(v), 3) for v in np.asarray(joints)[:, 0, 0]]
+print(json.dumps({"worker": dist.worker_index, "inputs": dist.num_inputs, "seen": seen}))
+"""
+
+
+def _start_workers(code_or_args: list[str], count: int = 2) -> list[subprocess.Popen]:
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(count)]
+    processes = []
+    for index in range(count):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, *code_or_args],
+                env=_env(TF_CONFIG=json.dumps(tf_config)),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    return processes
+
+
+def _wait(processes: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    logs = []
+    for process in processes:
+        try:
+            logs.append(process.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            pytest.fail("multi-worker processes timed out")
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log[-5000:]
+    return logs
+
+
+def test_two_workers_read_disjoint_records_that_cover_the_data(sample_records, tmp_path):
+    """Each worker keeps its own share of the serialized records before decoding: over one pass
+    (5 people, one per replica and step) the workers' records are disjoint and together all."""
+    single = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", SHARD_CODE, str(sample_records), str(tmp_path / "one")],
+            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+        ).stdout.strip().splitlines()[-1]
+    )  # fmt: skip
+    everyone = single["seen"][:5]
+    assert len(set(everyone)) == 5  # one pass: the five people, once each
+    logs = _wait(_start_workers(["-c", SHARD_CODE, str(sample_records), str(tmp_path / "mw")]))
+    results = sorted((json.loads(log.strip().splitlines()[-1]) for log in logs),
+                     key=lambda r: r["worker"])  # fmt: skip
+    assert [r["inputs"] for r in results] == [2, 2]
+    first, second = results[0]["seen"][:3], results[1]["seen"][:2]  # stream records 0-4
+    assert not set(first) & set(second)
+    assert sorted(first + second) == sorted(everyone)
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
     out = tmp_path / backend
@@ -448,3 +520,84 @@ def test_cli_train_command_has_the_same_flags(capsys):
         train_main(["--stacks", "2", "--stack-weights", "1"])
     assert exit_info.value.code == 2
     assert "one weight per stack" in capsys.readouterr().err
+
+
+def _tiny_config(records: Path, out: Path, *extra: str):
+    return parse_config(
+        [*TINY, "--data-dir", str(records), "--out", str(out), "--steps-per-epoch", "2",
+         "--lr", "1e-3", "--val-every", "100", "--verbose", "0", *extra]
+    )  # fmt: skip
+
+
+def _hourglass_weights(path: Path) -> list[np.ndarray]:
+    return [np.asarray(w) for w in keras.models.load_model(path, compile=False).weights]
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(sample_records, tmp_path):
+    """Data order and augmentation continue where the interrupted run stopped (seeded from --seed
+    and the step), so stopping after epoch 2 and re-running gives the uninterrupted run's weights."""
+    from hgkeras.training.run import train
+
+    train(_tiny_config(sample_records, tmp_path / "whole", "--epochs", "4"))
+    keras.backend.clear_session()
+    train(_tiny_config(sample_records, tmp_path / "split", "--epochs", "2"))
+    keras.backend.clear_session()
+    summary = train(_tiny_config(sample_records, tmp_path / "split", "--epochs", "4"))
+    assert len(summary["history"]["loss"]) == 2 and summary["optimizer_iterations"] == 8
+    whole = _hourglass_weights(tmp_path / "whole" / "last.keras")
+    split = _hourglass_weights(tmp_path / "split" / "last.keras")
+    for a, b in zip(whole, split, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_stop_keeps_the_last_finite_state_and_a_saner_rerun_continues(sample_records, tmp_path):
+    from hgkeras.training.run import train
+
+    out = tmp_path / "nan"
+    train(_tiny_config(sample_records, out, "--epochs", "1"))
+    before = _hourglass_weights(out / "last.keras")
+    keras.backend.clear_session()
+    with pytest.raises(RuntimeError, match=r"keep the last finite state \(after epoch 1\)"):
+        train(_tiny_config(sample_records, out, "--epochs", "3", "--lr", "1e20"))
+    assert json.loads((out / "backup" / "state.json").read_text())["epoch"] == 1
+    for a, b in zip(before, _hourglass_weights(out / "last.keras"), strict=True):
+        np.testing.assert_array_equal(a, b)  # last.keras not overwritten by the diverged epoch
+    keras.backend.clear_session()
+    summary = train(_tiny_config(sample_records, out, "--epochs", "3", "--lr", "1e-3"))
+    assert summary["optimizer_iterations"] == 6 and len(summary["history"]["loss"]) == 2
+    assert all(np.isfinite(w).all() for w in _hourglass_weights(out / "last.keras"))
+
+
+def test_init_weights_copies_matching_layers_and_reinitialises_the_heads(tmp_path):
+    from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training.run import load_initial_weights
+
+    def network(joints: int):
+        return StackedHourglass(num_stacks=2, num_features=16, num_joints=joints, depth=1,
+                                image_shape=(32, 32, 3), name="stacked_hourglass")  # fmt: skip
+
+    mpii = network(16)
+    mpii.save(tmp_path / "mpii.keras")
+    flic = network(11)
+    fresh_head = flic.get_layer("stack_1").get_weights()[0].copy()
+    summary = load_initial_weights(flic, str(tmp_path / "mpii.keras"))
+    assert "re-initialised" in summary and "stack_1" in summary
+    np.testing.assert_array_equal(flic.get_layer("stack_1").get_weights()[0], fresh_head)
+    np.testing.assert_array_equal(
+        flic.get_layer("stem_conv").get_weights()[0], mpii.get_layer("stem_conv").get_weights()[0]
+    )
+    with pytest.raises(FileNotFoundError, match="--init-weights"):
+        load_initial_weights(flic, str(tmp_path / "missing.keras"))
+
+
+def test_train_takes_extra_callbacks(sample_records, tmp_path):
+    from hgkeras.training.run import train
+
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, sorted(logs)))
+
+    train(_tiny_config(sample_records, tmp_path / "cb", "--epochs", "1"), callbacks=[Record()])
+    assert seen and seen[0][0] == 0 and "val_pckh" in seen[0][1] and "loss" in seen[0][1]

@@ -301,8 +301,8 @@ def select_distribution(batch_size: int) -> Distribution:
         if os.environ.get("TF_CONFIG"):
             is_chief, index = _tf_config_role()
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            workers = strategy.cluster_resolver.cluster_spec().num_tasks("worker")
-            workers += strategy.cluster_resolver.cluster_spec().num_tasks("chief")
+            spec = strategy.cluster_resolver.cluster_spec()
+            workers = sum(spec.num_tasks(job) for job in spec.jobs if job in ("chief", "worker"))
             return Distribution(
                 f"MultiWorkerMirroredStrategy ({workers} workers, "
                 f"{strategy.num_replicas_in_sync} replicas)",
