@@ -125,3 +125,20 @@ def test_mixed_precision_keeps_coordinates_targets_and_heatmaps_float32(
     assert result["target_diff"] == 0.0, result
     assert result["dtypes"] == ["float32"] * 3, result
     assert result["loss"] > 0 and result["loss"] < 10, result
+
+
+TORCH_CODE = """
+import os
+os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"] = "2"
+from hgkeras.training.run import select_distribution
+try:
+    select_distribution(4)
+except ValueError as error:
+    print(error)
+"""
+
+
+def test_torch_multi_device_request_names_the_backends_that_support_it(run_backend):
+    message = run_backend("torch", TORCH_CODE).strip().splitlines()[-1]
+    assert "torch backend of Keras trains on one device" in message
+    assert "KERAS_BACKEND=tensorflow" in message and "KERAS_BACKEND=jax" in message

@@ -761,6 +761,14 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     config.backend = keras.backend.backend()
     config.distribution = dist.description
+    if dist.strategy is not None and config.steps_per_execution > 1:
+        # Keras 3.15: multi_step_on_iterator fails under tf.distribute even for a Dense model
+        # ("You must feed a value for placeholder tensor ..."; benchmarks/training_scaling.py).
+        raise ValueError(
+            f"--steps-per-execution {config.steps_per_execution} does not work under "
+            f"{dist.description} with Keras {keras.__version__} (its multi-step loop fails under "
+            "tf.distribute); use --steps-per-execution 1 there, or the JAX backend"
+        )
     if dist.num_replicas > 1 and config.batch_size % dist.num_replicas:
         raise ValueError(
             f"--batch-size {config.batch_size} must be divisible by the {dist.num_replicas} replicas"
