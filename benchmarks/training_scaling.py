@@ -149,8 +149,11 @@ def main() -> int:
             checks[check] = {"works": True, **_train_rate(args, mirrored, steps_per_execution,
                                                           jit_compile)}  # fmt: skip
         except Exception as error:  # recorded: whether Keras supports it under the strategy
-            message = " ".join(str(error).split())
-            checks[check] = {"works": False, "error": f"{type(error).__name__}: {message[:240]}"}
+            message = " ".join(str(error).split())  # the cause is at the end of TF's message
+            checks[check] = {
+                "works": False,
+                "error": f"{type(error).__name__}: ...{message[-400:]}",
+            }
         print(f"train  {check}: {checks[check]}", flush=True)
     validation = _validation_rates(args)
     for row in validation:

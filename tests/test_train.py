@@ -458,6 +458,41 @@ def test_two_workers_read_disjoint_records_that_cover_the_data(sample_records, t
     assert sorted(first + second) == sorted(everyone)
 
 
+@pytest.mark.slow
+def test_killed_worker_rerun_resumes_every_worker_from_the_chiefs_state(sample_records, tmp_path):
+    """SIGKILL worker 1 after the chief's first backup; the chief does not hang; re-running both
+    workers resumes both from the chief's epoch, and they end with the same weights."""
+    out = tmp_path / "mwkill"
+    args = [str(REPO / "train.py"), *TINY, "--data-dir", str(sample_records), "--out", str(out),
+            "--epochs", "4", "--steps-per-epoch", "2", "--lr", "1e-3", "--val-every", "100"]  # fmt: skip
+    processes = _start_workers(args)
+    state = out / "backup" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists():
+        assert all(p.poll() is None for p in processes), processes[0].communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no backup within 300 s"
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)
+    processes[1].communicate()
+    try:
+        processes[0].communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        processes[0].kill()
+        pytest.fail("the chief hangs after its peer was killed")
+    saved = json.loads(state.read_text())["epoch"]
+    if saved == 4:
+        pytest.skip("the run finished before the kill took effect")
+    logs = _wait(_start_workers(args))
+    for log in logs:
+        assert f"after epoch {saved}" in log, log[-3000:]
+    chief = keras.models.load_model(out / "last.keras")
+    other = keras.models.load_model(out / "worker_1" / "last.keras")
+    for a, b in zip(chief.trainable_weights, other.trainable_weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert json.loads((out / "results.json").read_text())["optimizer_iterations"] == 8
+    assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 8
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
     out = tmp_path / backend

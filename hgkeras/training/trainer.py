@@ -14,7 +14,7 @@ JAX and PyTorch.
 
 Under a mixed-precision policy the trainer itself stays float32 (coordinates, visibility, targets and
 the loss are never autocast); only the hourglass computes in the reduced dtype. The augmentation of a
-training step is a pure function of ``seed``, the optimizer's step counter and the sample's position in
+training step is a pure function of ``seed``, the trainer's step counter and the sample's position in
 the global batch, so a resumed run draws what the uninterrupted run would have drawn, and under
 ``tf.distribute`` every replica draws its own slice of the global batch's parameters.
 """
@@ -103,6 +103,10 @@ class PoseTrainer(keras.Model):
             raise TypeError(f"unknown augmentation options: {sorted(unknown)}")
         self.augment_options = augment_options
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.augment_step = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False,
+            aggregation="only_first_replica", name="augment_step",
+        )  # fmt: skip
         self.stack_trackers = [
             keras.metrics.Mean(name=f"stack_{i + 1}_loss") for i in range(self.num_stacks)
         ]
@@ -167,12 +171,14 @@ class PoseTrainer(keras.Model):
 
     def _sample_params(self, batch) -> dict:
         """Augmentation parameters of this replica's part of the global batch for this step."""
-        if self.optimizer is not None:
-            # A pure function of (seed, step): resumed runs continue the same stream.
-            step = ops.cast(self.optimizer.iterations, "int32")
-            state = self.seed_generator.state
-            base = 0 if self.seed is None else int(self.seed)
-            state.assign(ops.cast(ops.stack([base, step * 8]), state.dtype))
+        # A pure function of (seed, training step): resumed runs continue the same stream. The step
+        # counter is the trainer's own variable (saved with its weights): the optimizer's is not
+        # part of the forward pass's state under JAX.
+        step = ops.convert_to_tensor(self.augment_step)
+        self.augment_step.assign(step + 1)
+        state = self.seed_generator.state
+        base = 0 if self.seed is None else int(self.seed)
+        state.assign(ops.cast(ops.stack([base, step * 8]), state.dtype))
         replica, replicas = _replica_position()
         if replicas == 1:
             return augment.sample_params(batch, self.seed_generator, **self.augment_options)
