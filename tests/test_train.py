@@ -493,6 +493,39 @@ def test_killed_worker_rerun_resumes_every_worker_from_the_chiefs_state(sample_r
     assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 8
 
 
+@pytest.mark.slow
+def test_two_jax_processes_train_one_data_parallel_model(sample_records, tmp_path):
+    """keras.distribution.initialize from the KERAS_DISTRIBUTION_* variables, 2 processes on localhost
+    (CPU collectives through gloo): one DataParallel model over both processes' devices."""
+    out = tmp_path / "jaxmp"
+    (port,) = _free_ports(1)
+    args = [*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
+            "--steps-per-epoch", "2", "--val-every", "100"]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            _train_command(*args),
+            env=_env(
+                "jax",
+                KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+            ),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    _wait(processes)
+    chief = json.loads((out / "results.json").read_text())
+    other = json.loads((out / "worker_1" / "results.json").read_text())
+    assert chief["distribution"] == "keras DataParallel (2 JAX devices, 2 processes)"
+    assert chief["optimizer_iterations"] == other["optimizer_iterations"] == 2
+    assert chief["history"]["loss"] == pytest.approx(other["history"]["loss"], rel=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
     out = tmp_path / backend
