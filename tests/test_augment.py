@@ -125,3 +125,24 @@ def test_color_jitter_clips():
     images = np.full((1, 2, 2, 3), 0.8, "float32")
     out = ops.convert_to_numpy(augment.color_jitter(images, np.array([[1.4, 1.0, 0.5]], "float32")))
     np.testing.assert_allclose(out[0, 0, 0], [1.0, 0.8, 0.4], rtol=1e-6)
+
+
+WARP_HLO_CODE = """
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from hgkeras.data import augment
+
+assert len(jax.devices()) == 2
+sharding = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
+images = jax.device_put(np.zeros((4, 96, 96, 3), "uint8"), sharding)
+matrices = jax.device_put(np.tile(np.eye(2, 3, dtype="float32"), (4, 1, 1)), sharding)
+warp = jax.jit(lambda i, m: augment.warp_images(i, m, 64))
+hlo = warp.lower(images, matrices).compile().as_text()
+print("collectives" if any(op in hlo for op in ("all-gather", "all-to-all", "all-reduce")) else "local")
+"""
+
+
+def test_warp_stays_local_to_each_device_under_data_parallelism(run_backend, monkeypatch):
+    """JAX, batch sharded over 2 host devices: the compiled warp has no all-gather of the images."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert run_backend("jax", WARP_HLO_CODE).strip().splitlines()[-1] == "local"

@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 import hgkeras.models.hourglass  # noqa: F401  (registers StackedHourglass for load_model)
+from hgkeras.cli.commands.train import build_parser, parse_config
 from hgkeras.training import callbacks as tc
 from hgkeras.training.run import (
     EMBEDDED_DEFAULTS,
     PAPER_DEFAULTS,
-    build_parser,
     default_samples_dir,
-    parse_config,
     prepare_embedded_data,
     resolve_config,
 )
@@ -89,8 +88,10 @@ def test_every_flag_overrides_and_is_documented():
     ],
 )
 def test_bad_flags_are_named(argv, message):
+    from hgkeras.cli.commands.train import given_settings
+
     with pytest.raises(ValueError, match=message):
-        resolve_config(build_parser().parse_args(argv))
+        resolve_config(given_settings(build_parser().parse_args(argv)))
 
 
 def test_lr_schedule_is_a_function_of_the_epoch():
@@ -98,6 +99,59 @@ def test_lr_schedule_is_a_function_of_the_epoch():
         pytest.approx(v) for v in (2.5e-4, 2.5e-4, 2.5e-5, 2.5e-5, 2.5e-6, 2.5e-6)
     ]
     assert PAPER_DEFAULTS["lr_drops"] == [60, 90]
+    warm = [tc.step_learning_rate(e, 1.0, [3], 0.1, warmup=4) for e in range(5)]
+    assert warm == [pytest.approx(v) for v in (0.25, 0.5, 0.75, 0.1, 0.1)]
+
+
+def test_large_batch_options_scale_the_learning_rate():
+    from hgkeras.training.run import base_learning_rate
+
+    config = parse_config(
+        "--dataset mpii --data-dir d --batch-size 48 --lr 2.5e-4 --scale-lr-with-batch "
+        "--lr-warmup-epochs 5 --steps-per-execution 4".split()
+    )
+    assert base_learning_rate(config) == pytest.approx(2.5e-4 * 48 / 6)
+    assert config.lr_warmup_epochs == 5 and config.steps_per_execution == 4
+    assert base_learning_rate(parse_config(["--batch-size", "48"])) == EMBEDDED_DEFAULTS["lr"]
+
+
+def test_config_file_repeats_a_run_and_flags_override_it(tmp_path):
+    first = parse_config(
+        ["--dataset", "flic", "--data-dir", "d", "--stacks", "2", "--lr", "0.01", "--seed", "4"]
+    )
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(first.to_json()))
+    again = parse_config(["--config", str(path)])
+    assert again.to_json() == first.to_json()
+    changed = parse_config(["--config", str(path), "--lr", "0.001"])
+    assert changed.lr == 0.001 and changed.stacks == 2 and changed.dataset == "flic"
+    embedded = parse_config(["--out", str(tmp_path / "e")])
+    embedded.data_dir = str(tmp_path / "e" / "data")  # set by the run
+    path.write_text(json.dumps(embedded.to_json()))
+    assert parse_config(["--config", str(path)]).embedded
+    path.write_text(json.dumps({"stack": 2}))
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(path)])
+
+
+def test_help_tells_the_embedded_defaults():
+    help_text = " ".join(build_parser().format_help().split())
+    assert "embedded run: 8)" in help_text  # --lr-drops of the embedded run
+    assert "embedded run: 1e-3)" in help_text or "embedded run: 0.001)" in help_text
+
+
+def test_verbosity_is_one_line_per_epoch_off_a_terminal(monkeypatch):
+    from hgkeras.training.run import fit_verbosity
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert fit_verbosity("auto") == 2 and fit_verbosity(1) == 1
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert fit_verbosity("auto") == 1
+
+
+def test_library_has_no_argparse():
+    for path in (REPO / "hgkeras" / "training").glob("*.py"):
+        assert "argparse" not in path.read_text(), path
 
 
 # ----------------------------------------------------------------------------------- callbacks
@@ -332,6 +386,146 @@ def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
     assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 2
 
 
+SHARD_CODE = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from hgkeras.cli.commands.train import parse_config
+from hgkeras.training.run import build_datasets, resolve_data, select_distribution
+
+config = parse_config(["--dataset", "mpii", "--data-dir", sys.argv[1], "--batch-size", "2",
+                       "--input-size", "64", "--out", sys.argv[2]])
+dist = select_distribution(config.batch_size)
+train, _ = build_datasets(config, resolve_data(config, Path(sys.argv[2])), dist)
+seen = []
+for batch, _ in zip(train, range(3)):
+    local = batch["joints"]
+    for joints in dist.strategy.experimental_local_results(local) if dist.strategy else [local]:
+        seen += [round(float(v), 3) for v in np.asarray(joints)[:, 0, 0]]
+print(json.dumps({"worker": dist.worker_index, "inputs": dist.num_inputs, "seen": seen}))
+"""
+
+
+def _start_workers(code_or_args: list[str], count: int = 2) -> list[subprocess.Popen]:
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(count)]
+    processes = []
+    for index in range(count):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, *code_or_args],
+                env=_env(TF_CONFIG=json.dumps(tf_config)),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    return processes
+
+
+def _wait(processes: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    logs = []
+    for process in processes:
+        try:
+            logs.append(process.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            pytest.fail("multi-worker processes timed out")
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log[-5000:]
+    return logs
+
+
+def test_two_workers_read_disjoint_records_that_cover_the_data(sample_records, tmp_path):
+    """Each worker keeps its own share of the serialized records before decoding: over one pass
+    (5 people, one per replica and step) the workers' records are disjoint and together all."""
+    single = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", SHARD_CODE, str(sample_records), str(tmp_path / "one")],
+            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+        ).stdout.strip().splitlines()[-1]
+    )  # fmt: skip
+    everyone = single["seen"][:5]
+    assert len(set(everyone)) == 5  # one pass: the five people, once each
+    logs = _wait(_start_workers(["-c", SHARD_CODE, str(sample_records), str(tmp_path / "mw")]))
+    results = sorted((json.loads(log.strip().splitlines()[-1]) for log in logs),
+                     key=lambda r: r["worker"])  # fmt: skip
+    assert [r["inputs"] for r in results] == [2, 2]
+    first, second = results[0]["seen"][:3], results[1]["seen"][:2]  # stream records 0-4
+    assert not set(first) & set(second)
+    assert sorted(first + second) == sorted(everyone)
+
+
+@pytest.mark.slow
+def test_killed_worker_rerun_resumes_every_worker_from_the_chiefs_state(sample_records, tmp_path):
+    """SIGKILL worker 1 after the chief's first backup; the chief does not hang; re-running both
+    workers resumes both from the chief's epoch, and they end with the same weights."""
+    out = tmp_path / "mwkill"
+    args = [str(REPO / "train.py"), *TINY, "--data-dir", str(sample_records), "--out", str(out),
+            "--epochs", "4", "--steps-per-epoch", "2", "--lr", "1e-3", "--val-every", "100"]  # fmt: skip
+    processes = _start_workers(args)
+    state = out / "backup" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists():
+        assert all(p.poll() is None for p in processes), processes[0].communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no backup within 300 s"
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)
+    processes[1].communicate()
+    try:
+        processes[0].communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        processes[0].kill()
+        pytest.fail("the chief hangs after its peer was killed")
+    saved = json.loads(state.read_text())["epoch"]
+    if saved == 4:
+        pytest.skip("the run finished before the kill took effect")
+    logs = _wait(_start_workers(args))
+    for log in logs:
+        assert f"after epoch {saved}" in log, log[-3000:]
+    chief = keras.models.load_model(out / "last.keras")
+    other = keras.models.load_model(out / "worker_1" / "last.keras")
+    for a, b in zip(chief.trainable_weights, other.trainable_weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert json.loads((out / "results.json").read_text())["optimizer_iterations"] == 8
+    assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 8
+
+
+@pytest.mark.slow
+def test_two_jax_processes_train_one_data_parallel_model(sample_records, tmp_path):
+    """keras.distribution.initialize from the KERAS_DISTRIBUTION_* variables, 2 processes on localhost
+    (CPU collectives through gloo): one DataParallel model over both processes' devices."""
+    out = tmp_path / "jaxmp"
+    (port,) = _free_ports(1)
+    args = [*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
+            "--steps-per-epoch", "2", "--val-every", "100"]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            _train_command(*args),
+            env=_env(
+                "jax",
+                KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+            ),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    _wait(processes)
+    chief = json.loads((out / "results.json").read_text())
+    other = json.loads((out / "worker_1" / "results.json").read_text())
+    assert chief["distribution"] == "keras DataParallel (2 JAX devices, 2 processes)"
+    assert chief["optimizer_iterations"] == other["optimizer_iterations"] == 2
+    assert chief["history"]["loss"] == pytest.approx(other["history"]["loss"], rel=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
     out = tmp_path / backend
@@ -381,7 +575,7 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
 
 def test_cli_train_command_has_the_same_flags(capsys):
     from hgkeras.cli import main
-    from hgkeras.training.run import main as train_main
+    from hgkeras.cli.commands.train import main as train_main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
@@ -394,3 +588,84 @@ def test_cli_train_command_has_the_same_flags(capsys):
         train_main(["--stacks", "2", "--stack-weights", "1"])
     assert exit_info.value.code == 2
     assert "one weight per stack" in capsys.readouterr().err
+
+
+def _tiny_config(records: Path, out: Path, *extra: str):
+    return parse_config(
+        [*TINY, "--data-dir", str(records), "--out", str(out), "--steps-per-epoch", "2",
+         "--lr", "1e-3", "--val-every", "100", "--verbose", "0", *extra]
+    )  # fmt: skip
+
+
+def _hourglass_weights(path: Path) -> list[np.ndarray]:
+    return [np.asarray(w) for w in keras.models.load_model(path, compile=False).weights]
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(sample_records, tmp_path):
+    """Data order and augmentation continue where the interrupted run stopped (seeded from --seed
+    and the step), so stopping after epoch 2 and re-running gives the uninterrupted run's weights."""
+    from hgkeras.training.run import train
+
+    train(_tiny_config(sample_records, tmp_path / "whole", "--epochs", "4"))
+    keras.backend.clear_session()
+    train(_tiny_config(sample_records, tmp_path / "split", "--epochs", "2"))
+    keras.backend.clear_session()
+    summary = train(_tiny_config(sample_records, tmp_path / "split", "--epochs", "4"))
+    assert len(summary["history"]["loss"]) == 2 and summary["optimizer_iterations"] == 8
+    whole = _hourglass_weights(tmp_path / "whole" / "last.keras")
+    split = _hourglass_weights(tmp_path / "split" / "last.keras")
+    for a, b in zip(whole, split, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_stop_keeps_the_last_finite_state_and_a_saner_rerun_continues(sample_records, tmp_path):
+    from hgkeras.training.run import train
+
+    out = tmp_path / "nan"
+    train(_tiny_config(sample_records, out, "--epochs", "1"))
+    before = _hourglass_weights(out / "last.keras")
+    keras.backend.clear_session()
+    with pytest.raises(RuntimeError, match=r"keep the last finite state \(after epoch 1\)"):
+        train(_tiny_config(sample_records, out, "--epochs", "3", "--lr", "1e20"))
+    assert json.loads((out / "backup" / "state.json").read_text())["epoch"] == 1
+    for a, b in zip(before, _hourglass_weights(out / "last.keras"), strict=True):
+        np.testing.assert_array_equal(a, b)  # last.keras not overwritten by the diverged epoch
+    keras.backend.clear_session()
+    summary = train(_tiny_config(sample_records, out, "--epochs", "3", "--lr", "1e-3"))
+    assert summary["optimizer_iterations"] == 6 and len(summary["history"]["loss"]) == 2
+    assert all(np.isfinite(w).all() for w in _hourglass_weights(out / "last.keras"))
+
+
+def test_init_weights_copies_matching_layers_and_reinitialises_the_heads(tmp_path):
+    from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training.run import load_initial_weights
+
+    def network(joints: int):
+        return StackedHourglass(num_stacks=2, num_features=16, num_joints=joints, depth=1,
+                                image_shape=(32, 32, 3), name="stacked_hourglass")  # fmt: skip
+
+    mpii = network(16)
+    mpii.save(tmp_path / "mpii.keras")
+    flic = network(11)
+    fresh_head = flic.get_layer("stack_1").get_weights()[0].copy()
+    summary = load_initial_weights(flic, str(tmp_path / "mpii.keras"))
+    assert "re-initialised" in summary and "stack_1" in summary
+    np.testing.assert_array_equal(flic.get_layer("stack_1").get_weights()[0], fresh_head)
+    np.testing.assert_array_equal(
+        flic.get_layer("stem_conv").get_weights()[0], mpii.get_layer("stem_conv").get_weights()[0]
+    )
+    with pytest.raises(FileNotFoundError, match="--init-weights"):
+        load_initial_weights(flic, str(tmp_path / "missing.keras"))
+
+
+def test_train_takes_extra_callbacks(sample_records, tmp_path):
+    from hgkeras.training.run import train
+
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, sorted(logs)))
+
+    train(_tiny_config(sample_records, tmp_path / "cb", "--epochs", "1"), callbacks=[Record()])
+    assert seen and seen[0][0] == 0 and "val_pckh" in seen[0][1] and "loss" in seen[0][1]

@@ -108,25 +108,28 @@ def warp_images(images, matrices, output_size: int, interpolation: str = "biline
     sx = inverse[:, 0, 0:1] * xs + inverse[:, 0, 1:2] * ys + inverse[:, 0, 2:3]  # (B, N)
     sy = inverse[:, 1, 0:1] * xs + inverse[:, 1, 1:2] * ys + inverse[:, 1, 2:3]
     # A one-pixel zero border: every sample outside the image reads a border zero, no masks needed.
-    padded = ops.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    flat = ops.reshape(padded, (-1, channels))
+    # Each sample gathers from its own image only (take_along_axis on the batch axis), so under data
+    # parallelism the warp stays local to each device. The gathers read float32 with int64 indices
+    # under TensorFlow: its uint8 gathers and int32 arithmetic have no GPU kernels.
+    index = "int64" if keras.backend.backend() == "tensorflow" else "int32"
+    padded = ops.pad(ops.cast(images, "float32"), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    flat = ops.reshape(padded, (batch, (height + 2) * (width + 2), channels))
     row_stride = width + 2
-    base = ops.arange(batch, dtype="int32")[:, None] * ((height + 2) * row_stride)
 
     def columns(x):
-        return ops.cast(ops.clip(x, -1.0, float(width)) + 1.0, "int32")
+        return ops.cast(ops.clip(x, -1.0, float(width)) + 1.0, index)
 
     def rows(y):
-        return ops.cast(ops.clip(y, -1.0, float(height)) + 1.0, "int32") * row_stride + base
+        return ops.cast(ops.clip(y, -1.0, float(height)) + 1.0, index) * row_stride
 
     def gather(row, col):
-        return ops.cast(ops.take(flat, ops.reshape(row + col, (-1,)), axis=0), "float32")
+        return ops.take_along_axis(flat, (row + col)[:, :, None], axis=1)  # (B, N, C)
 
     if interpolation == "nearest":
         out = gather(rows(ops.round(sy)), columns(ops.round(sx)))
     else:
         x0, y0 = ops.floor(sx), ops.floor(sy)
-        wx, wy = ops.reshape(sx - x0, (-1, 1)), ops.reshape(sy - y0, (-1, 1))
+        wx, wy = (sx - x0)[:, :, None], (sy - y0)[:, :, None]
         c0, c1 = columns(x0), columns(x0 + 1.0)
         r0, r1 = rows(y0), rows(y0 + 1.0)
         top = gather(r0, c0) * (1.0 - wx) + gather(r0, c1) * wx

@@ -291,6 +291,89 @@ def decode_and_crop(encoded, center, scale, size, margin: float = 1.0, use_openc
     return crop, k, offset
 
 
+def keep_tensorflow_off_accelerators() -> None:
+    """Hide the GPUs from TensorFlow when Keras runs on JAX or torch (tf.data needs only the CPU).
+
+    Without it TensorFlow reserves most of the GPU's memory that the training backend needs. Does
+    nothing once TensorFlow has initialised its devices (the run calls it before anything else).
+    """
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() == "tensorflow":
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # devices already initialised
+        pass
+
+
+def _training_records(
+    files: list[str],
+    seed: int | None,
+    shuffle_buffer: int,
+    repeat: bool,
+    start: int,
+    num_shards: int,
+    shard_index: int,
+    autotune,
+):
+    """The serialized training records: deterministic shuffled passes, skipped to ``start``, sharded."""
+    import tensorflow as tf
+
+    base = tf.constant([0 if seed is None else int(seed), 0x5EED], tf.int64)
+    per_pass = _count_records(files) if start else 0
+    first = start // per_pass if per_pass else 0
+
+    def one_pass(index):
+        pass_seed = tf.random.experimental.stateless_fold_in(base, index)
+        order = tf.random.experimental.stateless_shuffle(tf.constant(files), pass_seed)
+        records = tf.data.Dataset.from_tensor_slices(order).interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 4),
+            num_parallel_calls=autotune,
+            deterministic=True,
+        )
+        if shuffle_buffer > 1:
+            # Blocks of ``shuffle_buffer`` records permuted by a stateless seed of (pass, block):
+            # unlike Dataset.shuffle, a pure function of the seed that tensors can carry.
+            records = (
+                records.batch(shuffle_buffer)
+                .enumerate()
+                .map(
+                    lambda block, values: tf.random.experimental.stateless_shuffle(
+                        values, tf.random.experimental.stateless_fold_in(pass_seed, block)
+                    )
+                )
+            )
+            records = records.unbatch()
+        return records
+
+    passes = tf.data.Dataset.range(first, tf.int64.max if repeat else max(first, 1))
+    ds = passes.flat_map(one_pass)
+    if start - first * per_pass:
+        ds = ds.skip(start - first * per_pass)
+    if num_shards > 1:
+        ds = ds.shard(num_shards, shard_index)
+    return ds
+
+
+def _count_records(files: list[str]) -> int:
+    """Records in the shards: from a manifest beside them when it lists them all, else counted."""
+    import tensorflow as tf
+
+    manifest_path = Path(files[0]).parent / MANIFEST_NAME
+    if manifest_path.is_file():
+        counts = {}
+        for split in json.loads(manifest_path.read_text()).get("splits", {}).values():
+            for shard in split.get("shards", []):
+                if "file" in shard and "records" in shard:
+                    counts[str(manifest_path.parent / shard["file"])] = int(shard["records"])
+        if all(f in counts for f in files):
+            return sum(counts[f] for f in files)
+    return int(sum(1 for _ in tf.data.TFRecordDataset(files)))
+
+
 def pose_dataset(
     pattern,
     batch_size: int,
@@ -304,6 +387,9 @@ def pose_dataset(
     repeat: bool = False,
     drop_remainder: bool | None = None,
     seed: int | None = None,
+    start: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
     num_parallel_calls: int | None = None,
     use_opencv: bool = True,
     verify: bool = True,
@@ -319,10 +405,17 @@ def pose_dataset(
             (deterministic order, every record once).
         source_size, source_margin: training source crop side in pixels and in person-box sides.
         input_size: evaluation crop side or (height, width) (the model input).
-        shuffle_buffer: serialized records in the shuffle buffer (training).
+        shuffle_buffer: serialized records shuffled together (training; blocks of this size).
         repeat: repeat forever (training).
         drop_remainder: drop a last partial batch (default: True when training).
-        seed: shuffle seed.
+        seed: shuffle seed (training). The record stream is a sequence of passes over the data, pass
+            ``p`` shuffled by ``(seed, p)`` (file order, then blocks of ``shuffle_buffer`` records;
+            read deterministically), so the same seed gives the same stream.
+        start: training: records of that stream to skip (a resumed run starts where it stopped:
+            ``steps done * global batch``); whole passes are skipped without reading them.
+        num_shards, shard_index: training: keep every ``num_shards``-th serialized record of the
+            stream, from ``shard_index``, before decoding (one shard per worker or process: disjoint,
+            together every record once per pass; ``batch_size`` is then the per-shard batch).
         num_parallel_calls: parallel decode/crop calls (default autotuned).
         use_opencv: crop with OpenCV through ``tf.numpy_function`` (else a TensorFlow op).
         verify: read every shard once first (:func:`verify_shards`), so a damaged shard is an error
@@ -337,8 +430,13 @@ def pose_dataset(
     """
     import tensorflow as tf
 
+    keep_tensorflow_off_accelerators()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
     files = resolve_shards(pattern, split)
     if verify:
         files = verify_shards(files, skip_corrupt=skip_corrupt)
@@ -349,17 +447,9 @@ def pose_dataset(
         drop_remainder = training
 
     if training:
-        ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
-        ds = ds.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(files), 4),
-            num_parallel_calls=autotune,
-            deterministic=False,
+        ds = _training_records(
+            files, seed, shuffle_buffer, repeat, start, num_shards, shard_index, autotune
         )
-        if shuffle_buffer > 1:
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
     else:
         ds = tf.data.TFRecordDataset(files)
 
@@ -394,9 +484,7 @@ def pose_dataset(
         }
 
     ds = ds.map(
-        train_map if training else eval_map,
-        num_parallel_calls=autotune,
-        deterministic=not training,
+        train_map if training else eval_map, num_parallel_calls=autotune, deterministic=True
     )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -7,6 +7,7 @@ readers here subtract :data:`~hgkeras.geometry.MATLAB_OFFSET` and the writers ad
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,46 @@ def summary_key(result: dict[str, object]) -> str:
 # -------------------------------------------------------------------------------------- prediction
 
 
+def flip_test_predictor(network, flip_permutation: Sequence[int], flip: bool = True):
+    """A compiled ``images (B, H, W, 3) -> final-stack heatmaps`` (``predict_on_batch`` of a model).
+
+    With ``flip`` the images and their mirrors go through the network as one batch of 2B and the
+    mirrored half's heatmaps are mirrored back (left/right swapped) and averaged with the plain half,
+    as :func:`hgkeras.codec.heatmaps_with_flip` does in two eager passes.
+    """
+    import keras
+    from keras import ops
+
+    from hgkeras.codec import final_heatmaps, flip_heatmaps
+
+    perm = [int(i) for i in flip_permutation]
+    key = (flip, tuple(perm))
+    cached = _PREDICTORS.get(network, {}).get(key)
+    if cached is not None:
+        return cached
+
+    class FlipTest(keras.Model):
+        def __init__(self):
+            super().__init__(name="flip_test")
+            self.network = network  # tracked: compiled steps read its current weights
+
+        def call(self, images):
+            if not flip:
+                return final_heatmaps(self.network(images, training=False))
+            count = ops.shape(images)[0]
+            both = ops.concatenate([images, ops.flip(images, axis=2)], axis=0)
+            heatmaps = final_heatmaps(self.network(both, training=False))
+            return (heatmaps[:count] + flip_heatmaps(heatmaps[count:], perm)) / 2.0
+
+    predictor = FlipTest().predict_on_batch
+    _PREDICTORS.setdefault(network, {})[key] = predictor
+    return predictor
+
+
+#: Compiled predictors by network (weakly held), so that validation compiles once per run.
+_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def predict_eval_dataset(
     model, dataset, flip: bool = True, pose: str | PoseSpec | None = None
 ) -> dict[str, np.ndarray]:
@@ -311,13 +352,21 @@ def predict_eval_dataset(
     takes; ``pose`` defaults to the model's. Returns numpy arrays ``pred``, ``scores``, ``joints``,
     ``visible``, ``normalizer`` (+ ids).
     """
-    from hgkeras.codec import predict_keypoints
+    import keras
+    from keras import ops
+
+    from hgkeras.codec import decode_to_image, heatmaps_with_flip
     from hgkeras.models.loading import load_model
 
     network = load_model(model)
-    perm = (
-        get_pose(pose).flip_permutation if pose is not None else pose_of(network).flip_permutation
-    )
+    perm = (get_pose(pose) if pose is not None else pose_of(network)).flip_permutation
+    if isinstance(network, keras.Model):  # one compiled step, image and mirror in one batch
+        predict = flip_test_predictor(network, perm, flip)
+    else:  # an exported-model runtime: its own compiled graph, two passes for the flip
+
+        def predict(images):
+            return heatmaps_with_flip(network, images, perm, flip=flip)
+
     out: dict[str, list] = {}
     for batch in dataset:
         if not isinstance(batch, dict):
@@ -331,11 +380,12 @@ def predict_eval_dataset(
                     f"evaluation dataset element has no {key!r} (keys: {sorted(batch)})"
                 )
         images = np.asarray(batch["image"], np.float32)
-        predicted = predict_keypoints(
-            network, images, batch["center"], batch["scale"], perm, flip, len(images)
-        )
-        out.setdefault("pred", []).append(predicted["keypoints"])
-        out.setdefault("scores", []).append(predicted["scores"])
+        heatmaps = predict(images)
+        center = np.asarray(batch["center"], np.float32).reshape(-1, 2)
+        scale = np.asarray(batch["scale"], np.float32).reshape(-1)
+        keypoints, scores = decode_to_image(heatmaps, center, scale)
+        out.setdefault("pred", []).append(ops.convert_to_numpy(keypoints))
+        out.setdefault("scores", []).append(ops.convert_to_numpy(scores))
         for key in ("joints", "visible", "normalizer", "image_id", "person_id"):
             if key in batch:
                 out.setdefault(key, []).append(np.asarray(batch[key]))

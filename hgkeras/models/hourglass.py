@@ -34,9 +34,9 @@ def _batch_norm(x, name: str):
     return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
-def _conv(x, filters: int, kernel_size: int, name: str):
+def _conv(x, filters: int, kernel_size: int, name: str, dtype: str | None = None):
     """A stride-1 convolution with bias and symmetric 'same' padding."""
-    return Conv2D(filters, kernel_size, padding="same", use_bias=True, name=name)(x)
+    return Conv2D(filters, kernel_size, padding="same", use_bias=True, name=name, dtype=dtype)(x)
 
 
 def apply_residual(x, out_channels: int, name: str):
@@ -195,7 +195,8 @@ class StackedHourglass(keras.Model):
             ll = _conv(ll, num_features, 1, f"hg{i}_lin_conv")
             ll = _batch_norm(ll, f"hg{i}_lin_bn")
             ll = layers.ReLU(name=f"hg{i}_lin_relu")(ll)
-            heatmaps = _conv(ll, num_joints, 1, f"stack_{i}")
+            # float32 heatmap heads under any mixed-precision policy (Keras' advice for outputs).
+            heatmaps = _conv(ll, num_joints, 1, f"stack_{i}", dtype="float32")
             outputs.append(heatmaps)
             if i < num_stacks:
                 merged_features = _conv(ll, num_features, 1, f"hg{i}_merge_features")

@@ -17,47 +17,49 @@ from typing import Any
 import keras
 import numpy as np
 
+from hgkeras.io import atomic_path, atomic_write_json, atomic_write_text
 
-def step_learning_rate(epoch: int, base: float, drops: Sequence[int], factor: float = 0.1) -> float:
+
+def step_learning_rate(
+    epoch: int, base: float, drops: Sequence[int], factor: float = 0.1, warmup: int = 0
+) -> float:
     """The learning rate of (0-based) ``epoch``: ``base`` times ``factor`` once per drop epoch reached.
 
     With ``drops=(60, 90)`` epochs 0-59 use ``base``, 60-89 ``base * factor``, 90+ ``base * factor**2``.
+    With ``warmup`` N, epochs 0..N-1 ramp linearly up: epoch e uses ``(e + 1) / N`` of that rate.
     A pure function of the epoch index, so a resumed run gets the same rate as an uninterrupted one.
     """
     passed = sum(1 for d in drops if epoch >= int(d))
-    return float(base) * float(factor) ** passed
+    rate = float(base) * float(factor) ** passed
+    if warmup and epoch < warmup:
+        rate *= (epoch + 1) / warmup
+    return rate
 
 
-def step_schedule(base: float, drops: Sequence[int], factor: float = 0.1):
+def step_schedule(base: float, drops: Sequence[int], factor: float = 0.1, warmup: int = 0):
     """A ``keras.callbacks.LearningRateScheduler`` applying :func:`step_learning_rate` per epoch."""
     drops = tuple(int(d) for d in drops)
 
     def schedule(epoch: int, lr: float | None = None) -> float:
-        return step_learning_rate(epoch, base, drops, factor)
+        return step_learning_rate(epoch, base, drops, factor, warmup)
 
     return keras.callbacks.LearningRateScheduler(schedule)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    _atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(path, data)
 
 
 def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
     """``model.save(path)`` (a ``.keras`` file) through a temporary name and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def weights_are_finite(model: keras.Model) -> bool:
+    """True when every weight of ``model`` is finite (never checkpoint a diverged network)."""
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
 
 
 class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -67,35 +69,51 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     corrupt file or a counter that disagrees with the weights. Here every backup goes to a new file
     ``epoch-NNNN.weights.h5`` (model weights and optimizer state) and only then is ``state.json``
     (the epoch counter and the file name) replaced by a rename: the commit point. Older files are
-    removed afterwards. Restoring reads ``state.json`` and loads the file it names.
+    removed afterwards. Restoring reads ``state.json`` and loads the file it names, from
+    ``restore_dir`` when given (e.g. the chief's backup for every worker of a multi-worker run).
+    Weights that are not finite are never backed up: a diverged epoch leaves the last finite state.
     """
 
     STATE = "state.json"
 
-    def __init__(self, backup_dir: str | os.PathLike, delete_checkpoint: bool = False) -> None:
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        delete_checkpoint: bool = False,
+        restore_dir: str | os.PathLike | None = None,
+    ) -> None:
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=delete_checkpoint)
         self._dir = Path(backup_dir)
+        self._restore_dir = Path(restore_dir) if restore_dir is not None else self._dir
 
     @property
     def state_path(self) -> Path:
         return self._dir / self.STATE
 
-    def read_state(self) -> dict | None:
-        """The committed backup state ``{"epoch", "weights"}``, or None when there is none."""
-        if not self.state_path.exists():
+    @classmethod
+    def read_state_file(cls, backup_dir: str | os.PathLike) -> dict | None:
+        """The committed state ``{"epoch", "weights"}`` of ``backup_dir``, or None when none."""
+        path = Path(backup_dir) / cls.STATE
+        if not path.exists():
             return None
         try:
-            return json.loads(self.state_path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise OSError(f"{self.state_path}: unreadable backup state ({error})") from None
+            raise OSError(f"{path}: unreadable backup state ({error})") from None
+
+    def read_state(self) -> dict | None:
+        """The committed backup state of this callback's own directory."""
+        return self.read_state_file(self._dir)
 
     def _load_model(self) -> None:
-        state = self.read_state()
+        state = self.read_state_file(self._restore_dir)
         if state is None:
             return
-        weights = self._dir / state["weights"]
+        weights = self._restore_dir / state["weights"]
         if not weights.exists():
-            raise FileNotFoundError(f"{self.state_path} names {weights}, which is missing")
+            raise FileNotFoundError(
+                f"{self._restore_dir / self.STATE} names {weights}, which is missing"
+            )
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(str(weights))
@@ -110,13 +128,15 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._load_model()
 
     def _save_model(self) -> None:
+        if not weights_are_finite(self.model):
+            return
         self._dir.mkdir(parents=True, exist_ok=True)
         epoch = int(self._current_epoch)
         name = f"epoch-{epoch:04d}.weights.h5"
-        tmp = self._dir / f".tmp{os.getpid()}-{name}"
+        tmp = self._dir / f".tmp{os.getpid()}-{name}"  # Keras wants the .weights.h5 suffix
         self.model.save_weights(str(tmp), overwrite=True)
         os.replace(tmp, self._dir / name)
-        _atomic_write_text(self.state_path, json.dumps({"epoch": epoch, "weights": name}))
+        atomic_write_text(self.state_path, json.dumps({"epoch": epoch, "weights": name}))
         for old in self._dir.glob("*epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -131,7 +151,9 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
 class StopOnNaN(keras.callbacks.Callback):
     """Stop training at the first batch whose loss is NaN or infinite, naming the step.
 
-    After the run, ``message`` holds the report (None if the loss stayed finite).
+    The loss of a batch is read when the next batch ends (and at the epoch's end), so the host never
+    waits for the step that is running: Keras keeps dispatching steps asynchronously. After the run,
+    ``message`` holds the report (None if the loss stayed finite).
     """
 
     def __init__(self, steps_per_epoch: int | None = None) -> None:
@@ -139,28 +161,40 @@ class StopOnNaN(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.epoch = 0
         self.message: str | None = None
+        self._pending: tuple[int, dict] | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
+        self._pending = None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if not logs or "loss" not in logs:
+        if self._pending is not None:
+            self._check(*self._pending)
+        self._pending = (batch, dict(logs)) if logs and "loss" in logs else None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._pending is not None:
+            self._check(*self._pending)
+            self._pending = None
+
+    def _check(self, batch: int, logs: dict) -> None:
+        if self.message is not None:
             return
-        loss = float(np.asarray(keras.ops.convert_to_numpy(logs["loss"])).reshape(-1)[0])
+        loss = _scalar(logs["loss"])
         if math.isfinite(loss):
             return
         where = f"epoch {self.epoch + 1}, step {batch + 1}"
         if self.steps_per_epoch:
             where += f" (global step {self.epoch * self.steps_per_epoch + batch + 1})"
-        bad = {
-            k: float(np.asarray(keras.ops.convert_to_numpy(v)).reshape(-1)[0])
-            for k, v in logs.items()
-            if k.endswith("loss")
-        }
+        bad = {k: _scalar(v) for k, v in logs.items() if k.endswith("loss")}
         detail = ", ".join(f"{k}={v}" for k, v in bad.items())
-        self.message = f"loss became {loss} at {where}; stopping ({detail})"
+        self.message = f"loss became {loss} at {where} ({detail})"
         print(f"\nNaN stop: {self.message}", file=sys.stderr, flush=True)
         self.model.stop_training = True
+
+
+def _scalar(value) -> float:
+    return float(np.asarray(keras.ops.convert_to_numpy(value)).reshape(-1)[0])
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -202,8 +236,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not logs or self.monitor not in logs:
             return
-        value = float(np.asarray(keras.ops.convert_to_numpy(logs[self.monitor])).reshape(-1)[0])
+        value = _scalar(logs[self.monitor])
         if not math.isfinite(value) or not self._better(value):
+            return
+        if not weights_are_finite(self.model):
             return
         self.best, self.best_epoch = value, epoch + 1
         save_model_atomic(getattr(self.model, "hourglass", self.model), self.path)
@@ -221,7 +257,8 @@ class LastModelCheckpoint(keras.callbacks.Callback):
         self.path = Path(path)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        save_model_atomic(getattr(self.model, "hourglass", self.model), self.path)
+        if weights_are_finite(self.model):
+            save_model_atomic(getattr(self.model, "hourglass", self.model), self.path)
 
 
 class ResumableCSVLogger(keras.callbacks.Callback):
@@ -265,12 +302,10 @@ class ResumableCSVLogger(keras.callbacks.Callback):
             if key not in self.columns:
                 self.columns.append(key)
         self.rows.append(row)
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, restval="")
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
 
 def read_csv_log(path: str | os.PathLike) -> list[dict[str, str]]:

@@ -1,6 +1,6 @@
 """The training run behind ``python train.py`` and ``hgkeras train``.
 
-:class:`TrainConfig` holds every setting (each one a command-line flag, see :func:`build_parser`);
+:class:`TrainConfig` holds every setting (each one a flag of :mod:`hgkeras.cli.commands.train`);
 :func:`resolve_config` fills the defaults (the paper's when ``--dataset`` is given, a small CPU-sized
 run on the shipped MPII samples otherwise); :func:`train` runs it: distribution strategy, datasets,
 model, callbacks (crash-safe backup, learning-rate steps, NaN stop, best/last models, CSV and
@@ -20,7 +20,6 @@ Output layout of ``--out DIR``::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -77,7 +76,7 @@ MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mi
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (see ``python train.py --help`` for their meaning)."""
+    """Every setting of a training run (each one a flag of ``python train.py``, see its ``--help``)."""
 
     dataset: str | None = None
     data_dir: str | None = None
@@ -92,12 +91,15 @@ class TrainConfig:
     joints: int = 16
     input_size: int = 256
     batch_size: int = 6
-    val_batch_size: int = 16
+    val_batch_size: int | None = None
     epochs: int = 100
     steps_per_epoch: int | None = None
     lr: float = 2.5e-4
     lr_drops: list[int] = field(default_factory=lambda: [60, 90])
     lr_factor: float = 0.1
+    lr_warmup_epochs: int = 0
+    scale_lr_with_batch: bool = False
+    init_weights: str | None = None
     stack_weights: list[float] | None = None
     sigma: float = 1.0
     augment: bool = True
@@ -107,6 +109,7 @@ class TrainConfig:
     pckh_protocol: str = "official"
     mixed_precision: str = "off"
     jit_compile: bool | str = "auto"
+    steps_per_execution: int = 1
     seed: int = 0
     export: bool = True
     verbose: int | str = "auto"
@@ -118,187 +121,51 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------------------- flags
+# ------------------------------------------------------------------------------------ config
+
+#: Settings of config.json that are derived by the run, not chosen: not repeated by ``--config``.
+DERIVED = ("embedded", "backend", "distribution", "joints")
 
 
-def _int_list(text: str) -> list[int]:
-    text = text.strip()
-    if text.lower() in ("", "none"):
-        return []
+def read_config_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of an earlier run's ``config.json`` (for ``--config``), without derived ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"epochs must be >= 0, got {text!r}")
-    return values
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"--config {path}: not JSON ({error})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of settings")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown settings {unknown}")
+    if settings.get("embedded"):
+        # The embedded run's own records (rebuilt in --out) and dataset are not data arguments.
+        settings.pop("data_dir", None)
+        settings.pop("dataset", None)
+    return {k: v for k, v in settings.items() if k not in DERIVED and v is not None}
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative finite numbers, got {text!r}")
-    return values
+def resolve_config(given: dict[str, Any]) -> TrainConfig:
+    """A complete, validated :class:`TrainConfig` from the settings given (flag names with ``_``).
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every training flag to ``parser`` (shared by ``train.py`` and ``hgkeras train``)."""
-    p = "(paper default: %s; embedded run: %s)"
-
-    def both(key: str) -> str:
-        return p % (PAPER_DEFAULTS[key], EMBEDDED_DEFAULTS[key])
-
-    data = parser.add_argument_group(
-        "data",
-        "Give --dataset with --data-dir (TFRecords of `hgkeras prepare`: train split for fit, valid "
-        "split for PCKh) or with --train-pattern/--val-pattern. With no data argument the embedded "
-        "run trains a small model on the shipped real MPII samples. --dataset coco starts from the "
-        "top-down COCO defaults (input 256, sigma 2, batch 32, 210 epochs, drops at 170,200; "
-        "docs/evaluation.md) instead of the paper's.",
-    )
-    data.add_argument("--dataset", choices=sorted(DATASET_JOINTS), help="dataset of the records")
-    data.add_argument("--data-dir", help="directory of prepared TFRecords (manifest.json + shards)")
-    data.add_argument("--train-pattern", help="glob of training TFRecord shards")
-    data.add_argument("--val-pattern", help="glob of validation TFRecord shards")
-    data.add_argument(
-        "--samples-dir",
-        help="embedded run: directory with samples.json and images/ "
-        "(default: the samples shipped inside the package)",
-    )
-    data.add_argument(
-        "--val-limit",
-        type=int,
-        help="evaluate PCKh on the first N validation people only (default: all)",
-    )
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--stacks", type=int, help="hourglass stacks N " + both("stacks"))
-    model.add_argument("--features", type=int, help="feature width f " + both("features"))
-    model.add_argument(
-        "--modules", type=int, help="residual modules per resolution m " + both("modules")
-    )
-    model.add_argument("--depth", type=int, help="hourglass order n " + both("depth"))
-    model.add_argument(
-        "--input-size", type=int, help="square input crop in pixels " + both("input_size")
-    )
-
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, help="global batch size " + both("batch_size"))
-    opt.add_argument("--val-batch-size", type=int, help="evaluation batch size (default 16)")
-    opt.add_argument("--epochs", type=int, help="epochs " + both("epochs"))
-    opt.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        help="training steps per epoch (default: training people // batch size; embedded run: 100)",
-    )
-    opt.add_argument("--lr", type=float, help="RMSprop learning rate " + both("lr"))
-    opt.add_argument(
-        "--lr-drops",
-        type=_int_list,
-        help="comma-separated epochs at which the learning rate is multiplied by --lr-factor, "
-        "'none' for a constant rate " + both("lr_drops"),
-    )
-    opt.add_argument(
-        "--lr-factor", type=float, help="multiplier at each learning-rate drop (default 0.1)"
-    )
-    opt.add_argument(
-        "--stack-weights",
-        type=_float_list,
-        help="comma-separated loss weight per stack (default: 1 for every stack)",
-    )
-    opt.add_argument(
-        "--sigma", type=float, help="target Gaussian sigma in heatmap pixels (default 1)"
-    )
-    opt.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rotation/scale/flip/colour augmentation " + both("augment"),
-    )
-    opt.add_argument("--seed", type=int, help="random seed (default 0)")
-
-    ev = parser.add_argument_group("evaluation")
-    ev.add_argument(
-        "--flip-eval",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average with the mirrored image when measuring PCKh " + both("flip_eval"),
-    )
-    ev.add_argument(
-        "--val-every",
-        type=int,
-        help="measure val_pckh every N epochs (and after the last) " + both("val_every"),
-    )
-    ev.add_argument(
-        "--pckh-protocol",
-        choices=("official", "hrnet"),
-        help="PCKh protocol of the logged total (default official: Head = neck + head top)",
-    )
-
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--out",
-        help="output directory; running the same command again resumes there "
-        "(default runs/hourglass, embedded run: runs/embedded)",
-    )
-    run.add_argument(
-        "--mixed-precision",
-        choices=sorted(MIXED_PRECISION),
-        help="compute dtype policy; heatmap outputs and losses stay float32 (default off)",
-    )
-    run.add_argument(
-        "--jit-compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="force XLA compilation on or off (default: Keras chooses per backend)",
-    )
-    run.add_argument(
-        "--export",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="export the best model for serving at the end, when hgkeras.deploy.export is available "
-        "(default: on)",
-    )
-    run.add_argument(
-        "--verbose",
-        type=int,
-        choices=(0, 1, 2),
-        help="Keras fit verbosity: 1 progress bar, 2 one line per epoch, 0 silent (default auto)",
-    )
-    return parser
-
-
-def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train a Stacked Hourglass pose network (Keras 3; set KERAS_BACKEND). "
-        "`python train.py --stacks 8 --dataset mpii --data-dir DIR` trains with the paper's "
-        "settings; `python train.py` alone runs a short training on the shipped MPII samples. "
-        "A run killed at any moment continues when the same command is started again.",
-    )
-    return add_arguments(parser)
-
-
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Turn parsed flags into a complete, validated :class:`TrainConfig`."""
-    given = {k: v for k, v in vars(args).items() if v is not None and k != "func"}
-    given.pop("command", None)
+    The defaults are the paper's when data is given, the embedded run's otherwise.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}")
     has_data = any(given.get(k) for k in ("dataset", "data_dir", "train_pattern", "val_pattern"))
     defaults = dict(PAPER_DEFAULTS if has_data else EMBEDDED_DEFAULTS)
     if given.get("dataset") == "coco":
         from hgkeras.data.coco import TRAINING_DEFAULTS
 
         defaults.update(TRAINING_DEFAULTS)  # the usual top-down COCO settings
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in {**defaults, **given}.items() if k in names}
-    config = TrainConfig(**values)
+    config = TrainConfig(**{**defaults, **given})
     config.embedded = not has_data
     if config.embedded:
         config.dataset = "mpii"
@@ -327,8 +194,8 @@ def validate_config(config: TrainConfig) -> None:
         "modules",
         "depth",
         "batch_size",
-        "val_batch_size",
         "epochs",
+        "steps_per_execution",
     ):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
@@ -345,6 +212,10 @@ def validate_config(config: TrainConfig) -> None:
         )
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
         raise ValueError(f"--steps-per-epoch must be >= 1, got {config.steps_per_epoch}")
+    if config.val_batch_size is not None and config.val_batch_size < 1:
+        raise ValueError(f"--val-batch-size must be >= 1, got {config.val_batch_size}")
+    if config.lr_warmup_epochs < 0:
+        raise ValueError(f"--lr-warmup-epochs must be >= 0, got {config.lr_warmup_epochs}")
     if config.val_every < 1:
         raise ValueError(f"--val-every must be >= 1, got {config.val_every}")
     if config.val_limit is not None and config.val_limit < 1:
@@ -367,23 +238,24 @@ def validate_config(config: TrainConfig) -> None:
     config.lr_drops = sorted(int(d) for d in config.lr_drops)
 
 
-def parse_config(argv: Sequence[str] | None = None, prog: str = "train.py") -> TrainConfig:
-    """Parse command-line flags into a resolved :class:`TrainConfig` (exits on bad flags)."""
-    return resolve_config(build_parser(prog).parse_args(argv))
-
-
 # ------------------------------------------------------------------------------ distribution
 
 
 @dataclass
 class Distribution:
-    """How the run is spread: a description, the TF strategy (or None) and this process's role."""
+    """How the run is spread: a description, the TF strategy (or None) and this process's role.
+
+    ``num_inputs`` input pipelines (workers or processes) each read shard ``input_index`` of the
+    records; ``is_chief`` is the one process whose files are the run's result.
+    """
 
     description: str
     strategy: Any = None
     num_replicas: int = 1
     is_chief: bool = True
     worker_index: int = 0
+    num_inputs: int = 1
+    jax_multi_process: bool = False
 
     def scope(self):
         import contextlib
@@ -407,23 +279,36 @@ def _tf_config_role() -> tuple[bool, int]:
     return task_type == "worker" and index == 0, index
 
 
+#: What the message for an unsupported multi-device request names.
+MULTI_DEVICE_BACKENDS = (
+    "several devices or machines are supported by KERAS_BACKEND=tensorflow (tf.distribute: all "
+    "local GPUs, TF_CONFIG for machines) and KERAS_BACKEND=jax (keras.distribution: all local "
+    "devices, KERAS_DISTRIBUTION_* for processes)"
+)
+
+
 def select_distribution(batch_size: int) -> Distribution:
     """Pick data parallelism for the active backend and the visible devices.
 
-    TensorFlow: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set, ``MirroredStrategy`` over all
-    GPUs when there are several, else none. JAX: ``keras.distribution.DataParallel`` over all devices
-    when there are several. Torch: one device. Must run before any model or dataset is created.
+    TensorFlow: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` is set, ``MirroredStrategy`` over
+    all GPUs when there are several, else none. JAX: ``keras.distribution.initialize`` when
+    ``KERAS_DISTRIBUTION_NUM_PROCESSES`` > 1 (with ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` and
+    ``KERAS_DISTRIBUTION_PROCESS_ID``), then ``DataParallel`` over all devices of all processes
+    when there are several. Torch: one device (a multi-process request is refused). Must run before
+    any model or dataset is created.
     """
     import keras
 
     backend = keras.backend.backend()
+    processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") or 1)
     if backend == "tensorflow":
         import tensorflow as tf
 
         if os.environ.get("TF_CONFIG"):
             is_chief, index = _tf_config_role()
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            workers = strategy.cluster_resolver.cluster_spec().num_tasks("worker")
+            spec = strategy.cluster_resolver.cluster_spec()
+            workers = sum(spec.num_tasks(job) for job in spec.jobs if job in ("chief", "worker"))
             return Distribution(
                 f"MultiWorkerMirroredStrategy ({workers} workers, "
                 f"{strategy.num_replicas_in_sync} replicas)",
@@ -431,6 +316,7 @@ def select_distribution(batch_size: int) -> Distribution:
                 strategy.num_replicas_in_sync,
                 is_chief,
                 index,
+                num_inputs=workers,
             )
         gpus = tf.config.list_logical_devices("GPU")
         if len(gpus) > 1:
@@ -444,17 +330,47 @@ def select_distribution(batch_size: int) -> Distribution:
     if backend == "jax":
         import jax
 
+        from hgkeras.data.pipeline import keep_tensorflow_off_accelerators
+
+        keep_tensorflow_off_accelerators()
+        if processes > 1:
+            keras.distribution.initialize()
         devices = jax.devices()
+        process, count = jax.process_index(), jax.process_count()
         if len(devices) > 1:
             if batch_size % len(devices):
                 raise ValueError(
                     f"--batch-size {batch_size} must be divisible by the {len(devices)} JAX devices"
                 )
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            # The records are sharded per process by pose_dataset (before decoding), not by Keras.
+            keras.distribution.set_distribution(
+                keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+            )
+            where = f", {count} processes" if count > 1 else ""
             return Distribution(
-                f"keras DataParallel ({len(devices)} JAX devices)", None, len(devices)
+                f"keras DataParallel ({len(devices)} JAX devices{where})",
+                None,
+                len(devices),
+                is_chief=process == 0,
+                worker_index=process,
+                num_inputs=count,
+                jax_multi_process=count > 1,
             )
         return Distribution(f"single device ({devices[0]})")
+    if processes > 1 or os.environ.get("TF_CONFIG") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"the {backend} backend of Keras trains on one device only; {MULTI_DEVICE_BACKENDS}"
+        )
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            print(
+                f"note: training on one of {torch.cuda.device_count()} GPUs; "
+                + MULTI_DEVICE_BACKENDS,
+                file=sys.stderr,
+                flush=True,
+            )
     return Distribution(f"single device ({backend})")
 
 
@@ -561,103 +477,91 @@ def source_crop_size(input_size: int) -> int:
     return int(round(input_size * SOURCE_MARGIN))
 
 
-def build_datasets(config: TrainConfig, sources: DataSources, dist: Distribution):
-    """(training dataset, evaluation dataset or None) from :func:`hgkeras.data.pose_dataset`."""
-    import tensorflow as tf
+def default_val_batch_size() -> int:
+    """16 people per validation batch on CPU, 64 on an accelerator (the flip test doubles it)."""
+    import keras
 
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        accelerated = bool(tf.config.list_logical_devices("GPU"))
+    elif backend == "jax":
+        import jax
+
+        accelerated = jax.default_backend() != "cpu"
+    elif backend == "torch":
+        import torch
+
+        accelerated = torch.cuda.is_available()
+    else:
+        accelerated = False
+    return 64 if accelerated else 16
+
+
+def build_datasets(
+    config: TrainConfig, sources: DataSources, dist: Distribution, start_step: int = 0
+):
+    """(training dataset, evaluation dataset or None) from :func:`hgkeras.data.pose_dataset`.
+
+    The training stream starts after ``start_step`` global batches (a resumed run continues it). Under
+    ``tf.distribute`` and JAX multi-process runs every worker or process reads its own shard of the
+    serialized records before decoding.
+    """
     from hgkeras.data import pose_dataset
 
-    train = pose_dataset(
-        sources.train,
-        config.batch_size,
-        training=True,
-        split=sources.train_split,
-        source_size=source_crop_size(config.input_size),
-        repeat=True,
-        seed=config.seed,
-    )
-    if dist.strategy is not None and dist.strategy.extended._in_multi_worker_mode():
-        # Every worker reads all shards and keeps its share of the examples: works for any shard count.
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA
+    def records(batch_size: int, num_shards: int = 1, shard_index: int = 0):
+        return pose_dataset(
+            sources.train,
+            batch_size,
+            training=True,
+            split=sources.train_split,
+            source_size=source_crop_size(config.input_size),
+            repeat=True,
+            seed=config.seed,
+            start=start_step * config.batch_size,
+            num_shards=num_shards,
+            shard_index=shard_index,
         )
-        train = train.with_options(options)
+
+    if dist.strategy is not None:
+
+        def per_worker(context):
+            return records(
+                context.get_per_replica_batch_size(config.batch_size),
+                context.num_input_pipelines,
+                context.input_pipeline_id,
+            )
+
+        train = dist.strategy.distribute_datasets_from_function(per_worker)
+    elif dist.num_inputs > 1:
+        train = records(config.batch_size // dist.num_inputs, dist.num_inputs, dist.worker_index)
+    else:
+        train = records(config.batch_size)
     val = None
     if sources.val is not None:
+        val_batch = config.val_batch_size or default_val_batch_size()
         val = pose_dataset(
             sources.val,
-            config.val_batch_size,
+            val_batch,
             training=False,
             split=sources.val_split,
             input_size=config.input_size,
         )
         if config.val_limit:
-            val = val.unbatch().take(config.val_limit).batch(config.val_batch_size)
+            val = val.unbatch().take(config.val_limit).batch(val_batch)
     return train, val
 
 
 # ------------------------------------------------------------------------------------- model
 
 
-def _pose_trainer_class(distributed: bool):
-    """PoseTrainer, or under a ``tf.distribute`` strategy a subclass that builds from one replica's batch.
-
-    Keras 3.15's TensorFlow trainer starts ``fit`` by reducing the first distributed batch across
-    replicas (``strategy.reduce("MEAN", batch)``) to build the model symbolically; with a dict batch
-    under ``MultiWorkerMirroredStrategy`` that reduction fails ("Attempt to convert a value ({'image':
-    PerReplica...}) to a Tensor"). Only the batch's shapes matter for the build, so the subclass takes
-    the first local replica's values instead. Under multi-worker training it also gives the step's
-    scalar logs a batch axis, which Keras' cross-worker reduction of the logs requires (tensorflow
-    issue #72388).
-    """
-    from hgkeras.training.trainer import PoseTrainer
-
-    if not distributed:
-        return PoseTrainer
-
-    class StrategyPoseTrainer(PoseTrainer):
-        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-            import tensorflow as tf
-            from keras import tree
-
-            strategy = getattr(self, "_distribute_strategy", None)
-            if strategy is None or iterator is None:
-                return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-            for _, _, it in iterator:
-                batch = next(it)
-                break
-            local = tree.map_structure(
-                lambda v: (
-                    strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues)
-                    else v
-                ),
-                batch,
-            )
-            with strategy.scope():
-                self._symbolic_build(data_batch=local)
-
-        def train_step(self, data):
-            logs = super().train_step(data)
-            strategy = getattr(self, "_distribute_strategy", None)
-            if strategy is not None and strategy.extended._in_multi_worker_mode():
-                # Keras reduces each log with strategy.reduce("MEAN", v, axis=0), which needs a
-                # batch axis under MultiWorkerMirroredStrategy (scalars raise "Invalid reduction
-                # dimension 0"): give every scalar one, the reduction then averages the workers.
-                from keras import ops
-
-                logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
-            return logs
-
-    return StrategyPoseTrainer
-
-
-def build_trainer(config: TrainConfig, distributed: bool = False):
+def build_trainer(config: TrainConfig, dist: Distribution | None = None):
     """The StackedHourglass and its PoseTrainer, compiled with RMSprop (alpha 0.99, eps 1e-8)."""
     import keras
 
     from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training.trainer import PoseTrainer
 
     hourglass = StackedHourglass(
         num_stacks=config.stacks,
@@ -669,7 +573,11 @@ def build_trainer(config: TrainConfig, distributed: bool = False):
         pose=config.dataset,
         name="stacked_hourglass",
     )
-    trainer_class = _pose_trainer_class(distributed)
+    trainer_class = PoseTrainer
+    if dist is not None and dist.strategy is not None and dist.num_inputs > 1:
+        from hgkeras.training._keras_internals import multi_worker_trainer_class
+
+        trainer_class = multi_worker_trainer_class(PoseTrainer)
     from hgkeras.data.coco import AUGMENTATION
 
     options = AUGMENTATION if config.dataset == "coco" else {}
@@ -685,11 +593,63 @@ def build_trainer(config: TrainConfig, distributed: bool = False):
             "visible": (None, config.joints),
         }
     )
-    optimizer = keras.optimizers.RMSprop(learning_rate=config.lr, rho=0.99, epsilon=1e-8)
+    optimizer = keras.optimizers.RMSprop(learning_rate=base_learning_rate(config), rho=0.99,
+                                         epsilon=1e-8)  # fmt: skip
     trainer.compile(
-        optimizer=optimizer, stack_weights=config.stack_weights, jit_compile=config.jit_compile
+        optimizer=optimizer,
+        stack_weights=config.stack_weights,
+        jit_compile=config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
     )
     return hourglass, trainer
+
+
+#: The paper's batch size: the reference point of ``--scale-lr-with-batch``.
+PAPER_BATCH_SIZE = 6
+
+
+def base_learning_rate(config: TrainConfig) -> float:
+    """``--lr``, times batch size / 6 with ``--scale-lr-with-batch`` (the linear scaling rule)."""
+    if config.scale_lr_with_batch:
+        return config.lr * config.batch_size / PAPER_BATCH_SIZE
+    return config.lr
+
+
+def load_initial_weights(hourglass, path: str) -> str:
+    """Copy the weights of the network saved in ``path`` into ``hourglass`` where shapes agree.
+
+    Layers are matched by name; a layer whose weights have other shapes (the heatmap heads and the
+    heatmap re-injection when the joint count differs) keeps its initialisation. Returns a summary.
+    """
+    import keras
+
+    import hgkeras.models.hourglass  # noqa: F401  (registers the layers for load_model)
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--init-weights {path}: no such file")
+    try:
+        source = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError) as error:
+        raise ValueError(f"--init-weights {path}: not a saved Keras network ({error})") from None
+    source = getattr(source, "hourglass", source)
+    layers = {layer.name: layer for layer in source.layers}
+    copied, kept = 0, []
+    for layer in hourglass.layers:
+        if not layer.weights:
+            continue
+        other = layers.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if other is None or [tuple(w.shape) for w in other.weights] != shapes:
+            kept.append(layer.name)
+            continue
+        layer.set_weights(other.get_weights())
+        copied += 1
+    if not copied:
+        raise ValueError(f"--init-weights {path}: no layer of that network fits this one")
+    summary = f"initial weights from {path}: {copied} layers copied"
+    if kept:
+        summary += f", {len(kept)} re-initialised ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''})"
+    return summary
 
 
 # --------------------------------------------------------------------------------- callbacks
@@ -722,16 +682,25 @@ class _ValidationPCKh:
         )
 
 
-def build_callbacks(config: TrainConfig, out: Path, val_dataset, steps_per_epoch: int) -> dict:
-    """The run's callbacks, by name, in the order they must run: PCKh before its consumers (best
-    model, CSV, TensorBoard), the backup last."""
+def build_callbacks(
+    config: TrainConfig,
+    out: Path,
+    val_dataset,
+    steps_per_epoch: int,
+    restore_dir: Path | None = None,
+    extra: Sequence[Any] = (),
+) -> dict:
+    """The run's callbacks, by name, in the order they must run: the NaN stop first, PCKh before its
+    consumers (best model, CSV, TensorBoard), the user's ``extra`` callbacks, the backup last."""
     import keras
 
     from hgkeras.training import callbacks as tc
 
     callbacks: dict[str, keras.callbacks.Callback] = {
-        "lr": tc.step_schedule(config.lr, config.lr_drops, config.lr_factor),
         "nan": tc.StopOnNaN(steps_per_epoch),
+        "lr": tc.step_schedule(
+            base_learning_rate(config), config.lr_drops, config.lr_factor, config.lr_warmup_epochs
+        ),
     }
     if val_dataset is not None:
         callbacks["pckh"] = _ValidationPCKh.make(val_dataset, config)
@@ -740,9 +709,11 @@ def build_callbacks(config: TrainConfig, out: Path, val_dataset, steps_per_epoch
     callbacks["last"] = tc.LastModelCheckpoint(out / "last.keras")
     callbacks["csv"] = tc.ResumableCSVLogger(out / "log.csv")
     callbacks["tensorboard"] = tc.ScalarTensorBoard(out / "logs")
+    for index, callback in enumerate(extra):
+        callbacks[f"extra_{index}"] = callback
     # Last: an epoch counts as done (and is not run again after a kill) only once everything above
     # has written its files for it.
-    callbacks["backup"] = tc.CrashSafeBackupAndRestore(out / "backup")
+    callbacks["backup"] = tc.CrashSafeBackupAndRestore(out / "backup", restore_dir=restore_dir)
     return callbacks
 
 
@@ -782,10 +753,19 @@ def _export(model_path: Path, out: Path, flip: bool) -> str | None:
     return str(result.version_dir)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def fit_verbosity(verbose: int | str) -> int:
+    """``--verbose``; by default progress bars (1) on a terminal, one line per epoch (2) otherwise."""
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(verbose)
+
+
+def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run training as configured; returns a summary (also written to ``--out/results.json``).
 
-    Raises RuntimeError when the loss becomes NaN (the message names the step).
+    ``callbacks``: extra Keras callbacks (e.g. W&B or MLflow loggers), run after the run's own
+    logging callbacks and before the backup. Raises RuntimeError when the loss becomes NaN or
+    infinite (the message names the step; the saved files keep the last finite state).
     """
     import keras
 
@@ -797,12 +777,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     config.backend = keras.backend.backend()
     config.distribution = dist.description
+    if dist.strategy is not None and config.steps_per_execution > 1:
+        # Keras 3.15: multi_step_on_iterator fails under tf.distribute even for a Dense model
+        # ("You must feed a value for placeholder tensor ..."; benchmarks/training_scaling.py).
+        raise ValueError(
+            f"--steps-per-execution {config.steps_per_execution} does not work under "
+            f"{dist.description} with Keras {keras.__version__} (its multi-step loop fails under "
+            "tf.distribute); use --steps-per-execution 1 there, or the JAX backend"
+        )
     if dist.num_replicas > 1 and config.batch_size % dist.num_replicas:
         raise ValueError(
             f"--batch-size {config.batch_size} must be divisible by the {dist.num_replicas} replicas"
         )
 
-    out = Path(config.out)
+    chief_out = Path(config.out)
+    out = chief_out
     if not dist.is_chief:
         out = out / f"worker_{dist.worker_index}"  # non-chief workers keep their own files
     out.mkdir(parents=True, exist_ok=True)
@@ -813,26 +802,48 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.steps_per_epoch is None:
         config.steps_per_epoch = max(1, sources.num_train // config.batch_size)
     resolved = config.to_json()
-    print("Resolved configuration:\n" + json.dumps(resolved, indent=2, sort_keys=True), flush=True)
+    if dist.is_chief:
+        print("Resolved configuration:\n" + json.dumps(resolved, indent=2, sort_keys=True),
+              flush=True)  # fmt: skip
     tc.write_json_atomic(config_path, resolved)
 
+    # Every worker resumes from the chief's backup (when it can see it): the same epoch and weights.
+    restore_dir = chief_out / "backup"
+    if not (restore_dir / tc.CrashSafeBackupAndRestore.STATE).exists():
+        restore_dir = out / "backup"
+    state = tc.CrashSafeBackupAndRestore.read_state_file(restore_dir)
+    initial_epoch = int(state["epoch"]) if state else 0
+
     with dist.scope():
-        hourglass, trainer = build_trainer(config, distributed=dist.strategy is not None)
-    train_ds, val_ds = build_datasets(config, sources, dist)
-    callbacks = build_callbacks(config, out, val_ds, config.steps_per_epoch)
+        hourglass, trainer = build_trainer(config, dist)
+    if config.init_weights and state is None:
+        print(load_initial_weights(hourglass, config.init_weights), flush=True)
+    train_ds, val_ds = build_datasets(
+        config, sources, dist, start_step=initial_epoch * config.steps_per_epoch
+    )
+    run_callbacks = build_callbacks(
+        config, out, val_ds, config.steps_per_epoch, restore_dir=restore_dir, extra=callbacks
+    )
 
     started = time.time()
     history = trainer.fit(
         train_ds,
         epochs=config.epochs,
         steps_per_epoch=config.steps_per_epoch,
-        callbacks=list(callbacks.values()),
-        verbose=config.verbose,
+        callbacks=list(run_callbacks.values()),
+        verbose=fit_verbosity(config.verbose),
+        shuffle=False,  # the dataset shuffles (deterministically, see pose_dataset)
     )
     seconds = time.time() - started
-    nan = callbacks["nan"].message
+    nan = run_callbacks["nan"].message
     if nan:
-        raise RuntimeError(f"training stopped: {nan}")
+        saved = tc.CrashSafeBackupAndRestore.read_state_file(out / "backup")
+        where = f"after epoch {saved['epoch']}" if saved else "of no finished epoch"
+        raise RuntimeError(
+            f"training stopped: {nan}. backup/, last.keras and best.keras in {out} keep the last "
+            f"finite state ({where}); re-run with other settings (e.g. a lower --lr) to continue "
+            "from there"
+        )
 
     summary: dict[str, Any] = {
         "epochs": config.epochs,
@@ -843,14 +854,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "distribution": dist.description,
         "backend": config.backend,
     }
-    if "pckh" in callbacks and config.dataset == "coco":
-        result = callbacks["pckh"].evaluate()
+    if "pckh" in run_callbacks and config.dataset == "coco":
+        result = run_callbacks["pckh"].evaluate()
         summary["oks"] = result
         summary["val_ap"] = result["AP"]
-        summary["best"] = {"val_ap": callbacks["best"].best, "epoch": callbacks["best"].best_epoch}
+        summary["best"] = {
+            "val_ap": run_callbacks["best"].best,
+            "epoch": run_callbacks["best"].best_epoch,
+        }
         print(f"Final COCO OKS AP (flip {config.flip_eval}): {result['AP']:.3f}", flush=True)
-    elif "pckh" in callbacks:
-        result = callbacks["pckh"].evaluate()
+    elif "pckh" in run_callbacks:
+        result = run_callbacks["pckh"].evaluate()
         summary["pckh"] = {
             k: (float(v) if isinstance(v, (int, float)) else v)
             for k, v in result.items()
@@ -859,8 +873,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         key = "Total" if "Total" in result else "Mean"
         summary["val_pckh"] = float(result[key])
         summary["best"] = {
-            "val_pckh": callbacks["best"].best,
-            "epoch": callbacks["best"].best_epoch,
+            "val_pckh": run_callbacks["best"].best,
+            "epoch": run_callbacks["best"].best_epoch,
         }
         print(
             f"Final PCKh ({config.pckh_protocol} protocol, flip {config.flip_eval}): "
@@ -874,17 +888,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
     tc.write_json_atomic(out / "results.json", summary)
     return summary
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
-    """Command-line entry: parse flags, train, report errors in one line (exit code 2) or NaN (1)."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    try:
-        config = resolve_config(args)
-    except ValueError as error:
-        parser.error(str(error))
-    return run_training(config, prog)
 
 
 def run_training(config: TrainConfig, prog: str) -> int:

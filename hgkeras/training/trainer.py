@@ -11,6 +11,12 @@ input size, renders Gaussian targets at the heatmap size with the same parameter
 stack), and runs the hourglass. ``compute_loss`` sums the per-stack MSE (weighted) and logs
 ``stack_1_loss`` ... next to ``loss``. Everything is ``keras.ops``, so ``fit`` works under TensorFlow,
 JAX and PyTorch.
+
+Under a mixed-precision policy the trainer itself stays float32 (coordinates, visibility, targets and
+the loss are never autocast); only the hourglass computes in the reduced dtype. The augmentation of a
+training step is a pure function of ``seed``, the trainer's step counter and the sample's position in
+the global batch, so a resumed run draws what the uninterrupted run would have drawn, and under
+``tf.distribute`` every replica draws its own slice of the global batch's parameters.
 """
 
 from __future__ import annotations
@@ -24,6 +30,21 @@ from hgkeras.codec import DEFAULT_SIGMA, render_heatmaps
 from hgkeras.data import augment
 from hgkeras.data.pipeline import SOURCE_MARGIN
 from hgkeras.spec import pose_of
+
+
+def _replica_position():
+    """(this replica's index, replicas in sync) under a ``tf.distribute`` strategy, else (0, 1)."""
+    if keras.backend.backend() != "tensorflow":
+        return 0, 1
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica context
+        return 0, tf.distribute.get_strategy().num_replicas_in_sync
+    replicas = context.num_replicas_in_sync
+    if replicas == 1:
+        return 0, 1
+    return context.replica_id_in_sync_group, replicas
 
 
 @keras.saving.register_keras_serializable(package="hgkeras")
@@ -53,7 +74,9 @@ class PoseTrainer(keras.Model):
         name: str = "pose_trainer",
         **augment_options,
     ) -> None:
-        super().__init__(name=name)
+        # float32 whatever the global policy: Keras would otherwise autocast the float inputs
+        # (joint coordinates, visibility) to the compute dtype (a joint at 301.3 px -> 302 in bf16).
+        super().__init__(name=name, dtype="float32")
         self.seed = seed
         self.hourglass = hourglass
         input_shape = hourglass.input_shape
@@ -80,6 +103,10 @@ class PoseTrainer(keras.Model):
             raise TypeError(f"unknown augmentation options: {sorted(unknown)}")
         self.augment_options = augment_options
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.augment_step = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False,
+            aggregation="only_first_replica", name="augment_step",
+        )  # fmt: skip
         self.stack_trackers = [
             keras.metrics.Mean(name=f"stack_{i + 1}_loss") for i in range(self.num_stacks)
         ]
@@ -124,7 +151,7 @@ class PoseTrainer(keras.Model):
         source_size = int(images.shape[1])
         batch = ops.shape(images)[0]
         if training and self.augment:
-            params = augment.sample_params(batch, self.seed_generator, **self.augment_options)
+            params = self._sample_params(batch)
         else:
             params = augment.identity_params(batch)
         m_in = augment.augmentation_matrices(
@@ -142,6 +169,27 @@ class PoseTrainer(keras.Model):
         targets = render_heatmaps(joints, visible, self.heatmap_size, self.sigma)
         return x, targets
 
+    def _sample_params(self, batch) -> dict:
+        """Augmentation parameters of this replica's part of the global batch for this step."""
+        # A pure function of (seed, training step): resumed runs continue the same stream. The step
+        # counter is the trainer's own variable (saved with its weights): the optimizer's is not
+        # part of the forward pass's state under JAX.
+        step = ops.convert_to_tensor(self.augment_step)
+        self.augment_step.assign(step + 1)
+        state = self.seed_generator.state
+        base = 0 if self.seed is None else int(self.seed)
+        state.assign(ops.cast(ops.stack([base, step * 8]), state.dtype))
+        replica, replicas = _replica_position()
+        if replicas == 1:
+            return augment.sample_params(batch, self.seed_generator, **self.augment_options)
+        # Every replica draws the global batch's parameters from the same seed and keeps its slice,
+        # so replicas differ and the global batch is augmented as on one device.
+        params = augment.sample_params(
+            batch * replicas, self.seed_generator, **self.augment_options
+        )
+        index = ops.arange(batch, dtype="int32") + replica * ops.cast(batch, "int32")
+        return {key: ops.take(value, index, axis=0) for key, value in params.items()}
+
     def call(self, inputs, training: bool = False):
         x, targets = self.prepare(inputs, training=training)
         heatmaps = self.hourglass(x, training=training)
@@ -150,7 +198,11 @@ class PoseTrainer(keras.Model):
         return {"heatmaps": list(heatmaps), "targets": targets}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Weighted sum over stacks of the mean squared error against the shared targets."""
+        """Weighted sum over stacks of the mean squared error against the shared targets.
+
+        Under ``tf.distribute`` the per-replica loss is divided by the replica count (as Keras' own
+        ``compute_loss`` does), so the summed gradients are those of the global batch's mean.
+        """
         targets = ops.cast(y_pred["targets"], "float32")
         total = 0.0
         for tracker, weight, heatmap in zip(
@@ -160,7 +212,10 @@ class PoseTrainer(keras.Model):
             tracker.update_state(loss)
             total = total + weight * loss
         if self.losses:
-            total = total + ops.sum(ops.stack(self.losses))
+            total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
+        _, replicas = _replica_position()
+        if replicas > 1:
+            total = total * (1.0 / replicas)
         return total
 
     def get_config(self) -> dict:

@@ -1,0 +1,144 @@
+"""PoseTrainer under tf.distribute (2 logical CPU devices) and mixed precision: the loss, gradients and
+augmentation of a global batch equal the single-device ones, replicas draw different augmentation,
+and coordinates, targets and heatmap outputs stay float32."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+MIRRORED_CODE = """
+import json
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from hgkeras.models.hourglass import StackedHourglass
+from hgkeras.training.trainer import PoseTrainer
+
+
+def make(strategy, augment):
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        hourglass = StackedHourglass(num_stacks=2, num_features=16, num_joints=16, depth=1,
+                                     image_shape=(32, 32, 3))
+        # Frozen BatchNorm: per-replica batch statistics would differ from the global batch's.
+        for layer in hourglass.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        trainer = PoseTrainer(hourglass, augment=augment, seed=5)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
+    return trainer
+
+
+rng = np.random.default_rng(0)
+data = {"image": rng.integers(0, 255, (4, 48, 48, 3)).astype("uint8"),
+        "joints": rng.uniform(8, 40, (4, 16, 2)).astype("float32"),
+        "visible": np.ones((4, 16), "float32")}
+one, two = tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+result = {}
+for augment in (False, True):
+    runs = {}
+    for name, strategy in (("one", one), ("two", two)):
+        trainer = make(strategy, augment)
+        ds = tf.data.Dataset.from_tensor_slices(data).batch(4)
+        history = trainer.fit(ds, epochs=2, verbose=0, shuffle=False).history
+        runs[name] = ({k: v[-1] for k, v in history.items()}, trainer.hourglass.get_weights())
+    result[f"augment_{augment}"] = {
+        "logs": {name: logs for name, (logs, _) in runs.items()},
+        "weight_diff": max(float(np.max(np.abs(a - b)))
+                           for a, b in zip(runs["one"][1], runs["two"][1])),
+    }
+
+# The same person on both replicas: their augmented targets must differ.
+trainer = make(two, True)
+same = {k: np.repeat(v[:1], 4, axis=0) for k, v in data.items()}
+batch = next(iter(two.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices(same).batch(4))))
+targets = two.run(lambda d: trainer.prepare(d, training=True)[1], args=(batch,))
+a, b = (np.asarray(t) for t in two.experimental_local_results(targets))
+result["replica_target_diff"] = float(np.max(np.abs(a - b)))
+print(json.dumps(result))
+"""
+
+
+def test_two_replicas_match_one_device(run_backend):
+    result = json.loads(run_backend("tensorflow", MIRRORED_CODE).strip().splitlines()[-1])
+    for augment in ("augment_False", "augment_True"):
+        logs = result[augment]["logs"]
+        for name in ("one", "two"):
+            stacks = logs[name]["stack_1_loss"] + logs[name]["stack_2_loss"]
+            assert logs[name]["loss"] == pytest.approx(stacks, rel=1e-5), (augment, logs)
+        for key in ("loss", "stack_1_loss", "stack_2_loss"):
+            assert logs["two"][key] == pytest.approx(logs["one"][key], rel=1e-5), (augment, logs)
+        assert result[augment]["weight_diff"] < 1e-5, result
+    assert result["replica_target_diff"] > 0.1, result
+
+
+MIXED_CODE = """
+import json, sys
+import numpy as np
+import keras
+from hgkeras.models.hourglass import StackedHourglass
+from hgkeras.training.trainer import PoseTrainer
+
+rng = np.random.default_rng(0)
+data = {"image": rng.integers(0, 255, (2, 96, 96, 3)).astype("uint8"),
+        "joints": rng.uniform(30.3, 70.3, (2, 16, 2)).astype("float32"),
+        "visible": np.ones((2, 16), "float32")}
+out = {}
+for policy in ("float32", sys.argv[1]):
+    keras.mixed_precision.set_global_policy(policy)
+    hourglass = StackedHourglass(num_stacks=1, num_features=16, num_joints=16, depth=1,
+                                 image_shape=(64, 64, 3))
+    trainer = PoseTrainer(hourglass, augment=False)
+    trainer.compile(optimizer="sgd")
+    step = trainer(data, training=True)
+    logs = trainer.fit(data, epochs=1, batch_size=2, verbose=0).history
+    out[policy] = {
+        "targets": keras.ops.convert_to_numpy(step["targets"]),
+        "dtypes": [str(keras.backend.standardize_dtype(h.dtype)) for h in step["heatmaps"]]
+        + [str(keras.backend.standardize_dtype(step["targets"].dtype))],
+        "predict": str(hourglass.predict(data["image"][:, :64, :64] / 255.0, verbose=0).dtype),
+        "loss": logs["loss"][-1],
+    }
+print(json.dumps({
+    "target_diff": float(np.max(np.abs(out["float32"]["targets"] - out[sys.argv[1]]["targets"]))),
+    "dtypes": out[sys.argv[1]]["dtypes"] + [out[sys.argv[1]]["predict"]],
+    "loss": out[sys.argv[1]]["loss"],
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    "backend, policy",
+    [("tensorflow", "mixed_bfloat16"), ("tensorflow", "mixed_float16"), ("jax", "mixed_bfloat16"),
+     pytest.param("torch", "mixed_bfloat16", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_mixed_precision_keeps_coordinates_targets_and_heatmaps_float32(
+    run_backend, backend, policy
+):
+    result = json.loads(run_backend(backend, MIXED_CODE, policy).strip().splitlines()[-1])
+    assert result["target_diff"] == 0.0, result
+    assert result["dtypes"] == ["float32"] * 3, result
+    assert result["loss"] > 0 and result["loss"] < 10, result
+
+
+TORCH_CODE = """
+import os
+os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"] = "2"
+from hgkeras.training.run import select_distribution
+try:
+    select_distribution(4)
+except ValueError as error:
+    print(error)
+"""
+
+
+def test_torch_multi_device_request_names_the_backends_that_support_it(run_backend):
+    message = run_backend("torch", TORCH_CODE).strip().splitlines()[-1]
+    assert "torch backend of Keras trains on one device" in message
+    assert "KERAS_BACKEND=tensorflow" in message and "KERAS_BACKEND=jax" in message
