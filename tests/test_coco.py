@@ -298,7 +298,12 @@ def tiny_coco_model(tmp_path_factory) -> Path:
 
     keras.utils.set_random_seed(0)
     model = StackedHourglass(
-        num_stacks=1, num_features=16, num_joints=17, depth=2, image_shape=(64, 48, 3)
+        num_stacks=1,
+        num_features=16,
+        num_joints=17,
+        depth=2,
+        image_shape=(64, 48, 3),
+        pose="coco",
     )
     path = tmp_path_factory.mktemp("model") / "coco.keras"
     model.save(path)
@@ -346,7 +351,8 @@ def test_predict_format_coco_needs_coco_image_names(tiny_coco_model, real_data, 
 
 
 def test_train_dataset_coco_uses_the_top_down_defaults(tmp_path):
-    from hgkeras.training.run import build_callbacks, build_trainer, parse_config
+    from hgkeras.cli.commands.train import parse_config
+    from hgkeras.training.run import build_callbacks, build_trainer
 
     mpii = parse_config(["--dataset", "mpii", "--data-dir", str(tmp_path)])
     assert (mpii.sigma, mpii.batch_size, mpii.epochs, mpii.lr_drops) == (1.0, 6, 100, [60, 90])
@@ -373,8 +379,9 @@ def test_train_run_on_coco_logs_val_ap_and_keeps_the_best(sample, tmp_path):
     """A 2-epoch `train.py --dataset coco` run: OKS AP validation each epoch, best.keras on val_ap."""
     import dataclasses
 
+    from hgkeras.cli.commands.train import parse_config
     from hgkeras.data.tfrecords import write_tfrecords
-    from hgkeras.training.run import parse_config, train
+    from hgkeras.training.run import train
 
     people = read_coco_keypoints(sample["annotations"])
     people += [dataclasses.replace(r, split="valid") for r in people]
@@ -415,7 +422,12 @@ def test_small_model_overfits_the_12_people_to_ap50_0_9(sample, tmp_path):
                          shuffle_buffer=1).take(1).cache().repeat()  # fmt: skip
     keras.utils.set_random_seed(0)
     hourglass = StackedHourglass(
-        num_stacks=1, num_features=32, num_joints=17, depth=2, image_shape=(size, size, 3)
+        num_stacks=1,
+        num_features=32,
+        num_joints=17,
+        depth=2,
+        image_shape=(size, size, 3),
+        pose="coco",
     )
     trainer = PoseTrainer(hourglass, augment=False, sigma=2.0, seed=0)
     trainer.compile(optimizer=keras.optimizers.Adam(3e-3))

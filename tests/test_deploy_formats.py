@@ -92,7 +92,7 @@ def test_runtimes_give_the_keras_heatmaps(every_format):
         assert runtime_kind(path) == kind
         runtime = load_runtime(path)
         assert runtime.input_size == (64, 64) and runtime.num_joints == 16
-        assert runtime.skeleton.flip_pairs[0] == (0, 5)
+        assert runtime.pose.name == "mpii" and runtime.pose.flip_pairs[0] == (0, 5)
         for batch in (1, 3):  # dynamic batch
             got = runtime.run(crops[:batch])
             assert got.shape == (batch, 16, 16, 16) and got.dtype == np.float32

@@ -124,16 +124,15 @@ def predictions(trained, tmp_path_factory):
     results["serving_default"] = np.stack(
         [geometry.apply_matrix(m, k) for m, k in zip(to_image, serving, strict=True)]
     )
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(
-        str(version / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    onnx_out = dict(zip(names, session.run(None, {"images": crops}), strict=True))
-    results["onnx"] = np.stack(
-        [geometry.apply_matrix(m, k) for m, k in zip(to_image, onnx_out["keypoints"], strict=True)]
-    )
+    # the ONNX file (the bare network) through ONNX Runtime, as PosePredictor runs exported files
+    onnx_predictor = PosePredictor(version / "model.onnx", flip=False)
+    onnx_keypoints = []
+    for p in people:
+        half = geometry.PIXELS_PER_SCALE * p.scale / 2.0 / 1.25
+        box = (p.center[0] - half, p.center[1] - half, p.center[0] + half, p.center[1] + half)
+        (person,) = onnx_predictor.predict(samples / "images" / p.image, boxes=[box])
+        onnx_keypoints.append(person.keypoints)
+    results["onnx"] = np.stack(onnx_keypoints)
 
     # 7-8. gRPC and REST clients against the loopback server
     from serving_loopback import LoopbackPredictionService, start_grpc_server, start_rest_server

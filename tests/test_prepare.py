@@ -13,6 +13,7 @@ from hgkeras.cli import main
 from hgkeras.data import pose_dataset, read_annotations
 from hgkeras.data.prepare import assign_validation_split
 from hgkeras.data.records import PoseRecord
+from hgkeras.vis.draw import SIDE_COLORS
 
 
 def test_prepare_flic_real_images(tmp_path, real_data, capsys):
@@ -91,9 +92,10 @@ def test_preview_grid(tmp_path, repo_root):
     assert grid.shape == (512, 768, 3)
     # Five tiles with image content, the sixth empty.
     assert grid[:256, :256].mean() > 10 and grid[256:, 512:].max() == 0
-    # Skeleton colours (pure red/blue limbs) appear on the tiles.
-    red = (grid[..., 2] > 200) & (grid[..., 1] < 60) & (grid[..., 0] < 60)
-    assert red.sum() > 50
+    # Side colours of hgkeras.vis.draw (left blue, right orange, BGR) appear on the tiles.
+    for b, g, r in SIDE_COLORS["left"], SIDE_COLORS["right"]:
+        drawn = np.abs(grid.astype(int) - (b, g, r)).max(axis=2) < 40
+        assert drawn.sum() > 50
 
 
 def test_preview_without_data_uses_the_shipped_samples(tmp_path):

@@ -642,7 +642,8 @@ def test_init_weights_copies_matching_layers_and_reinitialises_the_heads(tmp_pat
 
     def network(joints: int):
         return StackedHourglass(num_stacks=2, num_features=16, num_joints=joints, depth=1,
-                                image_shape=(32, 32, 3), name="stacked_hourglass")  # fmt: skip
+                                image_shape=(32, 32, 3), pose={16: "mpii", 11: "flic"}[joints],
+                                name="stacked_hourglass")  # fmt: skip
 
     mpii = network(16)
     mpii.save(tmp_path / "mpii.keras")

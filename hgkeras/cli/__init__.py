@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.startup_logs:
+    if vars(args).pop("startup_logs"):  # a top-level option: not a setting of the subcommand
         _env.show_startup_logs()
     if not getattr(args, "func", None):
         parser.print_help()

@@ -322,7 +322,7 @@ def _training_records(
     import tensorflow as tf
 
     base = tf.constant([0 if seed is None else int(seed), 0x5EED], tf.int64)
-    per_pass = _count_records(files) if start else 0
+    per_pass = count_records(files) if start else 0
     first = start // per_pass if per_pass else 0
 
     def one_pass(index):
@@ -358,7 +358,7 @@ def _training_records(
     return ds
 
 
-def _count_records(files: list[str]) -> int:
+def count_records(files: list[str]) -> int:
     """Records in the shards: from a manifest beside them when it lists them all, else counted."""
     import tensorflow as tf
 

@@ -116,8 +116,9 @@ def calibration_crops(
 
 
 def _annotation_crops(path: Path, images, size: tuple[int, int], people: int) -> np.ndarray:
+    from hgkeras.crop import crop_numpy
+    from hgkeras.data.images import load_image, to_rgb_float
     from hgkeras.data.readers import read_annotations
-    from hgkeras.inference.predictor import crop_person, load_image, to_rgb_float
 
     folder = Path(images) if images is not None else path.parent / "images"
     if not folder.is_dir():
@@ -128,7 +129,7 @@ def _annotation_crops(path: Path, images, size: tuple[int, int], people: int) ->
     crops = []
     for record in read_annotations(path)[:people]:
         image = load_image(folder / record.image)  # BGR, as OpenCV reads it
-        crop = crop_person(image, record.center, record.scale, size)
+        crop = crop_numpy(image, record.center, record.scale, size)
         crops.append(to_rgb_float(crop, "bgr"))
     return np.stack(crops) if crops else np.zeros((0, *size, 3), np.float32)
 

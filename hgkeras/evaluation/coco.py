@@ -215,33 +215,6 @@ def person_boxes(data: dict, detections: Sequence[dict] | None = None) -> list[d
     ]
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    import cv2
-
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _crop(
-    image: np.ndarray, center: np.ndarray, scale: float, shape: tuple[int, int]
-) -> np.ndarray:
-    """The (H, W) crop of the box (centre, scale), bilinear, zero border, float32 in [0, 1]."""
-    import cv2
-
-    from hgkeras.geometry import crop_matrix
-
-    matrix = crop_matrix(center, scale, shape)
-    crop = cv2.warpAffine(
-        image, matrix, (shape[1], shape[0]), flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-    )  # fmt: skip
-    return crop.astype(np.float32) / 255.0
-
-
 def predict_people(
     model: keras.Model,
     data: dict,
@@ -257,6 +230,8 @@ def predict_people(
     run with the flip test and decoded through the inverse crop transform.
     """
     from hgkeras.codec import predict_keypoints
+    from hgkeras.crop import crop_numpy
+    from hgkeras.evaluation.evaluate import read_image_rgb
 
     height, width = (int(v) for v in model.inputs[0].shape[1:3])
     joints = int(model.outputs[-1].shape[-1])
@@ -274,15 +249,17 @@ def predict_people(
         for k in chunk:
             image_id = boxes[k]["image_id"]
             if cached is None or cached[0] != image_id:
-                cached = (image_id, _read_rgb(images_dir / files[image_id]))
+                cached = (image_id, read_image_rgb(images_dir / files[image_id]))
             center, scale = coco_box_to_center_scale(boxes[k]["bbox"], width / height)
-            crops.append(_crop(cached[1], center, scale, (height, width)))
+            crop = crop_numpy(cached[1], center, scale, (height, width))  # the one crop policy
+            crops.append(crop.astype(np.float32) / 255.0)
             centers.append(center)
             scales.append(scale)
-        k_pts, k_scores = predict_keypoints(
-            model, np.stack(crops), np.stack(centers), np.array(scales), flip, batch_size
-        )
-        keypoints[chunk], scores[chunk] = k_pts, k_scores
+        predicted = predict_keypoints(
+            model, np.stack(crops), np.stack(centers), np.array(scales), COCO.flip_permutation,
+            flip, batch_size,
+        )  # fmt: skip
+        keypoints[chunk], scores[chunk] = predicted["keypoints"], predicted["scores"]
     return keypoints, scores
 
 

@@ -392,13 +392,6 @@ def _split_count(data_dir: Path, split: str) -> int | None:
     return int(splits[split]["records"])
 
 
-def count_records(files: Sequence[str]) -> int:
-    """Number of records in TFRecord files (reads them once)."""
-    import tensorflow as tf
-
-    return int(sum(1 for _ in tf.data.TFRecordDataset(list(files))))
-
-
 def prepare_embedded_data(samples_dir: Path, out_dir: Path) -> Path:
     """TFRecords of the shipped samples in ``out_dir``: the people in both the train and valid split.
 
@@ -441,7 +434,7 @@ class DataSources:
 
 def resolve_data(config: TrainConfig, out: Path) -> DataSources:
     """Locate the shards of the run (building the embedded TFRecords when needed)."""
-    from hgkeras.data.pipeline import resolve_shards
+    from hgkeras.data.pipeline import count_records, resolve_shards
 
     if config.embedded:
         samples = Path(config.samples_dir) if config.samples_dir else default_samples_dir()
