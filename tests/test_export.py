@@ -300,3 +300,19 @@ def test_warmup_file_holds_a_request_for_every_signature(export, loaded):
         if r.model_spec.signature_name == SERVING_DEFAULT
     )
     assert batches == [1, 8]
+
+
+@pytest.mark.faults
+def test_export_removes_the_temporary_folder_of_a_killed_export(export, tmp_path):
+    from hgkeras import io
+
+    model, _ = export
+    leftover = tmp_path / NAME / ".2.tmp-0123456789ab"  # what a SIGKILL mid-export leaves
+    (leftover / "variables").mkdir(parents=True)
+    (leftover / "saved_model.pb").write_bytes(b"half")
+    assert io.is_temporary(leftover.name)
+    lines: list[str] = []
+    export_model(model, tmp_path, NAME, 2, verify=False, warmup=False, models_config=False,
+                 log=lines.append)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / NAME).iterdir()) == ["2"]
+    assert any("interrupted export" in line for line in lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import sys
 import threading
@@ -254,3 +255,75 @@ def test_client_script_prints_keypoints_and_writes_overlay(
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(repo_root / "serving" / "client.py"), run_name="__main__")
     assert info.value.code == 2 and "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` (RGB): what a decompression bomb looks like to a
+    server that reads the header first (the pixel data is never reached)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.faults
+def test_oversized_and_non_finite_requests_are_refused_while_other_clients_get_answers(
+    service, grpc_target, person
+):
+    path, center, scale = person
+    image = path.read_bytes()
+    want = local(
+        service, "predict_image", image_bytes=image, center=center, scale=np.float32(scale)
+    )
+    hostile = [
+        (
+            {"image_bytes": _png_header_only(12000, 12000), "center": center, "scale": scale},
+            "pixels",
+        ),
+        ({"image_bytes": image, "center": center, "scale": 1e30}, "scale|box"),
+        ({"image_bytes": image, "center": np.array([np.nan, 1.0]), "scale": scale}, "center"),
+        ({"image_bytes": image, "center": np.array([1e9, 1e9]), "scale": scale}, "image|box"),
+    ]
+    failures: list[str] = []
+
+    def attacker() -> None:
+        client = PoseClient(grpc_target, NAME, timeout=60, retries=0)
+        for inputs, match in hostile * 3:
+            request = {"image_bytes": np.array(inputs["image_bytes"], dtype=object),
+                       "center": np.asarray(inputs["center"], np.float32),
+                       "scale": np.float32(inputs["scale"])}  # fmt: skip
+            try:
+                client.predict(request, "predict_image")  # raw: the client's own checks bypassed
+                failures.append(f"accepted {match}")
+            except InvalidRequestError as error:
+                if error.code != "INVALID_ARGUMENT" or not re.search(match, str(error)):
+                    failures.append(f"{match}: {error.code} {error}")
+        client.close()
+
+    def honest() -> None:
+        client = PoseClient(grpc_target, NAME, timeout=60, retries=0)
+        for _ in range(6):
+            keypoints, scores = client.predict_image(image, center, scale)
+            if not np.allclose(keypoints, want["keypoints"], atol=1e-3):
+                failures.append("an honest client got other keypoints")
+        client.close()
+
+    threads = [threading.Thread(target=attacker), threading.Thread(target=honest),
+               threading.Thread(target=honest)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []

@@ -433,14 +433,18 @@ def export_model(
         raise FileExistsError(
             f"{final} already exists; choose another --version or pass --force to replace it"
         )
+    # An export killed mid-way leaves its temporary version folder (hgkeras.io names): remove it.
+    leftovers = io.remove_temporaries(final.parent)
     options = dict(
         formats=chosen, flip=flip, calibration=calibration, calibration_images=calibration_images,
         force=force, verify=verify, models_config=models_config, base_path=base_path, fold=fold,
-        warmup=warmup,
+        warmup=warmup, max_pixels=max_pixels,
     )  # fmt: skip
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow(model, out_dir, name, version, **options)
     log = log or (lambda line: None)
+    for leftover in leftovers:
+        log(f"removed {final.parent / leftover}, left by an interrupted export")
     from hgkeras.models.loading import load_model
 
     model = load_model(model)  # a trainer (PoseTrainer) gives its .hourglass
