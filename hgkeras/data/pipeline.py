@@ -360,17 +360,16 @@ def _training_records(
 
 def count_records(files: list[str]) -> int:
     """Records in the shards: from a manifest beside them when it lists them all, else counted."""
+    folder = Path(files[0]).parent
+    listed = {
+        str(folder / name): int(entry["records"])
+        for name, entry in _manifest_shards(_manifest_beside(files)).items()
+        if "records" in entry
+    }
+    if all(f in listed for f in files):
+        return sum(listed[f] for f in files)
     import tensorflow as tf
 
-    manifest_path = Path(files[0]).parent / MANIFEST_NAME
-    if manifest_path.is_file():
-        counts = {}
-        for split in json.loads(manifest_path.read_text()).get("splits", {}).values():
-            for shard in split.get("shards", []):
-                if "file" in shard and "records" in shard:
-                    counts[str(manifest_path.parent / shard["file"])] = int(shard["records"])
-        if all(f in counts for f in files):
-            return sum(counts[f] for f in files)
     return int(sum(1 for _ in tf.data.TFRecordDataset(files)))
 
 
