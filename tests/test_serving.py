@@ -21,6 +21,7 @@ from serving_loopback import (
     start_rest_server,
 )
 
+from hgkeras.codec import decode_to_input
 from hgkeras.deploy.client import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -83,16 +84,23 @@ def test_eight_concurrent_clients_get_local_answers(service, grpc_target):
     requests = [rng.random((1 + i % 2, 64, 64, 3), dtype=np.float32) for i in range(8 * 25)]
     expected = [local(service, "serving_default", images=r) for r in requests]
     failures: list[str] = []
+    same: list[float] = []
 
     def worker(k: int) -> None:
         with PoseClient(grpc_target, NAME, signature="serving_default", timeout=60) as client:
             for i in range(k, len(requests), 8):  # 25 requests each
                 got = client.predict({"images": requests[i]})
+                # Concurrent oneDNN convolutions may round differently (~1e-7), which can flip a
+                # near-tie in the untrained model's flat heatmaps; so the answer must be this
+                # request's heatmaps, decoded exactly as the graph decodes them.
+                decoded, _ = decode_to_input(got["heatmaps"], (64, 64))
                 if not (
-                    np.array_equal(got["keypoints"], expected[i]["keypoints"])
-                    and np.allclose(got["heatmaps"], expected[i]["heatmaps"], atol=1e-6)
+                    np.allclose(got["heatmaps"], expected[i]["heatmaps"], atol=1e-6)
+                    and np.array_equal(got["keypoints"], np.asarray(decoded))
                 ):
                     failures.append(f"client {k} request {i}")
+                else:
+                    same.append(np.mean(got["keypoints"] == expected[i]["keypoints"]))
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
     for t in threads:
@@ -101,6 +109,7 @@ def test_eight_concurrent_clients_get_local_answers(service, grpc_target):
         t.join(timeout=300)
     assert not any(t.is_alive() for t in threads)
     assert failures == []
+    assert np.mean(same) > 0.99  # ties aside, the very same keypoints as a local call
 
 
 def test_malformed_requests_get_invalid_argument_and_server_keeps_serving(
