@@ -6,7 +6,8 @@ Builds a StackedHourglass (random weights: speed does not depend on them), expor
 :func:`hgkeras.deploy.export.export_model` (SavedModel + ONNX, no flip test) to a temporary folder, then times
 each engine on random 256x256 images: ``--warmup`` untimed calls, then ``--repeats`` timed calls per
 batch size. Prints a table and writes ``benchmarks/results/serving.json``.
-Keras predict returns the stacks' heatmaps; the SavedModel and ONNX graphs also decode keypoints.
+Keras predict returns the stacks' heatmaps; the SavedModel's ``serving_default`` also decodes
+keypoints; the ONNX file holds the bare network (final heatmaps only).
 """
 
 from __future__ import annotations
