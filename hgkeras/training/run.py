@@ -21,10 +21,13 @@ Output layout of ``--out DIR``::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -261,6 +264,47 @@ class Distribution:
         import contextlib
 
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def broadcast_from_chief(self, arrays: list) -> list:
+        """``arrays`` (numpy) as the chief holds them, on every process; each must call it with
+        arrays of the same shapes and dtypes. The identity with one input pipeline."""
+        import numpy as np
+
+        arrays = [np.asarray(a) for a in arrays]
+        if self.num_inputs == 1:
+            return arrays
+        if self.jax_multi_process:
+            from jax.experimental import multihost_utils
+
+            shared = multihost_utils.broadcast_one_to_all(arrays)
+        else:
+            shared = _tf_broadcast_from_chief(self.strategy, arrays)
+        return [
+            np.asarray(s).astype(a.dtype).reshape(a.shape)
+            for s, a in zip(shared, arrays, strict=True)
+        ]
+
+
+def _tf_broadcast_from_chief(strategy, arrays: list) -> list:
+    """Broadcast from global replica 0 (the chief's first device) to every worker: one all-reduce
+    (``ReplicaContext.all_reduce``) to which the other replicas contribute zeros."""
+    import numpy as np
+    import tensorflow as tf
+
+    native = (np.float32, np.float64, np.int32, np.int64)
+    wire = [a if a.dtype in native else a.astype(np.float64) for a in arrays]
+
+    def replica_fn(*values):
+        context = tf.distribute.get_replica_context()
+        keep = tf.equal(context.replica_id_in_sync_group, 0)
+        return context.all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.where(keep, v, tf.zeros_like(v)) for v in values]
+        )
+
+    shared = tf.function(lambda *values: strategy.run(replica_fn, args=values))(
+        *[tf.constant(a) for a in wire]
+    )
+    return [strategy.experimental_local_results(v)[0].numpy() for v in shared]
 
 
 def _tf_config_role() -> tuple[bool, int]:
@@ -682,9 +726,15 @@ def build_callbacks(
     steps_per_epoch: int,
     restore_dir: Path | None = None,
     extra: Sequence[Any] = (),
+    dist: Distribution | None = None,
 ) -> dict:
     """The run's callbacks, by name, in the order they must run: the NaN stop first, PCKh before its
-    consumers (best model, CSV, TensorBoard), the user's ``extra`` callbacks, the backup last."""
+    consumers (best model, CSV, TensorBoard), the user's ``extra`` callbacks, the backup last.
+
+    With several processes in ``dist`` every process runs the same callbacks (Keras' saving has
+    collective steps under JAX); a non-chief's ``out`` is its scratch folder, and its backup
+    callback takes the chief's state by broadcast instead of reading a file.
+    """
     import keras
 
     from hgkeras.training import callbacks as tc
@@ -706,7 +756,13 @@ def build_callbacks(
         callbacks[f"extra_{index}"] = callback
     # Last: an epoch counts as done (and is not run again after a kill) only once everything above
     # has written its files for it.
-    callbacks["backup"] = tc.CrashSafeBackupAndRestore(out / "backup", restore_dir=restore_dir)
+    several = dist is not None and dist.num_inputs > 1
+    callbacks["backup"] = tc.CrashSafeBackupAndRestore(
+        out / "backup",
+        restore_dir=restore_dir,
+        broadcast=dist.broadcast_from_chief if several else None,
+        chief=dist is None or dist.is_chief,
+    )
     return callbacks
 
 
@@ -762,8 +818,6 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """
     import keras
 
-    from hgkeras.training import callbacks as tc
-
     if config.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(MIXED_PRECISION[config.mixed_precision])
     dist = select_distribution(config.batch_size)  # before any model, dataset or TF op
@@ -783,39 +837,63 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             f"--batch-size {config.batch_size} must be divisible by the {dist.num_replicas} replicas"
         )
 
-    chief_out = Path(config.out)
-    out = chief_out
-    if not dist.is_chief:
-        out = out / f"worker_{dist.worker_index}"  # non-chief workers keep their own files
+    # Only the chief writes into --out. Every other worker or process runs the same steps (Keras'
+    # saving has collective steps) in a scratch folder of its own, removed at the end (and at the
+    # start, after a killed run), and takes the chief's state by broadcast: resuming needs no shared
+    # file system.
+    out = Path(config.out)
+    scratch = None if dist.is_chief else scratch_dir(out, dist.worker_index)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        return _train(config, dist, scratch or out, callbacks)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def scratch_dir(out: Path, worker_index: int) -> Path:
+    """The temporary output folder of non-chief worker ``worker_index`` of the run into ``out``."""
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hgkeras-{key}-worker{worker_index}"
+
+
+def _train(config: TrainConfig, dist: Distribution, out: Path, callbacks: Sequence) -> dict:
+    import keras
+    import numpy as np
+
+    from hgkeras.training import callbacks as tc
+
+    chief = dist.is_chief
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     _check_resume_config(config, config_path)
-
     sources = resolve_data(config, out)
     if config.steps_per_epoch is None:
         config.steps_per_epoch = max(1, sources.num_train // config.batch_size)
     resolved = config.to_json()
-    if dist.is_chief:
+    if chief:
         print("Resolved configuration:\n" + json.dumps(resolved, indent=2, sort_keys=True),
               flush=True)  # fmt: skip
     tc.write_json_atomic(config_path, resolved)
 
-    # Every worker resumes from the chief's backup (when it can see it): the same epoch and weights.
-    restore_dir = chief_out / "backup"
-    if not (restore_dir / tc.CrashSafeBackupAndRestore.STATE).exists():
-        restore_dir = out / "backup"
-    state = tc.CrashSafeBackupAndRestore.read_state_file(restore_dir)
-    initial_epoch = int(state["epoch"]) if state else 0
+    # The chief's backup decides where every worker's record stream starts.
+    state = tc.CrashSafeBackupAndRestore.read_state_file(out / "backup") if chief else None
+    epoch = np.asarray(int(state["epoch"]) if state else -1, np.int32)
+    (saved,) = dist.broadcast_from_chief([epoch])
+    initial_epoch = max(int(saved), 0)
 
     with dist.scope():
         hourglass, trainer = build_trainer(config, dist)
-    if config.init_weights and state is None:
-        print(load_initial_weights(hourglass, config.init_weights), flush=True)
+    if config.init_weights and int(saved) < 0:  # every process loads them (the same values)
+        summary = load_initial_weights(hourglass, config.init_weights)
+        if chief:
+            print(summary, flush=True)
     train_ds, val_ds = build_datasets(
         config, sources, dist, start_step=initial_epoch * config.steps_per_epoch
     )
     run_callbacks = build_callbacks(
-        config, out, val_ds, config.steps_per_epoch, restore_dir=restore_dir, extra=callbacks
+        config, out, val_ds, config.steps_per_epoch, extra=callbacks, dist=dist
     )
 
     started = time.time()
@@ -830,8 +908,8 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     seconds = time.time() - started
     nan = run_callbacks["nan"].message
     if nan:
-        saved = tc.CrashSafeBackupAndRestore.read_state_file(out / "backup")
-        where = f"after epoch {saved['epoch']}" if saved else "of no finished epoch"
+        saved_state = tc.CrashSafeBackupAndRestore.read_state_file(out / "backup")
+        where = f"after epoch {saved_state['epoch']}" if saved_state else "of no finished epoch"
         raise RuntimeError(
             f"training stopped: {nan}. backup/, last.keras and best.keras in {out} keep the last "
             f"finite state ({where}); re-run with other settings (e.g. a lower --lr) to continue "
@@ -874,7 +952,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             f"{key} {float(result[key]):.2f}",
             flush=True,
         )
-    if config.export and dist.is_chief:
+    if config.export:  # on every process (loading a model has collective steps under JAX)
         best = out / "best.keras"
         summary["export"] = _export(
             best if best.exists() else out / "last.keras", out, config.flip_eval
