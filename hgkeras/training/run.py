@@ -307,6 +307,36 @@ def _tf_broadcast_from_chief(strategy, arrays: list) -> list:
     return [strategy.experimental_local_results(v)[0].numpy() for v in shared]
 
 
+def check_distribution_settings(config: TrainConfig, dist: Distribution) -> None:
+    """Refuse, at the start and in one line, settings that Keras cannot run under ``dist``."""
+    import keras
+
+    if dist.strategy is None:
+        return
+    if config.jit_compile is True:
+        # Keras compiles the whole cross-replica step (strategy.run and the all-reduce) as one XLA
+        # function, which XLA places on a single device: it fails on several GPUs as on logical CPU
+        # devices ("tf.Variable on a different device"; keras-team/keras#18145), and Keras' own
+        # jit_compile="auto" turns XLA off under tf.distribute.
+        raise ValueError(
+            f"--jit-compile does not work under {dist.description} with Keras "
+            f"{keras.__version__} (Keras compiles the whole multi-device step as one XLA function, "
+            "which XLA cannot place on several devices); leave --jit-compile at its default (Keras "
+            "then runs tf.distribute without XLA) or use KERAS_BACKEND=jax, whose DataParallel "
+            "step is XLA-compiled"
+        )
+    if config.steps_per_execution > 1:
+        # Keras runs the steps in a tf.while_loop whose tf.cond around the step calls the
+        # optimizer's merge_call: "You must feed a value for placeholder tensor ..." even for a
+        # Dense model (keras-team/keras#19246, open; benchmarks/training_scaling.py).
+        raise ValueError(
+            f"--steps-per-execution {config.steps_per_execution} does not work under "
+            f"{dist.description} with Keras {keras.__version__} (its multi-step loop fails under "
+            "tf.distribute, keras-team/keras#19246); use --steps-per-execution 1 there, or N > 1 "
+            "on one device or with KERAS_BACKEND=jax"
+        )
+
+
 def _tf_config_role() -> tuple[bool, int]:
     """(is_chief, worker index) from ``TF_CONFIG``."""
     try:
@@ -824,14 +854,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     config.backend = keras.backend.backend()
     config.distribution = dist.description
-    if dist.strategy is not None and config.steps_per_execution > 1:
-        # Keras 3.15: multi_step_on_iterator fails under tf.distribute even for a Dense model
-        # ("You must feed a value for placeholder tensor ..."; benchmarks/training_scaling.py).
-        raise ValueError(
-            f"--steps-per-execution {config.steps_per_execution} does not work under "
-            f"{dist.description} with Keras {keras.__version__} (its multi-step loop fails under "
-            "tf.distribute); use --steps-per-execution 1 there, or the JAX backend"
-        )
+    check_distribution_settings(config, dist)
     if dist.num_replicas > 1 and config.batch_size % dist.num_replicas:
         raise ValueError(
             f"--batch-size {config.batch_size} must be divisible by the {dist.num_replicas} replicas"
