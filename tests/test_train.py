@@ -199,6 +199,42 @@ def test_backup_commits_atomically_and_restores_epoch_and_optimizer(tmp_path):
     assert int(resumed.optimizer.iterations) == 5 * 2
 
 
+def test_backup_without_the_step_counter_resumes_with_a_warning(tmp_path, capsys):
+    """A backup written before PoseTrainer had its augmentation step counter (its own variables
+    group is empty) resumes: weights and optimizer state load, the augmentation stream restarts."""
+    import h5py
+
+    from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training.trainer import PoseTrainer
+
+    rng = np.random.default_rng(0)
+    data = {"image": rng.integers(0, 255, (4, 48, 48, 3)).astype("uint8"),
+            "joints": rng.uniform(8, 40, (4, 16, 2)).astype("float32"),
+            "visible": np.ones((4, 16), "float32")}  # fmt: skip
+
+    def fit(epochs: int):
+        keras.utils.set_random_seed(0)
+        network = StackedHourglass(num_stacks=1, num_features=16, num_joints=16, depth=1,
+                                   image_shape=(32, 32, 3))  # fmt: skip
+        trainer = PoseTrainer(network, seed=3)
+        trainer.build({k: (None, *v.shape[1:]) for k, v in data.items()})  # as train.py does
+        trainer.compile(optimizer=keras.optimizers.RMSprop(1e-3))
+        backup = tc.CrashSafeBackupAndRestore(tmp_path / "backup")
+        history = trainer.fit(data, batch_size=2, epochs=epochs, callbacks=[backup], verbose=0)
+        return trainer, history
+
+    first, _ = fit(1)
+    state = json.loads((tmp_path / "backup" / "state.json").read_text())
+    with h5py.File(tmp_path / "backup" / state["weights"], "a") as f:
+        assert list(f["vars"]) == ["0"]  # the counter: the trainer's only variable of its own
+        del f["vars"]["0"]
+    with pytest.warns(UserWarning, match="augmentation stream restarted"):
+        resumed, history = fit(2)
+    assert "after epoch 1" in capsys.readouterr().err
+    assert len(history.history["loss"]) == 1 and int(resumed.optimizer.iterations) == 4
+    assert int(keras.ops.convert_to_numpy(resumed.augment_step)) == 2  # restarted at 0, 2 steps
+
+
 def test_csv_log_keeps_late_columns_and_drops_rerun_epochs(tmp_path):
     path = tmp_path / "log.csv"
     log = tc.ResumableCSVLogger(path)
