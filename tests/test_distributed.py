@@ -82,6 +82,15 @@ for name, setting in (("jit_compile", {"jit_compile": True}),
     except Exception:
         result["keras_fails"][name] = True
 check_distribution_settings(TrainConfig(), dist)  # the defaults pass
+
+# The chief-to-all broadcast that resumes multi-worker runs is exact for bytes and floats.
+from hgkeras.training.run import _tf_broadcast_from_chief
+
+sent = [np.frombuffer(rng.bytes(4096), np.int32), np.asarray([-1, 7, 2**30 - 1], np.int32),
+        rng.normal(size=(3, 5)).astype("float32")]
+got = _tf_broadcast_from_chief(two, sent)
+result["broadcast_exact"] = all(np.array_equal(np.asarray(g).astype(a.dtype), a)
+                                for a, g in zip(sent, got))
 print(json.dumps(result))
 """
 
@@ -118,6 +127,10 @@ def test_jit_compile_and_multi_step_under_mirrored_strategy_are_refused_in_one_l
         assert "\n" not in message and "MirroredStrategy (2 devices)" in message
     assert "--jit-compile does not work" in jit and "KERAS_BACKEND=jax" in jit
     assert "keras-team/keras#19246" in steps and "--steps-per-execution 1" in steps
+
+
+def test_chief_broadcast_under_tf_distribute_is_exact(mirrored):
+    assert mirrored["broadcast_exact"] is True
 
 
 MIXED_CODE = """

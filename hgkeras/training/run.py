@@ -6,7 +6,8 @@ run on the shipped MPII samples otherwise); :func:`train` runs it: distribution 
 model, callbacks (crash-safe backup, learning-rate steps, NaN stop, best/last models, CSV and
 TensorBoard logs, PCKh), ``fit``, a final PCKh evaluation and, where available, the export.
 
-Output layout of ``--out DIR``::
+Output layout of ``--out DIR`` (written by the chief alone: worker 0 or ``chief`` of ``TF_CONFIG``,
+JAX process 0; the other processes write the same files into a scratch folder they remove)::
 
     config.json          the resolved configuration (written before training)
     best.keras           the pose network with the best val_pckh so far (best.json: value, epoch)
@@ -287,12 +288,23 @@ class Distribution:
 
 def _tf_broadcast_from_chief(strategy, arrays: list) -> list:
     """Broadcast from global replica 0 (the chief's first device) to every worker: one all-reduce
-    (``ReplicaContext.all_reduce``) to which the other replicas contribute zeros."""
+    (``ReplicaContext.all_reduce``) to which the other replicas contribute zeros.
+
+    Floating arrays travel as they are; integer arrays of up to 32 bits as float32 pairs of 16-bit
+    halves (exact, and float32 all-reduces exist on every device, integer ones not everywhere).
+    """
     import numpy as np
     import tensorflow as tf
 
-    native = (np.float32, np.float64, np.int32, np.int64)
-    wire = [a if a.dtype in native else a.astype(np.float64) for a in arrays]
+    wire = []
+    for a in arrays:
+        if a.dtype.kind == "f":
+            wire.append(a.astype(np.float64 if a.dtype == np.float64 else np.float32))
+        elif a.dtype.kind in "iub" and a.dtype.itemsize <= 4:
+            bits = a.astype(np.int64) & 0xFFFFFFFF
+            wire.append(np.stack([bits & 0xFFFF, bits >> 16]).astype(np.float32))
+        else:
+            raise ValueError(f"cannot broadcast {a.dtype} arrays")
 
     def replica_fn(*values):
         context = tf.distribute.get_replica_context()
@@ -302,9 +314,17 @@ def _tf_broadcast_from_chief(strategy, arrays: list) -> list:
         )
 
     shared = tf.function(lambda *values: strategy.run(replica_fn, args=values))(
-        *[tf.constant(a) for a in wire]
+        *[tf.constant(w) for w in wire]
     )
-    return [strategy.experimental_local_results(v)[0].numpy() for v in shared]
+    results = []
+    for a, value in zip(arrays, shared, strict=True):
+        value = strategy.experimental_local_results(value)[0].numpy()
+        if a.dtype.kind != "f":
+            low, high = value.astype(np.int64)
+            bits = (low + (high << 16)).astype(np.uint32)
+            value = bits.view(np.int32) if a.dtype.kind == "i" else bits
+        results.append(value)
+    return results
 
 
 def check_distribution_settings(config: TrainConfig, dist: Distribution) -> None:
