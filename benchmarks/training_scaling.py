@@ -9,6 +9,10 @@ cores, so two replicas cannot be faster). It measures:
 * training steps/s and images/s of ``fit`` (augmentation and targets on the device, as in
   ``train.py``) for 1 and 2 replicas (and ``steps_per_execution`` 4 on one device), and whether
   ``jit_compile=True`` and ``steps_per_execution`` > 1 work under ``MirroredStrategy``;
+* forward+backward step time of a 1-stack hourglass in float32 and ``mixed_bfloat16`` under
+  TensorFlow, JAX and PyTorch (one thread each, the policies interleaved; ``--only precision``
+  re-measures just this part): the fused BatchNorm/convolution paths must keep reduced precision
+  faster than float32;
 * validation images/s with the flip test: the previous path (two eager forward passes per batch,
   ``hgkeras.codec.heatmaps_with_flip``) against the compiled one-batch predictor that the PCKh
   callback and ``hgkeras evaluate`` use now (``hgkeras.evaluation.evaluate.flip_test_predictor``).
@@ -17,6 +21,7 @@ Usage::
 
     python benchmarks/training_scaling.py            # prints a table, writes results/training_scaling.json
     python benchmarks/training_scaling.py --quick
+    python benchmarks/training_scaling.py --only precision   # updates that part of the results
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workers import timed  # noqa: E402
+from _workers import emit, spawn_worker, timed  # noqa: E402
 
 
 def _network(args):
@@ -103,6 +108,98 @@ def _validation_rates(args) -> list[dict]:
     return rows
 
 
+def _precision_worker(args) -> None:
+    """Median forward+backward step (ms) of float32 and mixed_bfloat16 networks, interleaved."""
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    x = np.random.default_rng(0).uniform(size=(args.batch, args.input_size, args.input_size, 3))
+    x = keras.ops.convert_to_tensor(x.astype("float32"))
+    steps = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        keras.utils.set_random_seed(0)
+        network = _network(argparse.Namespace(**{**vars(args), "stacks": 1}))
+        steps[policy] = _gradient_step(network, x)
+    keras.mixed_precision.set_global_policy("float32")
+    times: dict[str, list[float]] = {policy: [] for policy in steps}
+    for repeat in range(args.steps + 2):
+        for policy, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if repeat >= 2:  # two warm-up rounds
+                times[policy].append(time.perf_counter() - start)
+    emit({"backend": backend, **{p: round(float(np.median(t)) * 1e3, 1) for p, t in times.items()}})
+
+
+def _stacks(outputs) -> list:
+    """The heatmaps of every stack as a list (a 1-stack network returns one tensor)."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _gradient_step(network, x):
+    """A callable running one forward and backward pass of ``network`` on ``x`` (loss: mean square)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+
+        def step():
+            for weight in network.trainable_weights:
+                weight.value.grad = None
+            outputs = _stacks(network(x, training=True))
+            sum(keras.ops.mean(keras.ops.cast(o, "float32") ** 2) for o in outputs).backward()
+
+        return step
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def tf_step():
+            with tf.GradientTape() as tape:
+                outputs = _stacks(network(x, training=True))
+                loss = tf.add_n([tf.reduce_mean(tf.cast(o, tf.float32) ** 2) for o in outputs])
+            return tape.gradient(loss, network.trainable_weights)
+
+        return lambda: [g.numpy() for g in tf_step()]
+    import jax
+
+    trainable = [v.value for v in network.trainable_variables]
+    frozen = [v.value for v in network.non_trainable_variables]
+
+    def loss(trainable):
+        outputs, _ = network.stateless_call(trainable, frozen, x, training=True)
+        return sum(jax.numpy.mean(o.astype("float32") ** 2) for o in _stacks(outputs))
+
+    gradient = jax.jit(jax.grad(loss))
+    return lambda: jax.block_until_ready(gradient(trainable))
+
+
+def _precision_rates(args) -> list[dict]:
+    rows = []
+    flags = ["--batch", str(args.batch), "--input-size", str(args.input_size),
+             "--features", str(args.features), "--steps", str(args.steps)]  # fmt: skip
+    os.environ.setdefault(
+        "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+    for backend in ("tensorflow", "jax", "torch"):
+        code, messages = spawn_worker(__file__, backend, ["--precision-worker", *flags])
+        row = messages[-1] if messages else {"backend": backend, "error": f"exit {code}"}
+        rows.append(row)
+        print(f"step   {row}", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", type=int, default=2)
@@ -114,9 +211,29 @@ def main() -> int:
     parser.add_argument("--min-time", type=float, default=3.0)
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS / "training_scaling.json")
+    parser.add_argument("--only", choices=["precision"], help="re-measure one part of the results")
+    parser.add_argument("--precision-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.min_time, args.val_batches = 4, 0.5, [16]
+    if args.precision_worker:
+        _precision_worker(args)
+        return 0
+    if args.only == "precision":
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+        result["reduced_precision_step_ms"] = {
+            "model": {
+                "stacks": 1,
+                "features": args.features,
+                "input_size": args.input_size,
+                "batch": args.batch,
+                "threads": 1,
+            },  # fmt: skip
+            "steps": _precision_rates(args),
+        }
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
 
     import tensorflow as tf
 
@@ -166,6 +283,16 @@ def main() -> int:
         "training": training,
         "under_mirrored_strategy": checks,
         "validation_flip_test": validation,
+        "reduced_precision_step_ms": {
+            "model": {
+                "stacks": 1,
+                "features": args.features,
+                "input_size": args.input_size,
+                "batch": args.batch,
+                "threads": 1,
+            },  # fmt: skip
+            "steps": _precision_rates(args),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -61,12 +61,50 @@ batch = next(iter(two.experimental_distribute_dataset(
 targets = two.run(lambda d: trainer.prepare(d, training=True)[1], args=(batch,))
 a, b = (np.asarray(t) for t in two.experimental_local_results(targets))
 result["replica_target_diff"] = float(np.max(np.abs(a - b)))
+
+# What train.py refuses under tf.distribute, and whether Keras still fails there (a Dense model).
+from hgkeras.training.run import Distribution, TrainConfig, check_distribution_settings
+
+dist = Distribution("MirroredStrategy (2 devices)", two, 2)
+result["refusals"], result["keras_fails"] = {}, {}
+for name, setting in (("jit_compile", {"jit_compile": True}),
+                      ("steps_per_execution", {"steps_per_execution": 2})):
+    try:
+        check_distribution_settings(TrainConfig(**setting), dist)
+    except ValueError as error:
+        result["refusals"][name] = str(error)
+    with two.scope():
+        dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        dense.compile("sgd", "mse", **setting)
+    try:
+        dense.fit(np.ones((8, 4)), np.ones((8, 2)), batch_size=4, verbose=0)
+        result["keras_fails"][name] = False
+    except Exception:
+        result["keras_fails"][name] = True
+check_distribution_settings(TrainConfig(), dist)  # the defaults pass
+
+# The chief-to-all broadcast that resumes multi-worker runs is exact for bytes and floats.
+from hgkeras.training.run import _tf_broadcast_from_chief
+
+sent = [np.frombuffer(rng.bytes(4096), np.int32), np.asarray([-1, 7, 2**30 - 1], np.int32),
+        rng.normal(size=(3, 5)).astype("float32")]
+got = _tf_broadcast_from_chief(two, sent)
+result["broadcast_exact"] = all(np.array_equal(np.asarray(g).astype(a.dtype), a)
+                                for a, g in zip(sent, got))
 print(json.dumps(result))
 """
 
 
-def test_two_replicas_match_one_device(run_backend):
-    result = json.loads(run_backend("tensorflow", MIRRORED_CODE).strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def mirrored() -> dict:
+    """One run of MIRRORED_CODE (2 logical CPU devices) for the tests below."""
+    from conftest import run_backend
+
+    return json.loads(run_backend("tensorflow", MIRRORED_CODE).strip().splitlines()[-1])
+
+
+def test_two_replicas_match_one_device(mirrored):
+    result = mirrored
     for augment in ("augment_False", "augment_True"):
         logs = result[augment]["logs"]
         for name in ("one", "two"):
@@ -76,6 +114,23 @@ def test_two_replicas_match_one_device(run_backend):
             assert logs["two"][key] == pytest.approx(logs["one"][key], rel=1e-5), (augment, logs)
         assert result[augment]["weight_diff"] < 1e-5, result
     assert result["replica_target_diff"] > 0.1, result
+
+
+def test_jit_compile_and_multi_step_under_mirrored_strategy_are_refused_in_one_line(mirrored):
+    """Both fail inside Keras under tf.distribute (checked on a Dense model: when a Keras upgrade
+    fixes one, this fails and the refusal can go); train.py refuses them at the start, saying why
+    and what to use instead."""
+    result = mirrored
+    assert result["keras_fails"] == {"jit_compile": True, "steps_per_execution": True}, result
+    jit, steps = result["refusals"]["jit_compile"], result["refusals"]["steps_per_execution"]
+    for message in (jit, steps):
+        assert "\n" not in message and "MirroredStrategy (2 devices)" in message
+    assert "--jit-compile does not work" in jit and "KERAS_BACKEND=jax" in jit
+    assert "keras-team/keras#19246" in steps and "--steps-per-execution 1" in steps
+
+
+def test_chief_broadcast_under_tf_distribute_is_exact(mirrored):
+    assert mirrored["broadcast_exact"] is True
 
 
 MIXED_CODE = """

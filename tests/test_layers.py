@@ -75,6 +75,35 @@ if keras.backend.backend() == "tensorflow":
     expected = ref(tf.cast(tf.cast(x, "float16"), "float32"), training=True).numpy()
     assert np.abs(out.numpy().astype("float32") - expected).max() < 2e-2
     assert np.abs(half.moving_mean.numpy() - ref.moving_mean.numpy()).max() < 1e-3
+# bfloat16: the fused kernel runs on the bfloat16 input (no float32 copy), the statistics stay
+# float32, the outputs are bfloat16 and agree with float32 Keras on the same input within bfloat16
+# rounding, in training and inference.
+seen = []
+if keras.backend.backend() == "torch":
+    import torch.nn.functional as F
+
+    batch_norm = F.batch_norm
+    F.batch_norm = lambda x, *a, **k: seen.append(str(x.dtype)) or batch_norm(x, *a, **k)
+low = BatchNorm(epsilon=1e-5, momentum=0.9, dtype="mixed_bfloat16")
+ref = layers.BatchNormalization(epsilon=1e-5, momentum=0.9)
+for layer in (low, ref):
+    layer.build(x.shape)
+    layer.gamma.assign(stock.gamma.numpy())
+    layer.beta.assign(stock.beta.numpy())
+xin = ops.cast(x, "bfloat16")
+xref = ops.cast(xin, "float32")
+for training in (True, False):
+    out, expected = low(xin, training=training), ops.convert_to_numpy(ref(xref, training=training))
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16", out.dtype
+    error = np.abs(ops.convert_to_numpy(ops.cast(out, "float32")) - expected).max()
+    assert error < 2 * 2.0**-7 * np.abs(expected).max(), (training, error)
+assert low.moving_mean.dtype == low.moving_variance.dtype == "float32"
+for name in ("moving_mean", "moving_variance"):
+    d = np.abs(getattr(low, name).numpy() - getattr(ref, name).numpy()).max()
+    assert d < 1e-4 * max(1.0, np.abs(getattr(ref, name).numpy()).max()), (name, d)
+if keras.backend.backend() == "torch":
+    F.batch_norm = batch_norm
+    assert seen == ["torch.bfloat16"] * 2, seen
 print("OK")
 """
 

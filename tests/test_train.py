@@ -199,6 +199,42 @@ def test_backup_commits_atomically_and_restores_epoch_and_optimizer(tmp_path):
     assert int(resumed.optimizer.iterations) == 5 * 2
 
 
+def test_backup_without_the_step_counter_resumes_with_a_warning(tmp_path, capsys):
+    """A backup written before PoseTrainer had its augmentation step counter (its own variables
+    group is empty) resumes: weights and optimizer state load, the augmentation stream restarts."""
+    import h5py
+
+    from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training.trainer import PoseTrainer
+
+    rng = np.random.default_rng(0)
+    data = {"image": rng.integers(0, 255, (4, 48, 48, 3)).astype("uint8"),
+            "joints": rng.uniform(8, 40, (4, 16, 2)).astype("float32"),
+            "visible": np.ones((4, 16), "float32")}  # fmt: skip
+
+    def fit(epochs: int):
+        keras.utils.set_random_seed(0)
+        network = StackedHourglass(num_stacks=1, num_features=16, num_joints=16, depth=1,
+                                   image_shape=(32, 32, 3))  # fmt: skip
+        trainer = PoseTrainer(network, seed=3)
+        trainer.build({k: (None, *v.shape[1:]) for k, v in data.items()})  # as train.py does
+        trainer.compile(optimizer=keras.optimizers.RMSprop(1e-3))
+        backup = tc.CrashSafeBackupAndRestore(tmp_path / "backup")
+        history = trainer.fit(data, batch_size=2, epochs=epochs, callbacks=[backup], verbose=0)
+        return trainer, history
+
+    first, _ = fit(1)
+    state = json.loads((tmp_path / "backup" / "state.json").read_text())
+    with h5py.File(tmp_path / "backup" / state["weights"], "a") as f:
+        assert list(f["vars"]) == ["0"]  # the counter: the trainer's only variable of its own
+        del f["vars"]["0"]
+    with pytest.warns(UserWarning, match="augmentation stream restarted"):
+        resumed, history = fit(2)
+    assert "after epoch 1" in capsys.readouterr().err
+    assert len(history.history["loss"]) == 1 and int(resumed.optimizer.iterations) == 4
+    assert int(keras.ops.convert_to_numpy(resumed.augment_step)) == 2  # restarted at 0, 2 steps
+
+
 def test_csv_log_keeps_late_columns_and_drops_rerun_epochs(tmp_path):
     path = tmp_path / "log.csv"
     log = tc.ResumableCSVLogger(path)
@@ -338,52 +374,62 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+#: train.py's run with one more callback: each process prints the sums of its trainable weights.
+CHECKSUM_CODE = """
+import json, sys
+import keras
+import numpy as np
+from hgkeras.cli.commands.train import parse_config
+from hgkeras.training.run import train
+
+
+class Checksum(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        sums = [float(np.abs(np.asarray(keras.ops.convert_to_numpy(w), "float64")).sum())
+                for w in self.model.hourglass.trainable_weights]
+        print("CHECKSUM " + json.dumps(sums), flush=True)
+
+
+train(parse_config(sys.argv[1:]), callbacks=[Checksum()])
+"""
+
+#: What a finished run leaves in --out (TINY: no export; PCKh runs at least after the last epoch).
+CHIEF_FILES = {"config.json", "best.keras", "best.json", "last.keras", "log.csv", "logs", "backup",
+               "results.json"}  # fmt: skip
+
+
+def _checksums(log: str) -> list[float]:
+    lines = [line for line in log.splitlines() if line.startswith("CHECKSUM ")]
+    assert lines, log[-3000:]
+    return json.loads(lines[-1].split(" ", 1)[1])
+
+
+def _assert_only_the_chief_wrote(out: Path, scratch: Path) -> None:
+    """--out holds the chief's files only; the other processes' scratch folders (in their temp dir)
+    are gone, also the one a killed worker left."""
+    assert {p.name for p in out.iterdir()} == CHIEF_FILES
+    assert not list(scratch.glob("hgkeras-*")), list(scratch.iterdir())
+
+
 def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
-    """MultiWorkerMirroredStrategy over two local CPU processes (TF_CONFIG, loopback only)."""
-    out = tmp_path / "mw"
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    args = [*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
-            "--steps-per-epoch", "2", "--lr", "1e-3"]  # fmt: skip
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = _env(TF_CONFIG=json.dumps(tf_config))
-        processes.append(
-            subprocess.Popen(
-                _train_command(*args),
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
-        )
-    logs = []
-    for process in processes:
-        try:
-            logs.append(process.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for p in processes:
-                p.kill()
-            pytest.fail("multi-worker run timed out")
-    for process, log in zip(processes, logs, strict=True):
-        assert process.returncode == 0, log[-5000:]
+    """MultiWorkerMirroredStrategy over two local CPU processes (TF_CONFIG, loopback only): equal
+    trainable weights, and only the chief writes files."""
+    out, scratch = tmp_path / "mw", tmp_path / "tmp"
+    scratch.mkdir()
+    args = ["-c", CHECKSUM_CODE, *TINY, "--data-dir", str(sample_records), "--out", str(out),
+            "--epochs", "1", "--steps-per-epoch", "2", "--lr", "1e-3"]  # fmt: skip
+    logs = _wait(_start_workers(args, TMPDIR=str(scratch)))
     assert "MultiWorkerMirroredStrategy (2 workers" in logs[0]
-    chief = keras.models.load_model(out / "last.keras")
-    other = keras.models.load_model(out / "worker_1" / "last.keras")
     # Trainable weights are all-reduced every step and must agree; BatchNorm moving statistics are
-    # tracked per worker on its own shard (unsynchronised BatchNorm), so they are only checked finite.
-    assert len(chief.trainable_weights) == len(other.trainable_weights) > 0
-    for a, b in zip(chief.trainable_weights, other.trainable_weights, strict=True):
-        np.testing.assert_allclose(
-            np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=a.path
-        )
-    assert all(np.isfinite(np.asarray(w)).all() for w in chief.non_trainable_weights)
-    for name in ("results.json", "log.csv"):
-        assert (out / name).exists() and (out / "worker_1" / name).exists()
+    # tracked per worker on its own shard (unsynchronised BatchNorm).
+    chief, other = (_checksums(log) for log in logs)
+    assert len(chief) == len(other) > 0
+    np.testing.assert_allclose(chief, other, rtol=1e-5)
+    _assert_only_the_chief_wrote(out, scratch)
     results = json.loads((out / "results.json").read_text())
     assert results["optimizer_iterations"] == 2
-    assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 2
+    assert all(np.isfinite(np.asarray(w)).all()
+               for w in keras.models.load_model(out / "last.keras").weights)  # fmt: skip
 
 
 SHARD_CODE = """
@@ -406,7 +452,7 @@ print(json.dumps({"worker": dist.worker_index, "inputs": dist.num_inputs, "seen"
 """
 
 
-def _start_workers(code_or_args: list[str], count: int = 2) -> list[subprocess.Popen]:
+def _start_workers(code_or_args: list[str], count: int = 2, **env: str) -> list[subprocess.Popen]:
     workers = [f"127.0.0.1:{p}" for p in _free_ports(count)]
     processes = []
     for index in range(count):
@@ -414,7 +460,7 @@ def _start_workers(code_or_args: list[str], count: int = 2) -> list[subprocess.P
         processes.append(
             subprocess.Popen(
                 [sys.executable, *code_or_args],
-                env=_env(TF_CONFIG=json.dumps(tf_config)),
+                env=_env(TF_CONFIG=json.dumps(tf_config), **env),
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -461,11 +507,13 @@ def test_two_workers_read_disjoint_records_that_cover_the_data(sample_records, t
 @pytest.mark.slow
 def test_killed_worker_rerun_resumes_every_worker_from_the_chiefs_state(sample_records, tmp_path):
     """SIGKILL worker 1 after the chief's first backup; the chief does not hang; re-running both
-    workers resumes both from the chief's epoch, and they end with the same weights."""
-    out = tmp_path / "mwkill"
-    args = [str(REPO / "train.py"), *TINY, "--data-dir", str(sample_records), "--out", str(out),
+    workers resumes both from the chief's epoch (worker 1 by broadcast: it has no files), and they
+    end with the same weights."""
+    out, scratch = tmp_path / "mwkill", tmp_path / "tmp"
+    scratch.mkdir()
+    args = ["-c", CHECKSUM_CODE, *TINY, "--data-dir", str(sample_records), "--out", str(out),
             "--epochs", "4", "--steps-per-epoch", "2", "--lr", "1e-3", "--val-every", "100"]  # fmt: skip
-    processes = _start_workers(args)
+    processes = _start_workers(args, TMPDIR=str(scratch))
     state = out / "backup" / "state.json"
     deadline = time.monotonic() + 300
     while not state.exists():
@@ -482,48 +530,54 @@ def test_killed_worker_rerun_resumes_every_worker_from_the_chiefs_state(sample_r
     saved = json.loads(state.read_text())["epoch"]
     if saved == 4:
         pytest.skip("the run finished before the kill took effect")
-    logs = _wait(_start_workers(args))
+    logs = _wait(_start_workers(args, TMPDIR=str(scratch)))
     for log in logs:
         assert f"after epoch {saved}" in log, log[-3000:]
-    chief = keras.models.load_model(out / "last.keras")
-    other = keras.models.load_model(out / "worker_1" / "last.keras")
-    for a, b in zip(chief.trainable_weights, other.trainable_weights, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # Worker 1 has no files of its own: it took the chief's state by broadcast.
+    assert "Resuming from the chief's backup" in logs[1], logs[1][-3000:]
+    np.testing.assert_allclose(_checksums(logs[0]), _checksums(logs[1]), rtol=1e-5)
     assert json.loads((out / "results.json").read_text())["optimizer_iterations"] == 8
-    assert json.loads((out / "worker_1" / "results.json").read_text())["optimizer_iterations"] == 8
+    _assert_only_the_chief_wrote(out, scratch)
 
 
 @pytest.mark.slow
 def test_two_jax_processes_train_one_data_parallel_model(sample_records, tmp_path):
     """keras.distribution.initialize from the KERAS_DISTRIBUTION_* variables, 2 processes on localhost
-    (CPU collectives through gloo): one DataParallel model over both processes' devices."""
-    out = tmp_path / "jaxmp"
-    (port,) = _free_ports(1)
-    args = [*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
-            "--steps-per-epoch", "2", "--val-every", "100"]  # fmt: skip
-    processes = [
-        subprocess.Popen(
-            _train_command(*args),
-            env=_env(
-                "jax",
-                KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
-                KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-                KERAS_DISTRIBUTION_PROCESS_ID=str(i),
-                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-            ),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    _wait(processes)
-    chief = json.loads((out / "results.json").read_text())
-    other = json.loads((out / "worker_1" / "results.json").read_text())
-    assert chief["distribution"] == "keras DataParallel (2 JAX devices, 2 processes)"
-    assert chief["optimizer_iterations"] == other["optimizer_iterations"] == 2
-    assert chief["history"]["loss"] == pytest.approx(other["history"]["loss"], rel=1e-6)
+    (CPU collectives through gloo): one DataParallel model over both processes' devices. Only
+    process 0 writes; a re-run resumes process 1 from process 0's state by broadcast."""
+    out, scratch = tmp_path / "jaxmp", tmp_path / "tmp"
+    scratch.mkdir()
+
+    def run(epochs: int) -> list[str]:
+        (port,) = _free_ports(1)
+        args = ["-c", CHECKSUM_CODE, *TINY, "--data-dir", str(sample_records), "--out", str(out),
+                "--epochs", str(epochs), "--steps-per-epoch", "2", "--val-every", "100"]  # fmt: skip
+        env = dict(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                   KERAS_DISTRIBUTION_NUM_PROCESSES="2", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+                   TMPDIR=str(scratch))  # fmt: skip
+        processes = [
+            subprocess.Popen(
+                [sys.executable, *args],
+                env=_env("jax", KERAS_DISTRIBUTION_PROCESS_ID=str(i), **env),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            for i in range(2)
+        ]
+        logs = _wait(processes)
+        np.testing.assert_allclose(_checksums(logs[0]), _checksums(logs[1]), rtol=1e-6)
+        _assert_only_the_chief_wrote(out, scratch)
+        return logs
+
+    run(1)
+    results = json.loads((out / "results.json").read_text())
+    assert results["distribution"] == "keras DataParallel (2 JAX devices, 2 processes)"
+    assert results["optimizer_iterations"] == 2
+    logs = run(2)
+    assert "after epoch 1" in logs[0] and "Resuming from the chief's backup" in logs[1], logs[1]
+    assert json.loads((out / "results.json").read_text())["optimizer_iterations"] == 4
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

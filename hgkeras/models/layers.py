@@ -173,16 +173,22 @@ class BatchNorm(layers.BatchNormalization):
         import torch
         import torch.nn.functional as F
 
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        # A float16/bfloat16 input stays in its dtype (PyTorch's batch_norm takes reduced-precision
+        # inputs with float32 scale, offset and statistics and accumulates in float32), so the layer
+        # keeps reduced-precision speed; the statistics are float32.
+        x = ops.convert_to_tensor(inputs)
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            x = x.float()
+        stats = torch.float64 if x.dtype == torch.float64 else torch.float32
         ndim = len(x.shape)
         to_first = (0, ndim - 1, *range(1, ndim - 1))
         to_last = (0, *range(2, ndim), 1)
-        gamma = ops.cast(ops.convert_to_tensor(self.gamma), x.dtype)
-        beta = ops.cast(ops.convert_to_tensor(self.beta), x.dtype)
+        gamma = ops.cast(ops.convert_to_tensor(self.gamma), stats)
+        beta = ops.cast(ops.convert_to_tensor(self.beta), stats)
         if training:
             # momentum 1 makes torch store the batch's mean and unbiased variance in these buffers
-            mean = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
-            variance = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+            mean = torch.zeros(x.shape[-1], dtype=stats, device=x.device)
+            variance = torch.ones(x.shape[-1], dtype=stats, device=x.device)
             outputs = F.batch_norm(
                 x.permute(to_first), mean, variance, gamma, beta, training=True, momentum=1.0,
                 eps=self.epsilon,
@@ -191,17 +197,17 @@ class BatchNorm(layers.BatchNormalization):
                 count = x.numel() // x.shape[-1]
                 variance = variance * (max(count - 1, 0) / max(count, 1))  # Keras: biased
                 m = self.momentum
-                self.moving_mean.assign(
-                    ops.convert_to_tensor(self.moving_mean) * m + mean * (1.0 - m)
-                )
+                moving_mean = ops.convert_to_tensor(self.moving_mean)
+                moving_variance = ops.convert_to_tensor(self.moving_variance)
+                self.moving_mean.assign(moving_mean * m + mean.to(moving_mean.dtype) * (1.0 - m))
                 self.moving_variance.assign(
-                    ops.convert_to_tensor(self.moving_variance) * m + variance * (1.0 - m)
+                    moving_variance * m + variance.to(moving_variance.dtype) * (1.0 - m)
                 )
         else:
             outputs = F.batch_norm(
                 x.permute(to_first),
-                ops.cast(ops.convert_to_tensor(self.moving_mean), x.dtype),
-                ops.cast(ops.convert_to_tensor(self.moving_variance), x.dtype),
+                ops.cast(ops.convert_to_tensor(self.moving_mean), stats),
+                ops.cast(ops.convert_to_tensor(self.moving_variance), stats),
                 gamma,
                 beta,
                 training=False,

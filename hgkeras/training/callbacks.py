@@ -10,7 +10,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,10 @@ def weights_are_finite(model: keras.Model) -> bool:
     return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
 
 
+#: Broadcast of numpy arrays from the chief to every process (a collective: all processes call it).
+Broadcast = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
 class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` whose backup survives a SIGKILL at any moment.
 
@@ -70,8 +74,14 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     ``epoch-NNNN.weights.h5`` (model weights and optimizer state) and only then is ``state.json``
     (the epoch counter and the file name) replaced by a rename: the commit point. Older files are
     removed afterwards. Restoring reads ``state.json`` and loads the file it names, from
-    ``restore_dir`` when given (e.g. the chief's backup for every worker of a multi-worker run).
-    Weights that are not finite are never backed up: a diverged epoch leaves the last finite state.
+    ``restore_dir`` when given. Weights that are not finite are never backed up: a diverged epoch
+    leaves the last finite state.
+
+    Several processes (multi-worker TF, multi-process JAX): only the chief (``chief=True``) reads
+    a backup. ``broadcast`` (called by every process) hands the chief's epoch and committed weights
+    file to the others, which write it into their own ``backup_dir`` (a scratch folder) and load it
+    with the same call as the chief: every process resumes from the chief's state, no shared file
+    system is needed, and the loads (collective under JAX) match on every process.
     """
 
     STATE = "state.json"
@@ -81,10 +91,16 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         backup_dir: str | os.PathLike,
         delete_checkpoint: bool = False,
         restore_dir: str | os.PathLike | None = None,
+        broadcast: Broadcast | None = None,
+        chief: bool = True,
     ) -> None:
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=delete_checkpoint)
         self._dir = Path(backup_dir)
         self._restore_dir = Path(restore_dir) if restore_dir is not None else self._dir
+        self._broadcast = broadcast
+        self._chief = bool(chief)
+        if not self._chief and broadcast is None:
+            raise ValueError("a non-chief backup callback needs the chief's broadcast")
 
     @property
     def state_path(self) -> Path:
@@ -106,23 +122,48 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         return self.read_state_file(self._dir)
 
     def _load_model(self) -> None:
-        state = self.read_state_file(self._restore_dir)
-        if state is None:
+        state = self.read_state_file(self._restore_dir) if self._chief else None
+        if state is not None:
+            weights = self._restore_dir / state["weights"]
+            if not weights.exists():
+                raise FileNotFoundError(
+                    f"{self._restore_dir / self.STATE} names {weights}, which is missing"
+                )
+        if self._broadcast is not None:
+            received = self._share_chief_backup(state)
+            if received is None:
+                return
+            weights, epoch = received
+        elif state is None:
             return
-        weights = self._restore_dir / state["weights"]
-        if not weights.exists():
-            raise FileNotFoundError(
-                f"{self._restore_dir / self.STATE} names {weights}, which is missing"
-            )
+        else:
+            epoch = int(state["epoch"])
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(str(weights))
-        self.model._initial_epoch = int(state["epoch"])
-        print(
-            f"Resuming from {weights} after epoch {int(state['epoch'])}.",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.model._initial_epoch = epoch
+        where = weights if self._chief else "the chief's backup"
+        print(f"Resuming from {where} after epoch {epoch}.", file=sys.stderr, flush=True)
+
+    def _share_chief_backup(self, state: dict | None) -> tuple[Path, int] | None:
+        """(this process's copy of the chief's weights file, epoch), or None when it has none."""
+        data = (self._restore_dir / state["weights"]).read_bytes() if state else b""
+        epoch = int(state["epoch"]) if state else -1
+        header = np.asarray([epoch, len(data) >> 30, len(data) & (2**30 - 1)], np.int32)
+        epoch, high, low = (int(v) for v in self._broadcast([header])[0])
+        if epoch < 0:
+            return None
+        size = (high << 30) + low
+        buffer = np.zeros(-(-size // 4) * 4, np.uint8)
+        buffer[: len(data)] = np.frombuffer(data, np.uint8)
+        received = self._broadcast([buffer.view(np.int32)])[0].view(np.uint8)[:size]
+        if self._chief:
+            return self._restore_dir / state["weights"], epoch
+        self._dir.mkdir(parents=True, exist_ok=True)
+        path = self._dir / f"chief-epoch-{epoch:04d}.weights.h5"
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(received.tobytes())
+        return path, epoch
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._load_model()

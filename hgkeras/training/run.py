@@ -6,7 +6,8 @@ run on the shipped MPII samples otherwise); :func:`train` runs it: distribution 
 model, callbacks (crash-safe backup, learning-rate steps, NaN stop, best/last models, CSV and
 TensorBoard logs, PCKh), ``fit``, a final PCKh evaluation and, where available, the export.
 
-Output layout of ``--out DIR``::
+Output layout of ``--out DIR`` (written by the chief alone: worker 0 or ``chief`` of ``TF_CONFIG``,
+JAX process 0; the other processes write the same files into a scratch folder they remove)::
 
     config.json          the resolved configuration (written before training)
     best.keras           the pose network with the best val_pckh so far (best.json: value, epoch)
@@ -21,10 +22,13 @@ Output layout of ``--out DIR``::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -261,6 +265,96 @@ class Distribution:
         import contextlib
 
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def broadcast_from_chief(self, arrays: list) -> list:
+        """``arrays`` (numpy) as the chief holds them, on every process; each must call it with
+        arrays of the same shapes and dtypes. The identity with one input pipeline."""
+        import numpy as np
+
+        arrays = [np.asarray(a) for a in arrays]
+        if self.num_inputs == 1:
+            return arrays
+        if self.jax_multi_process:
+            from jax.experimental import multihost_utils
+
+            shared = multihost_utils.broadcast_one_to_all(arrays)
+        else:
+            shared = _tf_broadcast_from_chief(self.strategy, arrays)
+        return [
+            np.asarray(s).astype(a.dtype).reshape(a.shape)
+            for s, a in zip(shared, arrays, strict=True)
+        ]
+
+
+def _tf_broadcast_from_chief(strategy, arrays: list) -> list:
+    """Broadcast from global replica 0 (the chief's first device) to every worker: one all-reduce
+    (``ReplicaContext.all_reduce``) to which the other replicas contribute zeros.
+
+    Floating arrays travel as they are; integer arrays of up to 32 bits as float32 pairs of 16-bit
+    halves (exact, and float32 all-reduces exist on every device, integer ones not everywhere).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    wire = []
+    for a in arrays:
+        if a.dtype.kind == "f":
+            wire.append(a.astype(np.float64 if a.dtype == np.float64 else np.float32))
+        elif a.dtype.kind in "iub" and a.dtype.itemsize <= 4:
+            bits = a.astype(np.int64) & 0xFFFFFFFF
+            wire.append(np.stack([bits & 0xFFFF, bits >> 16]).astype(np.float32))
+        else:
+            raise ValueError(f"cannot broadcast {a.dtype} arrays")
+
+    def replica_fn(*values):
+        context = tf.distribute.get_replica_context()
+        keep = tf.equal(context.replica_id_in_sync_group, 0)
+        return context.all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.where(keep, v, tf.zeros_like(v)) for v in values]
+        )
+
+    shared = tf.function(lambda *values: strategy.run(replica_fn, args=values))(
+        *[tf.constant(w) for w in wire]
+    )
+    results = []
+    for a, value in zip(arrays, shared, strict=True):
+        value = strategy.experimental_local_results(value)[0].numpy()
+        if a.dtype.kind != "f":
+            low, high = value.astype(np.int64)
+            bits = (low + (high << 16)).astype(np.uint32)
+            value = bits.view(np.int32) if a.dtype.kind == "i" else bits
+        results.append(value)
+    return results
+
+
+def check_distribution_settings(config: TrainConfig, dist: Distribution) -> None:
+    """Refuse, at the start and in one line, settings that Keras cannot run under ``dist``."""
+    import keras
+
+    if dist.strategy is None:
+        return
+    if config.jit_compile is True:
+        # Keras compiles the whole cross-replica step (strategy.run and the all-reduce) as one XLA
+        # function, which XLA places on a single device: it fails on several GPUs as on logical CPU
+        # devices ("tf.Variable on a different device"; keras-team/keras#18145), and Keras' own
+        # jit_compile="auto" turns XLA off under tf.distribute.
+        raise ValueError(
+            f"--jit-compile does not work under {dist.description} with Keras "
+            f"{keras.__version__} (Keras compiles the whole multi-device step as one XLA function, "
+            "which XLA cannot place on several devices); leave --jit-compile at its default (Keras "
+            "then runs tf.distribute without XLA) or use KERAS_BACKEND=jax, whose DataParallel "
+            "step is XLA-compiled"
+        )
+    if config.steps_per_execution > 1:
+        # Keras runs the steps in a tf.while_loop whose tf.cond around the step calls the
+        # optimizer's merge_call: "You must feed a value for placeholder tensor ..." even for a
+        # Dense model (keras-team/keras#19246, open; benchmarks/training_scaling.py).
+        raise ValueError(
+            f"--steps-per-execution {config.steps_per_execution} does not work under "
+            f"{dist.description} with Keras {keras.__version__} (its multi-step loop fails under "
+            "tf.distribute, keras-team/keras#19246); use --steps-per-execution 1 there, or N > 1 "
+            "on one device or with KERAS_BACKEND=jax"
+        )
 
 
 def _tf_config_role() -> tuple[bool, int]:
@@ -682,9 +776,15 @@ def build_callbacks(
     steps_per_epoch: int,
     restore_dir: Path | None = None,
     extra: Sequence[Any] = (),
+    dist: Distribution | None = None,
 ) -> dict:
     """The run's callbacks, by name, in the order they must run: the NaN stop first, PCKh before its
-    consumers (best model, CSV, TensorBoard), the user's ``extra`` callbacks, the backup last."""
+    consumers (best model, CSV, TensorBoard), the user's ``extra`` callbacks, the backup last.
+
+    With several processes in ``dist`` every process runs the same callbacks (Keras' saving has
+    collective steps under JAX); a non-chief's ``out`` is its scratch folder, and its backup
+    callback takes the chief's state by broadcast instead of reading a file.
+    """
     import keras
 
     from hgkeras.training import callbacks as tc
@@ -706,7 +806,13 @@ def build_callbacks(
         callbacks[f"extra_{index}"] = callback
     # Last: an epoch counts as done (and is not run again after a kill) only once everything above
     # has written its files for it.
-    callbacks["backup"] = tc.CrashSafeBackupAndRestore(out / "backup", restore_dir=restore_dir)
+    several = dist is not None and dist.num_inputs > 1
+    callbacks["backup"] = tc.CrashSafeBackupAndRestore(
+        out / "backup",
+        restore_dir=restore_dir,
+        broadcast=dist.broadcast_from_chief if several else None,
+        chief=dist is None or dist.is_chief,
+    )
     return callbacks
 
 
@@ -762,60 +868,75 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """
     import keras
 
-    from hgkeras.training import callbacks as tc
-
     if config.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(MIXED_PRECISION[config.mixed_precision])
     dist = select_distribution(config.batch_size)  # before any model, dataset or TF op
     keras.utils.set_random_seed(config.seed)
     config.backend = keras.backend.backend()
     config.distribution = dist.description
-    if dist.strategy is not None and config.steps_per_execution > 1:
-        # Keras 3.15: multi_step_on_iterator fails under tf.distribute even for a Dense model
-        # ("You must feed a value for placeholder tensor ..."; benchmarks/training_scaling.py).
-        raise ValueError(
-            f"--steps-per-execution {config.steps_per_execution} does not work under "
-            f"{dist.description} with Keras {keras.__version__} (its multi-step loop fails under "
-            "tf.distribute); use --steps-per-execution 1 there, or the JAX backend"
-        )
+    check_distribution_settings(config, dist)
     if dist.num_replicas > 1 and config.batch_size % dist.num_replicas:
         raise ValueError(
             f"--batch-size {config.batch_size} must be divisible by the {dist.num_replicas} replicas"
         )
 
-    chief_out = Path(config.out)
-    out = chief_out
-    if not dist.is_chief:
-        out = out / f"worker_{dist.worker_index}"  # non-chief workers keep their own files
+    # Only the chief writes into --out. Every other worker or process runs the same steps (Keras'
+    # saving has collective steps) in a scratch folder of its own, removed at the end (and at the
+    # start, after a killed run), and takes the chief's state by broadcast: resuming needs no shared
+    # file system.
+    out = Path(config.out)
+    scratch = None if dist.is_chief else scratch_dir(out, dist.worker_index)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        return _train(config, dist, scratch or out, callbacks)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def scratch_dir(out: Path, worker_index: int) -> Path:
+    """The temporary output folder of non-chief worker ``worker_index`` of the run into ``out``."""
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hgkeras-{key}-worker{worker_index}"
+
+
+def _train(config: TrainConfig, dist: Distribution, out: Path, callbacks: Sequence) -> dict:
+    import keras
+    import numpy as np
+
+    from hgkeras.training import callbacks as tc
+
+    chief = dist.is_chief
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     _check_resume_config(config, config_path)
-
     sources = resolve_data(config, out)
     if config.steps_per_epoch is None:
         config.steps_per_epoch = max(1, sources.num_train // config.batch_size)
     resolved = config.to_json()
-    if dist.is_chief:
+    if chief:
         print("Resolved configuration:\n" + json.dumps(resolved, indent=2, sort_keys=True),
               flush=True)  # fmt: skip
     tc.write_json_atomic(config_path, resolved)
 
-    # Every worker resumes from the chief's backup (when it can see it): the same epoch and weights.
-    restore_dir = chief_out / "backup"
-    if not (restore_dir / tc.CrashSafeBackupAndRestore.STATE).exists():
-        restore_dir = out / "backup"
-    state = tc.CrashSafeBackupAndRestore.read_state_file(restore_dir)
-    initial_epoch = int(state["epoch"]) if state else 0
+    # The chief's backup decides where every worker's record stream starts.
+    state = tc.CrashSafeBackupAndRestore.read_state_file(out / "backup") if chief else None
+    epoch = np.asarray(int(state["epoch"]) if state else -1, np.int32)
+    (saved,) = dist.broadcast_from_chief([epoch])
+    initial_epoch = max(int(saved), 0)
 
     with dist.scope():
         hourglass, trainer = build_trainer(config, dist)
-    if config.init_weights and state is None:
-        print(load_initial_weights(hourglass, config.init_weights), flush=True)
+    if config.init_weights and int(saved) < 0:  # every process loads them (the same values)
+        summary = load_initial_weights(hourglass, config.init_weights)
+        if chief:
+            print(summary, flush=True)
     train_ds, val_ds = build_datasets(
         config, sources, dist, start_step=initial_epoch * config.steps_per_epoch
     )
     run_callbacks = build_callbacks(
-        config, out, val_ds, config.steps_per_epoch, restore_dir=restore_dir, extra=callbacks
+        config, out, val_ds, config.steps_per_epoch, extra=callbacks, dist=dist
     )
 
     started = time.time()
@@ -830,8 +951,8 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     seconds = time.time() - started
     nan = run_callbacks["nan"].message
     if nan:
-        saved = tc.CrashSafeBackupAndRestore.read_state_file(out / "backup")
-        where = f"after epoch {saved['epoch']}" if saved else "of no finished epoch"
+        saved_state = tc.CrashSafeBackupAndRestore.read_state_file(out / "backup")
+        where = f"after epoch {saved_state['epoch']}" if saved_state else "of no finished epoch"
         raise RuntimeError(
             f"training stopped: {nan}. backup/, last.keras and best.keras in {out} keep the last "
             f"finite state ({where}); re-run with other settings (e.g. a lower --lr) to continue "
@@ -874,7 +995,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             f"{key} {float(result[key]):.2f}",
             flush=True,
         )
-    if config.export and dist.is_chief:
+    if config.export:  # on every process (loading a model has collective steps under JAX)
         best = out / "best.keras"
         summary["export"] = _export(
             best if best.exists() else out / "last.keras", out, config.flip_eval

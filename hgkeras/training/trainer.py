@@ -21,6 +21,8 @@ the global batch, so a resumed run draws what the uninterrupted run would have d
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -217,6 +219,20 @@ class PoseTrainer(keras.Model):
         if replicas > 1:
             total = total * (1.0 / replicas)
         return total
+
+    def load_own_variables(self, store) -> None:
+        """Load the step counter; weights saved before it existed restart the augmentation stream."""
+        if len(store.keys()) == 0:
+            message = (
+                f"{self.name}: these weights were saved before PoseTrainer had its augmentation "
+                "step counter; training goes on with the augmentation stream restarted from its "
+                "first step (the draws differ from those of an uninterrupted run)"
+            )
+            warnings.warn(message, stacklevel=2)
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+            self.augment_step.assign(0)
+            return
+        super().load_own_variables(store)
 
     def get_config(self) -> dict:
         return {
