@@ -163,6 +163,22 @@ def test_calibration_from_annotations_or_tfrecords(real_data, tmp_path):
         calibration_crops(data, (64, 64), images=tmp_path / "no_images")
 
 
+def test_int8_onnx_keeps_the_residual_sums_float(every_format):
+    """Quantised convolutions, but residual sums take float inputs (skip paths without Q/DQ);
+    a fully quantised graph feeds every Add from a DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(model_file(every_format[2], "onnx-int8"))).graph
+    producer = {name: node.op_type for node in graph.node for name in node.output}
+    types = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Add"} <= types
+    add_inputs = [
+        producer.get(i) for node in graph.node if node.op_type == "Add" for i in node.input
+    ]
+    assert "DequantizeLinear" in add_inputs  # the convolution branch is quantised
+    assert {"Add", "MaxPool"} & set(add_inputs)  # float skip paths
+
+
 def test_format_names_and_int8_warning():
     assert parse_formats("tflite-int8, onnx,onnx") == ("onnx", "tflite-int8")
     with pytest.raises(ValueError, match="unknown export format.*'tfjs'"):
