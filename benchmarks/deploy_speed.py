@@ -151,7 +151,11 @@ def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
     )  # fmt: skip
     export_seconds = time.perf_counter() - start
     checks = {
-        fmt: {"max_abs": c.max_abs, "agreement": c.agreement}
+        fmt: {
+            "max_abs": c.max_abs,
+            "agreement": c.agreement,
+            "within_0.1_head": c.within_tenth_head,
+        }
         for fmt, c in result.checks.items()
         if fmt != "saved_model"
     }
