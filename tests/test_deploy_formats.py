@@ -16,9 +16,12 @@ from hgkeras.cli import main
 from hgkeras.deploy.formats import (
     FILENAMES,
     FORMATS,
+    CalibrationCrops,
     FormatCheck,
     calibration_crops,
+    calibration_people,
     default_calibration,
+    head_agreement,
     parse_formats,
 )
 from hgkeras.inference.predictor import PosePredictor
@@ -76,6 +79,8 @@ def test_every_format_is_written_named_checked_and_printed(every_format):
         line = next(x for x in stdout.splitlines() if x.startswith(f"check {fmt}"))
         agreement = float(line.split("keypoint agreement ")[1].split("%")[0]) / 100
         assert ("WARNING: " + fmt in stderr) == (agreement < 0.9)
+        share = float(line.split(", ")[-1].split("%")[0])  # the shipped people are annotated
+        assert 0 <= share <= 100 and line.endswith("of annotated joints within 0.1 head of Keras")
     spec = read_pose_spec(version_dir / "model.onnx")
     assert spec["input_size"] == [64, 64] and spec["joint_names"][0] == "r_ankle"
     assert [0, 5] in spec["flip_pairs"] and spec["formats"]["tflite-int8"] == "model_int8.tflite"
@@ -161,6 +166,44 @@ def test_calibration_from_annotations_or_tfrecords(real_data, tmp_path):
         calibration_crops(tmp_path / "nothing", (64, 64))
     with pytest.raises(FileNotFoundError, match="--calibration-images"):
         calibration_crops(data, (64, 64), images=tmp_path / "no_images")
+
+
+def test_int8_onnx_keeps_the_residual_sums_float(every_format):
+    """Quantised convolutions, but residual sums take float inputs (skip paths without Q/DQ);
+    a fully quantised graph feeds every Add from a DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(model_file(every_format[2], "onnx-int8"))).graph
+    producer = {name: node.op_type for node in graph.node for name in node.output}
+    types = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Add"} <= types
+    add_inputs = [
+        producer.get(i) for node in graph.node if node.op_type == "Add" for i in node.input
+    ]
+    assert "DequantizeLinear" in add_inputs  # the convolution branch is quantised
+    assert {"Add", "MaxPool"} & set(add_inputs)  # float skip paths
+
+
+def test_head_agreement_scores_annotated_joints_against_a_tenth_of_the_head():
+    reference = np.zeros((2, 16, 16, 2), np.float32)
+    reference[:, 8, 8] = 1.0  # both joints of both crops at heatmap pixel (8, 8)
+    moved = reference.copy()
+    moved[0, 8, 8, 0], moved[0, 8, 10, 0] = 0.0, 1.0  # joint 0 of crop 0 moves 2 pixels
+    moved[1] = 0.0
+    moved[1, 0, 0] = 1.0  # crop 1 (not annotated) moves far
+    visible = np.array([[True, True], [False, False]])
+    # 0.1 head = 1/16 of the crop height = 1 heatmap pixel: joint 0 of crop 0 fails, joint 1 passes
+    people = CalibrationCrops(np.zeros((2, 64, 64, 3)), np.array([1 / 16, 1 / 16]), visible)
+    assert head_agreement(moved, reference, people) == 0.5
+    people.tenth_head = np.array([3 / 16, 3 / 16])  # 3 pixels: both pass
+    assert head_agreement(moved, reference, people) == 1.0
+
+
+def test_annotated_calibration_knows_the_head_sizes(real_data):
+    people = calibration_people(None, (64, 64))
+    assert people.crops.shape == (10, 64, 64, 3) and people.visible.shape == (10, 16)
+    assert people.visible[:5].sum() > 50 and not people.visible[5:].any()  # mirrors: not scored
+    assert np.all((people.tenth_head > 0.005) & (people.tenth_head < 0.05))
 
 
 def test_format_names_and_int8_warning():

@@ -53,7 +53,7 @@ from hgkeras.deploy.formats import (
     FILENAMES,
     PRECISION,
     SAVED_MODEL,
-    calibration_crops,
+    calibration_people,
     check_format,
     default_calibration,
     parse_formats,
@@ -451,7 +451,8 @@ def export_model(
     network = load_model(model, fold_batch_norms=True) if fold else model
     size = model_input_size(model)
     needs_crops = verify or warmup or any(PRECISION[f] == "int8" for f in chosen)
-    crops = calibration_crops(calibration, size, calibration_images) if needs_crops else None
+    people = calibration_people(calibration, size, calibration_images) if needs_crops else None
+    crops = None if people is None else people.crops
     if crops is not None:
         log(f"calibration and checks: {len(crops)} real person crops ({len(crops) // 2} people "
             f"and their mirror images) from {calibration or default_calibration()}")  # fmt: skip
@@ -480,7 +481,7 @@ def export_model(
             reference = ops.convert_to_numpy(final_heatmaps(model(crops, training=False)))
             for fmt, file in files.items():
                 try:
-                    checks[fmt] = check_format(fmt, file, crops, reference)
+                    checks[fmt] = check_format(fmt, file, crops, reference, people)
                 except ValueError as error:
                     raise ExportError(str(error)) from None
     config_path = None
