@@ -33,6 +33,34 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+@pytest.fixture(scope="session")
+def overfit_mpii_trainer(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(trainer ``.keras`` path, TFRecord dir, samples dir): a 1-stack, 32-feature, 64x64 network
+    overfit to the five shipped MPII people through the embedded run's chain (TFRecords,
+    ``pose_dataset`` source crops, ``PoseTrainer``, no augmentation), saved as the trainer."""
+    import keras
+    import tensorflow as tf
+
+    from hgkeras import PoseTrainer, StackedHourglass, pose_dataset
+    from hgkeras.training.run import default_samples_dir, prepare_embedded_data
+
+    root = tmp_path_factory.mktemp("overfit_mpii")
+    samples = default_samples_dir()
+    records = prepare_embedded_data(samples, root / "records")
+    keras.utils.set_random_seed(0)
+    hourglass = StackedHourglass(
+        num_stacks=1, num_features=32, depth=2, image_shape=(64, 64, 3), pose="mpii"
+    )
+    trainer = PoseTrainer(hourglass, augment=False, sigma=1.0, seed=0)
+    trainer.compile(optimizer=keras.optimizers.Adam(2e-3), jit_compile=False)
+    batch = next(iter(pose_dataset(records, 5, training=True, split="train", source_size=96)))
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    trainer.fit(data, steps_per_epoch=300, epochs=1, verbose=0)
+    path = root / "trainer.keras"
+    trainer.save(path)
+    return path, records, samples
+
+
 def run_backend(
     backend: str, code: str, *args: str, timeout: float = 900, cwd: Path | None = None
 ) -> str:

@@ -27,29 +27,9 @@ MAX_HEAD_SIZES = 0.15
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(overfit_mpii_trainer):
     """(trainer .keras path, TFRecord dir, samples dir): a 1-stack net overfit to the 5 people."""
-    import keras
-    import tensorflow as tf
-
-    from hgkeras import PoseTrainer, StackedHourglass, pose_dataset
-    from hgkeras.training.run import default_samples_dir, prepare_embedded_data
-
-    root = tmp_path_factory.mktemp("one_path")
-    samples = default_samples_dir()
-    records = prepare_embedded_data(samples, root / "records")
-    keras.utils.set_random_seed(0)
-    hourglass = StackedHourglass(
-        num_stacks=1, num_features=32, depth=2, image_shape=(SIZE, SIZE, 3), pose="mpii"
-    )
-    trainer = PoseTrainer(hourglass, augment=False, sigma=1.0, seed=0)
-    trainer.compile(optimizer=keras.optimizers.Adam(2e-3), jit_compile=False)
-    batch = next(iter(pose_dataset(records, 5, training=True, split="train", source_size=96)))
-    data = tf.data.Dataset.from_tensors(batch).repeat()
-    trainer.fit(data, steps_per_epoch=300, epochs=1, verbose=0)
-    path = root / "trainer.keras"
-    trainer.save(path)
-    return path, records, samples
+    return overfit_mpii_trainer
 
 
 def _people(samples):

@@ -24,7 +24,6 @@ HEAD_BOXES = {
     "004645041.jpg": (791, 199, 864, 313),
     "060754485.jpg": (578, 109, 656, 226),
 }
-TRAIN_SIZE = 64  # network input; heatmaps are 16x16
 
 
 @pytest.fixture(scope="module")
@@ -72,40 +71,16 @@ def _mpii_people(real_data):
 
 
 @pytest.fixture(scope="module")
-def mpii_trained(real_data):
-    return train_tiny_mpii_model(real_data)
-
-
-def train_tiny_mpii_model(real_data):
-    """A tiny hourglass overfit to the five shipped MPII people (no augmentation, no mirrors).
+def mpii_trained(real_data, overfit_mpii_trainer):
+    """(the saved trainer of a tiny hourglass overfit to the five shipped MPII people, the people).
 
     64x64 input, 16x16 heatmaps: the PCKh threshold is about 0.8 heatmap pixel for these people,
-    so the test needs sub-pixel decoding and exact coordinate mapping, not just a rough fit.
-    The model never saw mirrored people, so it is evaluated with flip=False (the flip average
-    itself is tested in tests/test_inference.py).
+    so the test needs sub-pixel decoding and exact coordinate mapping, not just a rough fit. The
+    model was trained through TFRecords and ``PoseTrainer`` and never saw mirrored people, so it is
+    evaluated with flip=False (the flip average itself is tested in tests/test_inference.py).
     """
-    import keras
-
-    from hgkeras.codec import render_heatmaps
-    from hgkeras.models.hourglass import compile_model
-
-    people = _mpii_people(real_data)
-    size, hm = TRAIN_SIZE, TRAIN_SIZE // 4
-    crops, joints, visible = [], [], []
-    for p in people:
-        # the predictor's own crop (hgkeras.crop: block-average shrink, bilinear warp)
-        crop = crop_person(p["rgb"], p["center"], p["scale"], size)
-        crops.append(crop.astype(np.float32) / 255.0)
-        to_heatmap = geometry.crop_matrix(p["center"], p["scale"], hm)
-        joints.append(geometry.apply_matrix(to_heatmap, p["joints"]))
-        visible.append(p["visible"])
-    crops, joints, visible = np.stack(crops), np.stack(joints), np.stack(visible)
-    targets = np.asarray(render_heatmaps(joints, visible, hm, sigma=2.0))  # wide: fast to fit
-    keras.utils.set_random_seed(0)
-    model = StackedHourglass(num_stacks=1, num_features=64, depth=2, image_shape=(size, size, 3))
-    compile_model(model, keras.optimizers.Adam(3e-3), jit_compile=False)
-    model.fit(crops, [targets], batch_size=len(crops), epochs=200, verbose=0, shuffle=False)
-    return model, people
+    path, _, _ = overfit_mpii_trainer
+    return path, _mpii_people(real_data)
 
 
 def test_keypoints_in_original_pixels_match_mpii_ground_truth_within_pckh(mpii_trained):

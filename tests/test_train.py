@@ -543,18 +543,20 @@ def test_killed_worker_rerun_resumes_every_worker_from_the_chiefs_state(sample_r
 @pytest.mark.slow
 def test_two_jax_processes_train_one_data_parallel_model(sample_records, tmp_path):
     """keras.distribution.initialize from the KERAS_DISTRIBUTION_* variables, 2 processes on localhost
-    (CPU collectives through gloo): one DataParallel model over both processes' devices. Only
-    process 0 writes; a re-run resumes process 1 from process 0's state by broadcast."""
+    with 2 host devices each (CPU collectives through gloo): one DataParallel model over the 4
+    devices, in bfloat16. Only process 0 writes; a re-run resumes process 1 from process 0's state
+    by broadcast. (This is also the test of the whole train.py run under JAX.)"""
     out, scratch = tmp_path / "jaxmp", tmp_path / "tmp"
     scratch.mkdir()
 
     def run(epochs: int) -> list[str]:
         (port,) = _free_ports(1)
         args = ["-c", CHECKSUM_CODE, *TINY, "--data-dir", str(sample_records), "--out", str(out),
-                "--epochs", str(epochs), "--steps-per-epoch", "2", "--val-every", "100"]  # fmt: skip
+                "--epochs", str(epochs), "--steps-per-epoch", "2", "--val-every", "100",
+                "--mixed-precision", "bfloat16", "--batch-size", "4"]  # fmt: skip
         env = dict(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
                    KERAS_DISTRIBUTION_NUM_PROCESSES="2", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-                   TMPDIR=str(scratch))  # fmt: skip
+                   TMPDIR=str(scratch), XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
         processes = [
             subprocess.Popen(
                 [sys.executable, *args],
@@ -573,29 +575,26 @@ def test_two_jax_processes_train_one_data_parallel_model(sample_records, tmp_pat
 
     run(1)
     results = json.loads((out / "results.json").read_text())
-    assert results["distribution"] == "keras DataParallel (2 JAX devices, 2 processes)"
-    assert results["optimizer_iterations"] == 2
+    assert results["distribution"] == "keras DataParallel (4 JAX devices, 2 processes)"
+    assert results["optimizer_iterations"] == 2 and all(np.isfinite(results["history"]["loss"]))
+    assert json.loads((out / "config.json").read_text())["mixed_precision"] == "bfloat16"
+    assert set(results["history"]) >= {"stack_1_loss", "learning_rate", "val_pckh"}
+    assert (out / "best.keras").exists() and (out / "last.keras").exists()
     logs = run(2)
     assert "after epoch 1" in logs[0] and "Resuming from the chief's backup" in logs[1], logs[1]
     assert json.loads((out / "results.json").read_text())["optimizer_iterations"] == 4
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_train_runs_under_other_backends(backend, sample_records, tmp_path):
+def test_train_runs_under_torch(sample_records, tmp_path):
+    """train.py under torch, one device (JAX: test_two_jax_processes_train_one_data_parallel_model)."""
+    backend = "torch"
     out = tmp_path / backend
-    # jax: two host devices, so the run goes through keras.distribution.DataParallel, in bfloat16.
-    extra = ["--mixed-precision", "bfloat16"] if backend == "jax" else []
-    env = _env(backend)
-    if backend == "jax":
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     _run([*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
-          "--steps-per-epoch", "2", *extra], env)  # fmt: skip
+          "--steps-per-epoch", "2"], _env(backend))  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["backend"] == backend and results["optimizer_iterations"] == 2
-    if backend == "jax":
-        assert results["distribution"] == "keras DataParallel (2 JAX devices)"
     config = json.loads((out / "config.json").read_text())
-    assert config["mixed_precision"] == ("bfloat16" if backend == "jax" else "off")
+    assert config["mixed_precision"] == "off"
     assert all(np.isfinite(results["history"]["loss"]))
     assert set(results["history"]) >= {"stack_1_loss", "learning_rate", "val_pckh"}
     assert (out / "best.keras").exists() and (out / "last.keras").exists()
@@ -606,23 +605,24 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
     people reaches PCKh@0.5 >= 90 (official protocol) on those people, scored in ORIGINAL image pixels
     through the full chain: evaluation crops -> network -> argmax + quarter-pixel decode -> inverse crop
     transform. Augmentation is OFF (and with it the flip test, since a network that never saw mirrored
-    people cannot be averaged with its mirror), to fit a CI budget; the learning rate (1e-3, /10 for
-    the last 100 of 900 steps) is raised from the paper's 2.5e-4 for the same reason. Every stack's loss must
+    people cannot be averaged with its mirror), to fit a CI budget; the learning rate (1.5e-3, /10
+    for the last 100 of 700 steps) is raised from the paper's 2.5e-4 for the same reason (PCKh 95.5
+    on a 2-core Xeon). Every stack's loss must
     decrease. Together this shows targets, crop geometry, decoding and inverse transform agree."""
     from hgkeras.training.run import train
 
     config = parse_config(
         ["--dataset", "mpii", "--data-dir", str(sample_records), "--out", str(tmp_path / "learn"),
          "--stacks", "2", "--features", "64", "--input-size", "128", "--batch-size", "5",
-         "--epochs", "9", "--steps-per-epoch", "100", "--lr", "1e-3", "--lr-drops", "8",
-         "--no-augment", "--no-flip-eval", "--val-every", "9", "--no-export", "--verbose", "0"]
+         "--epochs", "7", "--steps-per-epoch", "100", "--lr", "1.5e-3", "--lr-drops", "6",
+         "--no-augment", "--no-flip-eval", "--val-every", "7", "--no-export", "--verbose", "0"]
     )  # fmt: skip
     summary = train(config)
     history = summary["history"]
     for stack in (1, 2):
         losses = history[f"stack_{stack}_loss"]
         assert losses[-1] < losses[1] < losses[0], (stack, losses)
-    assert summary["pckh"]["protocol"] == "official" and summary["optimizer_iterations"] == 900
+    assert summary["pckh"]["protocol"] == "official" and summary["optimizer_iterations"] == 700
     assert summary["val_pckh"] >= 90.0, summary["pckh"]
     assert (tmp_path / "learn" / "best.keras").exists()
 
