@@ -43,6 +43,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _workers import emit, spawn_worker, timed  # noqa: E402
 
+from hgkeras.io import atomic_write_json  # noqa: E402
+
 
 def _network(args):
     from hgkeras.models.hourglass import StackedHourglass
@@ -200,6 +202,13 @@ def _precision_rates(args) -> list[dict]:
     return rows
 
 
+def _precision_section(args) -> dict:
+    """The results' ``reduced_precision_step_ms``: the measured model and its step times."""
+    model = {"stacks": 1, "features": args.features, "input_size": args.input_size,
+             "batch": args.batch, "threads": 1}  # fmt: skip
+    return {"model": model, "steps": _precision_rates(args)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", type=int, default=2)
@@ -221,17 +230,8 @@ def main() -> int:
         return 0
     if args.only == "precision":
         result = json.loads(args.out.read_text()) if args.out.exists() else {}
-        result["reduced_precision_step_ms"] = {
-            "model": {
-                "stacks": 1,
-                "features": args.features,
-                "input_size": args.input_size,
-                "batch": args.batch,
-                "threads": 1,
-            },  # fmt: skip
-            "steps": _precision_rates(args),
-        }
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        result["reduced_precision_step_ms"] = _precision_section(args)
+        atomic_write_json(args.out, result)
         print(f"wrote {args.out}")
         return 0
 
@@ -283,19 +283,10 @@ def main() -> int:
         "training": training,
         "under_mirrored_strategy": checks,
         "validation_flip_test": validation,
-        "reduced_precision_step_ms": {
-            "model": {
-                "stacks": 1,
-                "features": args.features,
-                "input_size": args.input_size,
-                "batch": args.batch,
-                "threads": 1,
-            },  # fmt: skip
-            "steps": _precision_rates(args),
-        },
+        "reduced_precision_step_ms": _precision_section(args),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 
