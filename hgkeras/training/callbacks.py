@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from hgkeras.io import atomic_path, atomic_write_json, atomic_write_text
+from hgkeras.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def step_learning_rate(
@@ -161,8 +161,7 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             return self._restore_dir / state["weights"], epoch
         self._dir.mkdir(parents=True, exist_ok=True)
         path = self._dir / f"chief-epoch-{epoch:04d}.weights.h5"
-        with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(received.tobytes())
+        atomic_write_bytes(path, received.tobytes())
         return path, epoch
 
     def on_train_begin(self, logs: dict | None = None) -> None:
