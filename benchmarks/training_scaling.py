@@ -55,6 +55,7 @@ def _network(args):
         num_joints=16,
         depth=4,
         image_shape=(args.input_size, args.input_size, 3),
+        pose="mpii",
     )
 
 
@@ -91,16 +92,18 @@ def _validation_rates(args) -> list[dict]:
 
     from hgkeras.codec import heatmaps_with_flip
     from hgkeras.evaluation.evaluate import flip_test_predictor
+    from hgkeras.spec import pose_of
 
     network = _network(args)
+    perm = pose_of(network).flip_permutation
     rows = []
     for batch in args.val_batches:
         images = np.random.default_rng(1).random((batch, args.input_size, args.input_size, 3))
         images = images.astype("float32")
-        predictor = flip_test_predictor(network, flip=True)
+        predictor = flip_test_predictor(network, perm, flip=True)
         ways = {
             "eager, two passes (before)": lambda x=images: keras.ops.convert_to_numpy(
-                heatmaps_with_flip(network, x)
+                heatmaps_with_flip(network, x, perm)
             ),
             "compiled, one batch (now)": lambda x=images, p=predictor: np.asarray(p(x)),
         }
