@@ -63,22 +63,17 @@ def cpu_model() -> str:
 
 
 def people(size: tuple[int, int]):
-    """Crops, centres, scales, joints, visible flags and head sizes of the shipped MPII people."""
-    from hgkeras.crop import crop_numpy
-    from hgkeras.data.images import load_image, to_rgb_float
+    """The shipped MPII people as the export check sees them (:func:`calibration_people`: crops and
+    their mirror images, 0.1 head sizes, annotated joints), with their centres, scales, joints,
+    annotated flags and head sizes for PCKh in original image pixels."""
     from hgkeras.data.readers import read_annotations
-    from hgkeras.deploy.formats import default_calibration
+    from hgkeras.deploy.formats import calibration_people, default_calibration
 
     records = read_annotations(default_calibration())
-    folder = default_calibration().parent / "images"
-    crops = np.stack(
-        [
-            to_rgb_float(crop_numpy(load_image(folder / r.image), r.center, r.scale, size), "bgr")
-            for r in records
-        ]
-    )
+    shipped = calibration_people(None, size)
     return {
-        "crops": crops,
+        "people": shipped,
+        "crops": shipped.crops[: len(records)],  # the people as annotated (no mirror images)
         "centers": np.stack([r.center for r in records]),
         "scales": np.array([r.scale for r in records]),
         "joints": np.stack([r.joints for r in records]),
@@ -93,30 +88,56 @@ def image_keypoints(heatmaps: np.ndarray, truth: dict) -> np.ndarray:
 
     from hgkeras.codec import decode_to_image
 
+    count = len(truth["centers"])
     centers = truth["centers"].astype(np.float32)
-    keypoints, _ = decode_to_image(heatmaps, centers, truth["scales"].astype(np.float32))
+    keypoints, _ = decode_to_image(heatmaps[:count], centers, truth["scales"].astype(np.float32))
     return ops.convert_to_numpy(keypoints)
 
 
-def within_tenth_head(keypoints: np.ndarray, reference: np.ndarray, truth: dict) -> float:
-    """Share of the annotated joints whose keypoint lies within 0.1 head sizes of ``reference``."""
-    distance = np.linalg.norm(keypoints - reference, axis=-1) / truth["head"][:, None]
-    return float(np.mean(distance[truth["visible"]] <= 0.1))
+def noise_sensitivity(heatmaps: np.ndarray, truth: dict) -> dict:
+    """How tight the 0.1 head criterion is: the float heatmaps of the people (and their mirror
+    images) plus Gaussian noise of each standard deviation (seed 0), scored like an export."""
+    from hgkeras.deploy.formats import head_agreement
 
-
-def noise_sensitivity(heatmaps: np.ndarray, reference: np.ndarray, truth: dict) -> dict:
-    """How tight the 0.1 head criterion is: the float heatmaps plus Gaussian noise of each standard
-    deviation (seed 0), scored like an exported format."""
     rng = np.random.default_rng(0)
     return {
-        f"{sigma:g}": within_tenth_head(
-            image_keypoints(
-                heatmaps + rng.normal(0, sigma, heatmaps.shape).astype(np.float32), truth
-            ),
-            reference,
-            truth,
-        )  # fmt: skip
+        f"{sigma:g}": head_agreement(
+            heatmaps + rng.normal(0, sigma, heatmaps.shape).astype(np.float32),
+            heatmaps,
+            truth["people"],
+        )
         for sigma in NOISE_SIGMAS
+    }
+
+
+def peak_margins(heatmaps: np.ndarray, truth: dict) -> dict:
+    """Quantiles (5, 10, 25, 50 %) over the annotated joints of how far the float heatmaps are from a
+    different decoding: the peak value, the peak minus its highest 8-neighbour (argmax) and the
+    |right - left| and |below - above| neighbour differences (quarter-pixel shift directions)."""
+    count = len(truth["centers"])
+    maps = np.moveaxis(np.asarray(heatmaps[:count], np.float64), -1, 1)  # (N, J, H, W)
+    n, j, height, width = maps.shape
+    flat = maps.reshape(n, j, -1)
+    index = flat.argmax(-1)
+    y = np.clip(index // width, 1, height - 2)
+    x = np.clip(index % width, 1, width - 2)
+    rows, cols = np.arange(n)[:, None], np.arange(j)[None, :]
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return maps[rows, cols, y + dy, x + dx]
+
+    peak = flat.max(-1)
+    neighbours = [at(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    values = {
+        "peak": peak,
+        "argmax_margin": peak - np.max(neighbours, axis=0),
+        "x_shift_margin": np.abs(at(0, 1) - at(0, -1)),
+        "y_shift_margin": np.abs(at(1, 0) - at(-1, 0)),
+    }
+    quantiles = (0.05, 0.1, 0.25, 0.5)
+    return {
+        key: {f"{q:.0%}": float(np.quantile(v[truth["visible"]], q)) for q in quantiles}
+        for key, v in values.items()
     }
 
 
@@ -138,6 +159,7 @@ def load_engine(engine: str, fmt: str, kind: str, version_dir: Path, keras_path:
 
 def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
     from hgkeras.deploy.export import export_model
+    from hgkeras.deploy.formats import head_agreement
 
     keras_path = out_root / f"{name}.keras"
     model.save(keras_path)
@@ -169,7 +191,7 @@ def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
                 step = lambda images=images, run=run: run(images)  # noqa: E731
                 seconds, _ = timed(step, 0.0, 1, warmup=1 if index == 0 else 0)
                 times.setdefault((engine, batch), []).append(seconds)
-    rows, reference, sensitivity = [], None, None
+    rows, reference, extra = [], None, {}
     for (engine, fmt, kind), (_, runtime, _) in zip(ENGINES, engines, strict=True):
         row = {"engine": engine, "format": fmt, "runtime": kind}
         for batch in (1, 8):
@@ -178,12 +200,15 @@ def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
             row[f"batch{batch}_ms_min"] = 1000 * min(times[engine, batch])
             row[f"batch{batch}_images_per_s"] = batch / median
         if truth is not None:
-            heatmaps = runtime.run(truth["crops"])
+            heatmaps = runtime.run(truth["people"].crops)
             keypoints = image_keypoints(heatmaps, truth)
             if reference is None:  # the first engine is Keras (float)
-                reference = keypoints
-                sensitivity = noise_sensitivity(heatmaps, reference, truth)
-            row["within_0.1_head_of_float"] = within_tenth_head(keypoints, reference, truth)
+                reference = heatmaps
+                extra = {
+                    "float_plus_noise_within_0.1_head": noise_sensitivity(heatmaps, truth),
+                    "float_heatmap_margins": peak_margins(heatmaps, truth),
+                }
+            row["within_0.1_head_of_float"] = head_agreement(heatmaps, reference, truth["people"])
             error = np.linalg.norm(keypoints - truth["joints"], axis=-1) / truth["head"][:, None]
             row["pckh_0.5"] = 100.0 * float(np.mean(error[truth["visible"]] <= 0.5))
         print(
@@ -199,7 +224,7 @@ def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
         "export_seconds": export_seconds,
         "export_checks": checks,
         "results": rows,
-        **({} if sensitivity is None else {"float_plus_noise_within_0.1_head": sensitivity}),
+        **extra,
     }
 
 
