@@ -21,7 +21,6 @@ the global batch, so a resumed run draws what the uninterrupted run would have d
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 
@@ -229,7 +228,6 @@ class PoseTrainer(keras.Model):
                 "first step (the draws differ from those of an uninterrupted run)"
             )
             warnings.warn(message, stacklevel=2)
-            print(f"warning: {message}", file=sys.stderr, flush=True)
             self.augment_step.assign(0)
             return
         super().load_own_variables(store)
