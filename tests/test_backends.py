@@ -1,7 +1,8 @@
 """The model under each Keras backend, each in its own process, and weights moved between backends.
 
 Each backend's smoke run fits, predicts and saves; it also writes weights (with non-trivial BatchNorm
-statistics) and reference outputs, which every other backend must then reproduce.
+statistics) and reference outputs, which every other backend must then reproduce. The hourglass has
+order 2 (every layer type of order 4; tracing and compiling the order-4 graph cost most of each run).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from hgkeras import StackedHourglass, compile_model
 backend, out = sys.argv[1], sys.argv[2]
 assert keras.backend.backend() == backend, keras.backend.backend()
 keras.utils.set_random_seed(0)
-model = compile_model(StackedHourglass(num_stacks=2, num_features=32, image_shape=(64, 64, 3)))
+model = compile_model(
+    StackedHourglass(num_stacks=2, num_features=32, depth=2, image_shape=(64, 64, 3))
+)
 rng = np.random.default_rng(0)
 x = rng.random((4, 64, 64, 3), dtype=np.float32)
 y = rng.random((4, 16, 16, 16), dtype=np.float32)
@@ -51,7 +54,7 @@ import numpy as np
 from hgkeras import StackedHourglass
 
 out, sources = sys.argv[1], sys.argv[2:]
-model = StackedHourglass(num_stacks=2, num_features=32, image_shape=(64, 64, 3))
+model = StackedHourglass(num_stacks=2, num_features=32, depth=2, image_shape=(64, 64, 3))
 x = np.load(f"{out}/x.npy")
 for source in sources:
     model.load_weights(f"{out}/{source}.weights.h5")

@@ -197,7 +197,8 @@ def test_import_hgkeras_then_keras_loads_saved_models(backend, repo_root, tmp_pa
     hgkeras' classes, though ``import hgkeras`` itself loads no Keras."""
     save = (
         "from hgkeras import StackedHourglass\n"
-        "StackedHourglass(num_stacks=1, num_features=16, image_shape=(64, 64, 3)).save('m.keras')\n"
+        "StackedHourglass(num_stacks=1, num_features=16, depth=1, image_shape=(64, 64, 3))"
+        ".save('m.keras')\n"
     )
     load = (
         "import sys, hgkeras\n"

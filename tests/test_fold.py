@@ -91,7 +91,7 @@ FOLD_UNDER_BACKEND = """
 import numpy as np, keras
 from hgkeras.models.hourglass import StackedHourglass
 from hgkeras.models.fold import fold_batch_norms
-model = StackedHourglass(num_stacks=1, num_features=32, image_shape=(64, 64, 3))
+model = StackedHourglass(num_stacks=1, num_features=32, depth=2, image_shape=(64, 64, 3))
 rng = np.random.default_rng(0)
 for layer in model.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
