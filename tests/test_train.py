@@ -406,19 +406,20 @@ def _checksums(log: str) -> list[float]:
     return json.loads(lines[-1].split(" ", 1)[1])
 
 
-def _assert_only_the_chief_wrote(out: Path, scratch: Path) -> None:
-    """--out holds the chief's files only; the other processes' scratch folders (in their temp dir)
-    are gone, also the one a killed worker left."""
-    assert {p.name for p in out.iterdir()} == CHIEF_FILES
+def _assert_only_the_chief_wrote(out: Path, scratch: Path, also: frozenset = frozenset()) -> None:
+    """--out holds the chief's files only (CHIEF_FILES and ``also``); the other processes' scratch
+    folders (in their temp dir) are gone, also the one a killed worker left."""
+    assert {p.name for p in out.iterdir()} == CHIEF_FILES | also
     assert not list(scratch.glob("hgkeras-*")), list(scratch.iterdir())
 
 
 def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
     """MultiWorkerMirroredStrategy over two local CPU processes (TF_CONFIG, loopback only): equal
-    trainable weights, and only the chief writes files."""
+    trainable weights, and only the chief writes files, the export included."""
     out, scratch = tmp_path / "mw", tmp_path / "tmp"
     scratch.mkdir()
-    args = ["-c", CHECKSUM_CODE, *TINY, "--data-dir", str(sample_records), "--out", str(out),
+    exporting = [a for a in TINY if a != "--no-export"]
+    args = ["-c", CHECKSUM_CODE, *exporting, "--data-dir", str(sample_records), "--out", str(out),
             "--epochs", "1", "--steps-per-epoch", "2", "--lr", "1e-3"]  # fmt: skip
     logs = _wait(_start_workers(args, TMPDIR=str(scratch)))
     assert "MultiWorkerMirroredStrategy (2 workers" in logs[0]
@@ -427,9 +428,12 @@ def test_two_workers_agree_on_the_weights(sample_records, tmp_path):
     chief, other = (_checksums(log) for log in logs)
     assert len(chief) == len(other) > 0
     np.testing.assert_allclose(chief, other, rtol=1e-5)
-    _assert_only_the_chief_wrote(out, scratch)
+    _assert_only_the_chief_wrote(out, scratch, also=frozenset({"export"}))
     results = json.loads((out / "results.json").read_text())
     assert results["optimizer_iterations"] == 2
+    version = out / "export" / "hourglass" / "1"
+    assert Path(results["export"]) == version and (out / "export" / "models.config").is_file()
+    assert {"saved_model.pb", "pose.json", "variables"} <= {p.name for p in version.iterdir()}
     assert all(np.isfinite(np.asarray(w)).all()
                for w in keras.models.load_model(out / "last.keras").weights)  # fmt: skip
 
@@ -715,7 +719,8 @@ def test_init_weights_copies_matching_layers_and_reinitialises_the_heads(tmp_pat
         load_initial_weights(flic, str(tmp_path / "missing.keras"))
 
 
-def test_train_takes_extra_callbacks(sample_records, tmp_path):
+def test_train_takes_extra_callbacks(sample_records, tmp_path, monkeypatch):
+    from hgkeras.training import validation
     from hgkeras.training.run import train
 
     seen = []
@@ -724,5 +729,45 @@ def test_train_takes_extra_callbacks(sample_records, tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             seen.append((epoch, sorted(logs)))
 
-    train(_tiny_config(sample_records, tmp_path / "cb", "--epochs", "1"), callbacks=[Record()])
+    scored = []
+    evaluate = validation.PCKhCallback.evaluate
+
+    def counting(self):
+        scored.append(1)
+        return evaluate(self)
+
+    monkeypatch.setattr(validation.PCKhCallback, "evaluate", counting)
+    summary = train(
+        _tiny_config(sample_records, tmp_path / "cb", "--epochs", "1"), callbacks=[Record()]
+    )
     assert seen and seen[0][0] == 0 and "val_pckh" in seen[0][1] and "loss" in seen[0][1]
+    # the final score is the last epoch's (one evaluation, not two)
+    assert len(scored) == 1 and summary["val_pckh"] == summary["best"]["val_pckh"]
+
+
+def test_final_score_reuses_the_last_epoch_unless_the_weights_changed():
+    """train.py's final score is the final epoch's when the weights are still those it scored;
+    weights changed after it (e.g. a callback restoring others at the end) are scored anew."""
+    from hgkeras.models.hourglass import StackedHourglass
+    from hgkeras.training import validation
+    from hgkeras.training.run import _ValidationPCKh
+
+    config = parse_config(
+        ["--dataset", "mpii", "--data-dir", "unused", "--epochs", "2", "--val-every", "5"]
+    )
+    callback = _ValidationPCKh.make(None, config)
+    network = StackedHourglass(num_stacks=1, num_features=16, num_joints=16, depth=1,
+                               image_shape=(32, 32, 3))  # fmt: skip
+    callback.set_model(network)
+    scores = iter([50.0, 75.0])
+    groups = {g: 0.0 for g in validation._LOG_GROUPS["mpii"]}
+    callback.evaluate = lambda: {"dataset": "mpii", "Total": next(scores), **groups}
+    callback.on_epoch_end(0, {})  # neither a --val-every epoch nor the final one
+    assert callback.final is None
+    logs = {}
+    callback.on_epoch_end(1, logs)
+    assert logs["val_pckh"] == 50.0
+    assert callback.final_result()["Total"] == 50.0  # no second evaluation
+    head = network.get_layer("stack_1")
+    head.set_weights([np.zeros_like(w) for w in head.get_weights()])
+    assert callback.final_result()["Total"] == 75.0  # evaluated again

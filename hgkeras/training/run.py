@@ -753,6 +753,9 @@ class _ValidationPCKh:
         coco = config.dataset == "coco"  # OKS AP (val_ap) in place of PCKh
 
         class RunPCKh(OKSAPCallback if coco else PCKhCallback):
+            #: (the final epoch's result, a fingerprint of the weights it scored)
+            final: tuple[dict, str] | None = None
+
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
                 if (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == config.epochs:
                     saved, self.every_n_epochs = self.every_n_epochs, 1
@@ -760,6 +763,28 @@ class _ValidationPCKh:
                         super().on_epoch_end(epoch, logs)
                     finally:
                         self.every_n_epochs = saved
+                if epoch + 1 == config.epochs:
+                    self.final = (self.last_result, self._fingerprint())
+
+            def _fingerprint(self) -> str:
+                import hashlib
+
+                import keras
+                import numpy as np
+
+                digest = hashlib.sha1()
+                for weight in getattr(self.model, "hourglass", self.model).weights:
+                    array = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+                    digest.update(array.tobytes())
+                return digest.hexdigest()
+
+            def final_result(self) -> dict:
+                """The score of the weights as they are now: the final epoch's when nothing has
+                changed them since (e.g. a callback restoring other weights at the end), else a
+                new evaluation."""
+                if self.final is not None and self.final[1] == self._fingerprint():
+                    return self.final[0]
+                return self.evaluate()
 
         return RunPCKh(
             dataset,
@@ -969,7 +994,7 @@ def _train(config: TrainConfig, dist: Distribution, out: Path, callbacks: Sequen
         "backend": config.backend,
     }
     if "pckh" in run_callbacks and config.dataset == "coco":
-        result = run_callbacks["pckh"].evaluate()
+        result = run_callbacks["pckh"].final_result()
         summary["oks"] = result
         summary["val_ap"] = result["AP"]
         summary["best"] = {
@@ -978,7 +1003,7 @@ def _train(config: TrainConfig, dist: Distribution, out: Path, callbacks: Sequen
         }
         print(f"Final COCO OKS AP (flip {config.flip_eval}): {result['AP']:.3f}", flush=True)
     elif "pckh" in run_callbacks:
-        result = run_callbacks["pckh"].evaluate()
+        result = run_callbacks["pckh"].final_result()
         summary["pckh"] = {
             k: (float(v) if isinstance(v, (int, float)) else v)
             for k, v in result.items()
