@@ -37,13 +37,13 @@ NAME = "hourglass"
 IMAGE_SIZE = 64
 
 
-def small_model(seed: int = 0, features: int = 32) -> StackedHourglass:
-    """1 stack, depth 2, 64x64 input, with non-trivial BatchNorm statistics."""
+def small_model(seed: int = 0, features: int = 32, depth: int = 2) -> StackedHourglass:
+    """1 stack, depth 2 (or ``depth``), 64x64 input, with non-trivial BatchNorm statistics."""
     import keras
 
     keras.utils.set_random_seed(seed)
     model = StackedHourglass(
-        num_stacks=1, num_features=features, num_joints=16, depth=2, image_shape=(64, 64, 3)
+        num_stacks=1, num_features=features, num_joints=16, depth=depth, image_shape=(64, 64, 3)
     )
     rng = np.random.default_rng(seed)
     for layer in model.layers:

@@ -45,9 +45,10 @@ KINDS = {
 
 @pytest.fixture(scope="module")
 def every_format(tmp_path_factory):
-    """A tiny model (1 stack, 16 features, 64x64) exported in every format by `hgkeras export`."""
+    """A tiny model (1 stack, depth 1, 16 features, 64x64) exported in every format by `hgkeras
+    export`."""
     root = tmp_path_factory.mktemp("formats")
-    model = small_model(features=16)
+    model = small_model(features=16, depth=1)
     model_path = root / "tiny.keras"
     model.save(model_path)
     argv = ["export", "--model", str(model_path), "--out", str(root / "models"), "--name", "tiny",
