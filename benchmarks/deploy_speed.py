@@ -113,14 +113,16 @@ def noise_sensitivity(heatmaps: np.ndarray, truth: dict) -> dict:
 def peak_margins(heatmaps: np.ndarray, truth: dict) -> dict:
     """Quantiles (5, 10, 25, 50 %) over the annotated joints of how far the float heatmaps are from a
     different decoding: the peak value, the peak minus its highest 8-neighbour (argmax) and the
-    |right - left| and |below - above| neighbour differences (quarter-pixel shift directions)."""
+    |right - left| and |below - above| neighbour differences (quarter-pixel shift directions).
+    Peaks on the grid's border (which the decoder does not shift) count for the peak value only."""
     count = len(truth["centers"])
     maps = np.moveaxis(np.asarray(heatmaps[:count], np.float64), -1, 1)  # (N, J, H, W)
     n, j, height, width = maps.shape
     flat = maps.reshape(n, j, -1)
     index = flat.argmax(-1)
-    y = np.clip(index // width, 1, height - 2)
-    x = np.clip(index % width, 1, width - 2)
+    y, x = index // width, index % width
+    inner = (x > 0) & (x < width - 1) & (y > 0) & (y < height - 1)
+    y, x = np.clip(y, 1, height - 2), np.clip(x, 1, width - 2)  # read in range; border peaks masked
     rows, cols = np.arange(n)[:, None], np.arange(j)[None, :]
 
     def at(dy: int, dx: int) -> np.ndarray:
@@ -135,8 +137,9 @@ def peak_margins(heatmaps: np.ndarray, truth: dict) -> dict:
         "y_shift_margin": np.abs(at(1, 0) - at(-1, 0)),
     }
     quantiles = (0.05, 0.1, 0.25, 0.5)
+    scored = {key: truth["visible"] & (inner | (key == "peak")) for key in values}
     return {
-        key: {f"{q:.0%}": float(np.quantile(v[truth["visible"]], q)) for q in quantiles}
+        key: {f"{q:.0%}": float(np.quantile(v[scored[key]], q)) for q in quantiles}
         for key, v in values.items()
     }
 

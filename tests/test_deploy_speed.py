@@ -37,3 +37,8 @@ def test_people_keypoints_noise_and_margins(real_data):
     margins = bench.peak_margins(heatmaps, truth)
     assert margins["peak"]["50%"] == 1.0 and margins["argmax_margin"]["5%"] == 0.5
     assert margins["x_shift_margin"]["50%"] == 0.5 and margins["y_shift_margin"]["50%"] == 0.0
+    heatmaps[:, 8, 8] = heatmaps[:, 8, 9] = 0.0
+    heatmaps[:2, 0, 0] = 1.0  # two people's peaks on the border: no shift, so no shift margins
+    heatmaps[2:, 8, 8] = 0.75
+    margins = bench.peak_margins(heatmaps, truth)
+    assert margins["peak"]["5%"] == 0.75 and margins["argmax_margin"]["5%"] == 0.75
