@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from hgkeras.models.fold import FoldedBatchNorm, fold_batch_norms, foldable_pairs
+from hgkeras.models.fold import FoldedBatchNorm, call_graph, fold_batch_norms, foldable_pairs
 from hgkeras.models.hourglass import StackedHourglass
 
 
@@ -80,6 +80,19 @@ def test_fold_only_folds_a_norm_that_alone_reads_an_activation_free_conv():
     want = keras.ops.convert_to_numpy(model(x, training=False))
     got = keras.ops.convert_to_numpy(folded(x, training=False))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_keeps_norms_after_a_shared_conv_or_a_conv_that_is_also_an_output():
+    inputs = keras.Input((8, 8, 3))
+    shared = layers.Conv2D(3, 1, name="shared")
+    first = layers.BatchNormalization(name="first_bn")(shared(inputs))  # shared is called twice
+    second = shared(first)
+    out = layers.Conv2D(4, 1, name="out")(second)
+    out_bn = layers.BatchNormalization(name="out_bn")(out)  # "out" is a model output as well
+    model = keras.Model(inputs, [out, out_bn])
+    assert foldable_pairs(model) == {}
+    calls, readers = call_graph(model)
+    assert calls["shared"] == [[], ["first_bn"]] and readers["out"] == 2
 
 
 def test_fold_rejects_what_is_not_a_keras_model():

@@ -35,3 +35,23 @@ def test_tensorflow_models_use_the_hooked_trainer():
     hooked = multi_worker_trainer_class(PoseTrainer)
     assert issubclass(hooked, PoseTrainer) and hooked.__name__ == "MultiWorkerPoseTrainer"
     assert "_maybe_symbolic_build" in vars(hooked) and "train_step" in vars(hooked)
+
+
+def test_start_fit_at_epoch_moves_the_first_epoch_of_fit():
+    from hgkeras.training._keras_internals import start_fit_at_epoch
+
+    class StartAtTwo(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            start_fit_at_epoch(self.model, 2)
+
+    class Epochs(keras.callbacks.Callback):
+        seen: list[int] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.append(epoch)
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = keras.ops.convert_to_numpy(keras.ops.ones((4, 2)))
+    model.fit(x, x[:, :1], epochs=4, verbose=0, callbacks=[StartAtTwo(), Epochs()])
+    assert Epochs.seen == [2, 3]

@@ -32,14 +32,47 @@ class FoldedBatchNorm(layers.Layer):
         return input_shape
 
 
-def _single_source(layer) -> Any:
-    """The layer whose output is ``layer``'s only input, if ``layer`` is called exactly once."""
-    if len(layer._inbound_nodes) != 1:
-        return None
-    parents = layer._inbound_nodes[0].parent_nodes
-    if len(parents) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1:
-        return None
-    return parents[0].operation
+class _Probe(layers.Layer):
+    """Stands for a layer while :func:`call_graph` re-traces a model: outputs of the right
+    structure and shapes, no weights, never run."""
+
+    def __init__(self, original: layers.Layer) -> None:
+        super().__init__(name=original.name)
+        self._specs = original.output
+
+    def compute_output_spec(self, *args, **kwargs):
+        return keras.tree.map_structure(
+            lambda t: keras.KerasTensor(t.shape, dtype=t.dtype), self._specs
+        )
+
+
+def call_graph(model) -> tuple[dict[str, list[list[str]]], dict[str, int]]:
+    """``{layer name: [the layers each of its calls reads]}`` and ``{layer name: how many calls and
+    model outputs read it}`` of a functional model (re-traced with public Keras API only)."""
+    calls: dict[str, list[list[str]]] = {}
+    readers: dict[str, int] = {}
+    producers: dict[int, str] = {}
+
+    def call(layer, *args, **kwargs):
+        sources = [
+            producers[id(t)]
+            for t in keras.tree.flatten((args, kwargs))
+            if isinstance(t, keras.KerasTensor) and id(t) in producers
+        ]
+        calls.setdefault(layer.name, []).append(sources)
+        for name in sources:
+            readers[name] = readers.get(name, 0) + 1
+        outputs = layer(*args, **kwargs)
+        for tensor in keras.tree.flatten(outputs):
+            producers[id(tensor)] = layer.name
+        return outputs
+
+    traced = keras.models.clone_model(model, clone_function=_Probe, call_function=call)
+    for tensor in traced.outputs:
+        name = producers.get(id(tensor))
+        if name is not None:
+            readers[name] = readers.get(name, 0) + 1
+    return calls, readers
 
 
 def foldable_pairs(model) -> dict[str, Any]:
@@ -49,11 +82,15 @@ def foldable_pairs(model) -> dict[str, Any]:
     ungrouped, activation-free convolution that is called once and whose output only the batch
     norm reads.
     """
+    calls, readers = call_graph(model)
     pairs = {}
     for layer in model.layers:
         if not isinstance(layer, layers.BatchNormalization):
             continue
-        conv = _single_source(layer)
+        sources = calls.get(layer.name, [])
+        if len(sources) != 1 or len(sources[0]) != 1:  # called once, on one tensor
+            continue
+        conv = model.get_layer(sources[0][0])
         if not isinstance(conv, (layers.Conv1D, layers.Conv2D, layers.Conv3D)) or isinstance(
             conv, (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
         ):
@@ -64,8 +101,8 @@ def foldable_pairs(model) -> dict[str, Any]:
             or conv.data_format != "channels_last"
             or getattr(conv, "groups", 1) != 1
             or conv.activation not in (None, keras.activations.linear)
-            or len(conv._inbound_nodes) != 1
-            or len(conv._outbound_nodes) != 1
+            or len(calls.get(conv.name, [])) != 1
+            or readers.get(conv.name, 0) != 1
             or getattr(layer, "renorm", False)
         ):
             continue

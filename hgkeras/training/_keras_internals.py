@@ -1,8 +1,15 @@
-"""The only place where hgkeras relies on private Keras behaviour (Keras 3.15, TensorFlow trainer).
+"""The only place where hgkeras relies on private Keras behaviour (Keras 3.15).
+
+``tests/test_keras_internals.py`` checks that each hook still exists and acts as used here, so a
+Keras upgrade that changes one fails loudly instead of silently training differently.
+
+* :func:`start_fit_at_epoch`: a resumed run's ``fit`` starts after the backed-up epoch. Keras has no
+  public way for a callback to move ``fit``'s first epoch; its own ``BackupAndRestore`` sets the
+  trainer's ``_initial_epoch``, which every backend's ``fit`` reads (``self._initial_epoch or
+  initial_epoch``) after ``on_train_begin``; hgkeras' crash-safe backup does the same.
 
 Two workarounds, both needed only under ``tf.distribute.MultiWorkerMirroredStrategy`` with dict
-batches; ``tests/test_keras_internals.py`` checks that the hooks still exist with the signatures used
-here, so a Keras upgrade that changes them fails loudly instead of silently training differently.
+batches:
 
 * ``_maybe_symbolic_build``: ``fit`` starts by reducing the first distributed batch across replicas
   (``strategy.reduce("MEAN", batch)``) to build the model symbolically; with a dict batch under
@@ -25,6 +32,11 @@ HOOKS = (
     ),
     ("keras.src.trainers.trainer.Trainer", "_symbolic_build", ("iterator", "data_batch")),
 )
+
+
+def start_fit_at_epoch(model, epoch: int) -> None:
+    """Make the running ``fit`` of ``model`` start at epoch ``epoch`` (call in ``on_train_begin``)."""
+    model._initial_epoch = epoch
 
 
 def multi_worker_trainer_class(base: type) -> type:

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from hgkeras.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from hgkeras.training._keras_internals import start_fit_at_epoch
 
 
 def step_learning_rate(
@@ -141,7 +142,7 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(str(weights))
-        self.model._initial_epoch = epoch
+        start_fit_at_epoch(self.model, epoch)
         where = weights if self._chief else "the chief's backup"
         print(f"Resuming from {where} after epoch {epoch}.", file=sys.stderr, flush=True)
 
