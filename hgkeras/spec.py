@@ -652,8 +652,13 @@ def get_pose(pose: str | os.PathLike | PoseSpec | Mapping) -> PoseSpec:
         known = POSES.get(str(pose.get("name", "")).lower())
         if known is not None:
             mine = known.to_config()
-            given = PoseSpec.from_config({**mine, **{k: v for k, v in pose.items() if k in mine}})
-            if given == known:
+            try:
+                merged = PoseSpec.from_config(
+                    {**mine, **{k: v for k, v in pose.items() if k in mine}}
+                )
+            except ValueError:  # not the registered set: validated as itself below
+                merged = None
+            if merged == known:
                 return known
         return _registered(PoseSpec.from_config(pose))
     if isinstance(pose, os.PathLike) or (isinstance(pose, str) and pose.lower().endswith(".json")):
