@@ -140,3 +140,12 @@ def test_normaliser_values_and_config_storage():
     assert FLIC.normalizer_value(joints, np.ones(11)) == 50.0
     assert np.isnan(FLIC.normalizer_value(joints, np.zeros(11)))
     assert pose_config(MPII) == "mpii" and pose_config(MOUSE) == MOUSE.to_config()
+
+
+def test_the_documented_spec_file_is_valid(repo_root):
+    """docs/own-keypoints.md's example reads as a spec (unknown fields would be errors)."""
+    text = (repo_root / "docs" / "own-keypoints.md").read_text()
+    example = text.split("```json\n", 1)[1].split("```", 1)[0]
+    spec = PoseSpec.from_config(json.loads(example), strict=True)
+    assert spec.joint_names == ("Hand", "Finger1", "Tongue", "Joystick1", "Joystick2")
+    assert spec.group_table == {"Paw": (0, 1), "Tongue": (2,), "Joystick": (3, 4)}
