@@ -27,7 +27,7 @@ import numpy as np
 from hgkeras.data.readers import read_annotations
 from hgkeras.data.records import PoseRecord
 from hgkeras.data.tfrecords import write_tfrecords
-from hgkeras.spec import PoseSpec, get_pose, infer_flip_pairs, parse_flip_pairs
+from hgkeras.spec import PoseSpec, get_pose, parse_flip_pairs
 
 #: The formats ``hgkeras prepare`` reads.
 FORMATS = ("mpii", "flic", "coco", "dlc", "yolo")
@@ -77,9 +77,14 @@ def split_by_image(records: Sequence[PoseRecord], fraction: float) -> int:
 
 
 def finish_pose(
-    spec: PoseSpec, *, flip_pairs: str | Sequence | None = None, pose: Any = None
+    spec: PoseSpec,
+    *,
+    flip_pairs: str | Sequence | None = None,
+    pose: Any = None,
+    origin: str = "names",
 ) -> tuple[PoseSpec, str]:
-    """The spec to write, and where its flip pairs come from ("spec", "given", "names", "format").
+    """The spec to write, and where its flip pairs come from: "spec" (``pose``), "given"
+    (``flip_pairs``) or ``origin`` (the format's: "names" = found by name, "flip_idx" = YOLO's).
 
     ``pose`` replaces ``spec`` whole (its keypoints must be the format's, in order); ``flip_pairs``
     (``"a:b,..."`` or index pairs; ``""`` for none) replaces the pairs.
@@ -101,8 +106,7 @@ def finish_pose(
         return PoseSpec.from_config(
             {**spec.to_config(), "flip_pairs": pairs, "colors": None}
         ), "given"
-    source = "names" if spec.flip_pairs == infer_flip_pairs(spec.joint_names) else "format"
-    return spec, source
+    return spec, origin
 
 
 def apply_pose(records: Sequence[PoseRecord], spec: PoseSpec) -> None:
@@ -116,13 +120,14 @@ def apply_pose(records: Sequence[PoseRecord], spec: PoseSpec) -> None:
 
 @dataclass
 class Source:
-    """What a format reader gives: the spec, the records, the folder their images are relative to."""
+    """What a format reader gives: the spec, the records, the folder their images are relative to,
+    the reasons of the annotations left out and where the spec's flip pairs come from."""
 
     spec: PoseSpec
     records: list[PoseRecord]
     images: Path
     skipped: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
+    pairs_from: str = "names"
 
 
 def read_source(
@@ -177,7 +182,9 @@ def read_source(
         records = read_yolo_dataset(
             annotations, spec, skipped, category=category, aspect_ratio=aspect_ratio
         )
-        return Source(spec, records, Path(images or load_data_yaml(annotations)[0]), skipped)
+        root, data = load_data_yaml(annotations)
+        origin = "flip_idx" if data.get("flip_idx") is not None else "names"
+        return Source(spec, records, Path(images or root), skipped, origin)
     raise ValueError(f"format must be one of {USER_FORMATS}, got {fmt!r}")
 
 
@@ -254,7 +261,9 @@ def prepare_dataset(
             dataset, annotations, images, aspect_ratio=width / height, category=category,
             valid_annotations=valid_annotations, valid_images=valid_images,
         )  # fmt: skip
-        spec, pairs_from = finish_pose(source.spec, flip_pairs=flip_pairs, pose=pose)
+        spec, pairs_from = finish_pose(
+            source.spec, flip_pairs=flip_pairs, pose=pose, origin=source.pairs_from
+        )
         apply_pose(source.records, spec)
         records, image_dir, skipped = source.records, source.images, source.skipped
         extra = {

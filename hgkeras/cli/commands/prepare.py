@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         spec = get_pose(manifest["pose"])
         print(f"pose {spec.name!r}: {spec.num_joints} keypoints {', '.join(spec.joint_names)}")
         how = {"names": "found by name", "given": "given", "spec": "from the spec file",
-               "format": "from the data"}[manifest["flip_pairs_from"]]  # fmt: skip
+               "flip_idx": "from flip_idx"}[manifest["flip_pairs_from"]]  # fmt: skip
         print(f"flip pairs ({how}): {flip_pair_names(spec)}")
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['records']} records in {len(info['shards'])} shard(s)")
