@@ -71,7 +71,7 @@ def test_coco_skeleton_matches_the_annotation_file(sample):
 def test_reader_keeps_people_with_keypoints_not_crowd(sample):
     skipped: list[str] = []
     records = read_annotations(sample["annotations"], "coco", skipped=skipped)
-    assert len(records) == 12 and {r.dataset for r in records} == {"coco"}
+    assert len(records) == 12 and {r.pose for r in records} == {"coco"}
     assert len(skipped) == 2 and all("num_keypoints 0" in s for s in skipped)
     by_id = {a["id"]: a for a in sample["data"]["annotations"]}
     for r in records:
@@ -205,7 +205,7 @@ def _perturbed(data: dict, oks_of_person) -> list[dict]:
     ids = [a["id"] for a in data["annotations"] if a["num_keypoints"] > 0]
     for k, (entry, ann_id) in enumerate(zip(results, ids, strict=True)):
         values = np.array(entry["keypoints"], np.float64).reshape(17, 3)
-        shift = np.sqrt(-2.0 * math.log(oks_of_person(k)) * areas[ann_id]) * 2 * coco.OKS_SIGMAS
+        shift = np.sqrt(-2.0 * math.log(oks_of_person(k)) * areas[ann_id]) * 2 * COCO.sigmas
         values[:, 0] += np.where(values[:, 2] > 0, shift, 0.0)
         entry["keypoints"] = values.reshape(-1).tolist()
     return results
@@ -410,13 +410,13 @@ def test_small_model_overfits_the_12_people_to_ap50_0_9(sample, tmp_path):
     import keras
 
     from hgkeras.data import pose_dataset
-    from hgkeras.data.coco import prepare_coco
+    from hgkeras.data.prepare import prepare_dataset
     from hgkeras.models.hourglass import StackedHourglass
     from hgkeras.training.trainer import PoseTrainer
 
     size = 64
-    prepare_coco(sample["annotations"], sample["images"], tmp_path, input_shape=(size, size),
-                 progress=False)  # fmt: skip
+    prepare_dataset("coco", sample["annotations"], sample["images"], tmp_path,
+                    input_shape=(size, size), progress=False)  # fmt: skip
     # No augmentation: the source crops are the same every step, so one batch is decoded and reused.
     train = pose_dataset(tmp_path, 12, training=True, split="train", source_size=size * 3 // 2,
                          shuffle_buffer=1).take(1).cache().repeat()  # fmt: skip

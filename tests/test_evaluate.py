@@ -167,8 +167,9 @@ def test_flic_predictions_score_pck_against_torso(real_data, tmp_path, capsys):
     _torch_preds(path, preds)
     out = tmp_path / "r.json"
     assert (
-        main(["evaluate", "--data", str(data), "--predictions", str(path), "--out", str(out)]) == 0
-    )
+        main(["evaluate", "--data", str(data), "--predictions", str(path), "--out", str(out),
+              "--pose", "flic"]) == 0
+    )  # fmt: skip
     result = json.loads(out.read_text())["results"]
     assert result["Wrist"] == pytest.approx(50.0) and result["Elbow"] == 100.0
     assert result["Mean"] == pytest.approx(100.0 * 10 / 11)

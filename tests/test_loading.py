@@ -32,7 +32,8 @@ def test_pose_is_explicit_saved_and_checked():
     assert _tiny().pose is MPII and _tiny(pose="flic").num_joints == 11
     with pytest.raises(ValueError, match="pose 'mpii'.*pose='flic'"):
         _tiny(num_joints=11)
-    custom = PoseSpec("hands", ("a", "b", "c"), ((0, 1),), ((0, 2),), normalizer="torso")
+    custom = PoseSpec("hands", ("a", "b", "c"), ((0, 1),), ((0, 2),), normalizer="torso",
+                      torso_joints=(0, 2))  # fmt: skip
     model = _tiny(pose=custom)
     copy = StackedHourglass.from_config(model.get_config())
     assert copy.pose == custom and copy.num_joints == 3

@@ -40,7 +40,8 @@ def test_prepare_flic_real_images(tmp_path, real_data, capsys):
     ids = batch["image_id"].numpy().tolist()
     assert ids == [140, 141, 142, 143, 144, 145, 146, 395]
     reference = {
-        r.image_id: r for r in read_annotations(real_data / "flic" / "valid_observercentric.h5")
+        r.image_id: r
+        for r in read_annotations(real_data / "flic" / "valid_observercentric.h5", "flic")
     }
     for i, image_id in enumerate(ids):
         np.testing.assert_allclose(batch["joints"][i], reference[image_id].joints, atol=1e-3)

@@ -21,7 +21,7 @@ def test_mpii_valid_h5_reads_all_records(real_data):
     records = read_annotations(real_data / "mpii" / "valid.h5")
     assert len(records) == 2958
     first = records[0]
-    assert first.image == "005808361.jpg" and first.split == "valid" and first.dataset == "mpii"
+    assert first.image == "005808361.jpg" and first.split == "valid" and first.pose == "mpii"
     # 1-based source -> 0-based: part (804, 711) -> (803, 710); centre x 966 -> 965.
     np.testing.assert_allclose(first.joints[0], [803.0, 710.0])
     np.testing.assert_allclose(first.center, [965.0, 409.7773184], rtol=1e-6)
@@ -125,7 +125,7 @@ def test_flic_examples_mat_matches_torch_annot(real_data):
     assert len(flic) == 5003
     assert flic[0].image == "12-oclock-high-special-edition-00006361.jpg"
     assert flic[0].split == "train" and flic[140].split == "test"
-    h5 = read_annotations(real_data / "flic" / "valid_personcentric.h5")
+    h5 = read_annotations(real_data / "flic" / "valid_personcentric.h5", "flic")
     assert len(h5) == 1016 and all(r.split == "test" for r in h5)
     for r in h5:
         m = flic[r.image_id]
@@ -141,7 +141,7 @@ def test_flic_observer_centric(real_data):
     observer = read_annotations(
         real_data / "flic" / "examples.mat", split="test", observer_centric=True
     )
-    reference = read_annotations(real_data / "flic" / "valid_observercentric.h5")
+    reference = read_annotations(real_data / "flic" / "valid_observercentric.h5", "flic")
     by_id = {r.image_id: r for r in observer}
     for r in reference:
         np.testing.assert_allclose(by_id[r.image_id].joints, r.joints, atol=1e-3)
@@ -169,8 +169,8 @@ def test_wrong_layouts_name_file_and_field(tmp_path, real_data):
         f["part"] = np.zeros((1, 16, 2))
     with pytest.raises(ValueError, match=r"bad\.h5.*'center'"):
         read_annotations(bad_h5)
-    with pytest.raises(ValueError, match="expected flic"):
-        read_annotations(real_data / "mpii" / "valid.h5", dataset="flic")
+    with pytest.raises(ValueError, match=r"has 16 joints; expected 11 \(flic\)"):
+        read_annotations(real_data / "mpii" / "valid.h5", pose="flic")
     with pytest.raises(FileNotFoundError):
         read_annotations(tmp_path / "nope.json")
 

@@ -31,7 +31,7 @@ def test_manifest_and_shards(mpii_shards):
     out, records = mpii_shards
     manifest = read_manifest(out)
     assert manifest["schema_version"] == 1 and manifest["num_joints"] == 16
-    assert manifest["pose"] == "mpii" and read_pose(out, "valid") is MPII
+    assert manifest["pose"] == MPII.to_config() and read_pose(out, "valid") is MPII
     assert manifest["splits"]["valid"]["records"] == 5
     assert [s["records"] for s in manifest["splits"]["valid"]["shards"]] == [2, 3]
     assert manifest["skipped_images"] == []

@@ -749,7 +749,7 @@ def test_final_score_reuses_the_last_epoch_unless_the_weights_changed():
     """train.py's final score is the final epoch's when the weights are still those it scored;
     weights changed after it (e.g. a callback restoring others at the end) are scored anew."""
     from hgkeras.models.hourglass import StackedHourglass
-    from hgkeras.training import validation
+    from hgkeras.spec import MPII
     from hgkeras.training.run import _ValidationPCKh
 
     config = parse_config(
@@ -760,7 +760,7 @@ def test_final_score_reuses_the_last_epoch_unless_the_weights_changed():
                                image_shape=(32, 32, 3))  # fmt: skip
     callback.set_model(network)
     scores = iter([50.0, 75.0])
-    groups = {g: 0.0 for g in validation._LOG_GROUPS["mpii"]}
+    groups = {g: 0.0 for g in MPII.group_table}
     callback.evaluate = lambda: {"dataset": "mpii", "Total": next(scores), **groups}
     callback.on_epoch_end(0, {})  # neither a --val-every epoch nor the final one
     assert callback.final is None

@@ -1,8 +1,13 @@
-"""COCO person keypoints: ``person_keypoints_*.json`` -> :class:`~hgkeras.data.records.PoseRecord` lists.
+"""COCO keypoint files -> :class:`~hgkeras.data.records.PoseRecord` lists, for any keypoint category.
+
+A category's ``keypoints`` names and ``skeleton`` make the pose spec (:func:`coco_pose`): COCO's 17
+person keypoints give :data:`hgkeras.spec.COCO`, any other list a spec of its own, named after the
+category, with flip pairs found by name unless given, and OKS scoring. A file with several keypoint
+categories needs one chosen (``category``: its id or name).
 
 Conventions (see ``docs/evaluation.md``, "COCO keypoints"):
 
-* Keypoints ``[x1, y1, v1, ..., x17, y17, v17]`` are pixel indices (the centre of pixel column x, row y),
+* Keypoints ``[x1, y1, v1, ..., xK, yK, vK]`` are pixel indices (the centre of pixel column x, row y),
   which is hgkeras' 0-based pixel-centre convention (:mod:`hgkeras.geometry`): they are used unchanged,
   and results files are written in the same convention (as detectron2 and mmpose do).
 * Visibility ``v``: 0 not labelled, 1 labelled but not visible, 2 labelled and visible. Both 1 and 2 are
@@ -12,25 +17,25 @@ Conventions (see ``docs/evaluation.md``, "COCO keypoints"):
   its corners are (x - 0.5, y - 0.5) and (x + w - 0.5, y + h - 0.5). The crop box (top-down COCO
   practice) is the person box widened or heightened to the model input's aspect ratio (w / h: 1 for
   256x256, 0.75 for 256x192) about its centre, then enlarged by :data:`BOX_PADDING` (1.25).
-* ``record.normalizer`` holds the annotation's ``area`` (the OKS scale s^2 in pixels^2).
+  ``record.box`` holds the pixel-centre box.
+* ``record.normalizer`` holds the annotation's ``area`` (the OKS scale s^2 in pixels^2) for specs
+  scored by OKS, else the value of the spec's rule (:meth:`hgkeras.spec.PoseSpec.normalizer_value`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hgkeras.data.records import PoseRecord
+from hgkeras.data.files import load_json
+from hgkeras.data.records import BOX_PADDING, PoseRecord, record_from_box
 from hgkeras.geometry import box_to_center_scale
-from hgkeras.spec import COCO
+from hgkeras.spec import COCO, PoseSpec, infer_flip_pairs
 
-#: Top-down crop padding around the aspect-ratio-corrected person box.
-BOX_PADDING = 1.25
-#: The COCO person category id.
+#: The COCO person category id (the default category of results and detections).
 PERSON_CATEGORY = 1
 #: The usual top-down COCO input sizes (height, width).
 INPUT_SHAPES = ((256, 256), (256, 192))
@@ -54,16 +59,18 @@ AUGMENTATION: dict[str, Any] = {
     "scale_range": (0.7, 1.3),
 }
 
-_NUM_VALUES = 3 * COCO.num_joints
+
+def pixel_box(bbox: Sequence[float]) -> np.ndarray:
+    """A COCO ``bbox`` [x, y, w, h] (continuous) -> (x1, y1, x2, y2) in pixel-centre coordinates."""
+    x, y, w, h = (float(v) for v in bbox)
+    return np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
 
 
 def coco_box_to_center_scale(
     bbox: Sequence[float], aspect_ratio: float = 1.0, padding: float = BOX_PADDING
 ) -> tuple[np.ndarray, float]:
     """A COCO ``bbox`` [x, y, w, h] -> (centre, scale) of its crop box for an input of ``aspect_ratio``."""
-    x, y, w, h = (float(v) for v in bbox)
-    box = (x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5)
-    return box_to_center_scale(box, padding=padding, aspect_ratio=aspect_ratio)
+    return box_to_center_scale(pixel_box(bbox), padding=padding, aspect_ratio=aspect_ratio)
 
 
 def is_coco_json(path: str | Path) -> bool:
@@ -71,15 +78,6 @@ def is_coco_json(path: str | Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(4096).lstrip()
     return head[:1] == b"{"
-
-
-def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
 
 
 def _numbers(value: Any, count: int, path: Path, where: str, key: str) -> np.ndarray:
@@ -103,15 +101,84 @@ def _require(item: Any, keys: Sequence[str], path: Path, where: str) -> None:
             raise ValueError(f"{path}: {where} has no field {key!r}")
 
 
-def load_coco_annotations(path: str | Path) -> dict:
-    """Read and check a COCO person-keypoint annotation file; returns the parsed JSON object.
+def keypoint_categories(data: dict) -> list[dict]:
+    """The categories of a COCO object that list ``keypoints``."""
+    return [c for c in data.get("categories") or [] if isinstance(c, dict) and c.get("keypoints")]
 
-    Checked: ``images`` (``id``, ``file_name``), ``annotations`` (``id``, ``image_id`` of a listed image,
-    ``keypoints`` of 51 numbers with v in {0, 1, 2}, ``bbox`` of 4, ``area``), and, when present, that the
-    person category's keypoint names are the 17 COCO joints in order. Errors name the file and index.
+
+def choose_category(data: dict, category: int | str | None = None, path: Any = "COCO data") -> dict:
+    """The keypoint category ``category`` (its id, or its name) of a COCO object; None: the only one.
+
+    ValueError naming ``path`` when there is none, when ``category`` is not one of them, or when
+    there are several and none is chosen.
+    """
+    categories = keypoint_categories(data)
+    listed = ", ".join(f"{c.get('id')} {c.get('name', '')!r}" for c in categories)
+    if not categories:
+        raise ValueError(
+            f"{path}: no category lists 'keypoints' (COCO keypoint files name them in 'categories')"
+        )
+    if category is None:
+        if len(categories) > 1:
+            raise ValueError(
+                f"{path}: {len(categories)} keypoint categories ({listed}); choose one (--category)"
+            )
+        return categories[0]
+    for c in categories:
+        if (
+            c.get("id") == category
+            or str(c.get("name")) == str(category)
+            or (isinstance(category, str) and category.isdigit() and c.get("id") == int(category))
+        ):
+            return c
+    raise ValueError(f"{path}: no keypoint category {category!r} (there are: {listed})")
+
+
+def coco_pose(
+    category: dict,
+    flip_pairs: Sequence[Sequence[int]] | None = None,
+    name: str | None = None,
+    path: Any = "COCO data",
+) -> PoseSpec:
+    """The pose spec of a COCO keypoint category: its ``keypoints`` names and its (1-based)
+    ``skeleton`` as limbs, scored by OKS. COCO's 17 person keypoints with no other pairs given are
+    :data:`hgkeras.spec.COCO`; other sets get ``flip_pairs``, or the pairs found by name."""
+    names = tuple(str(n) for n in category["keypoints"])
+    if names == COCO.joint_names and flip_pairs is None and name in (None, COCO.name):
+        return COCO
+    limbs = []
+    for k, limb in enumerate(category.get("skeleton") or []):
+        if not (isinstance(limb, Sequence) and len(limb) == 2):
+            raise ValueError(f"{path}: category {category.get('id')} skeleton[{k}] is not a pair")
+        try:
+            a, b = (int(v) - 1 for v in limb)  # COCO skeletons are 1-based
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path}: category {category.get('id')} skeleton[{k}] {limb!r} is not two numbers"
+            ) from None
+        limbs.append((a, b))
+    try:
+        return PoseSpec(
+            name=name or str(category.get("name") or f"category_{category.get('id')}"),
+            joint_names=names,
+            flip_pairs=tuple(flip_pairs) if flip_pairs is not None else infer_flip_pairs(names),
+            limbs=tuple(limbs),
+            normalizer="oks",
+        )
+    except ValueError as error:
+        raise ValueError(f"{path}: category {category.get('id')}: {error}") from None
+
+
+def load_coco_annotations(path: str | Path, category: int | str | None = None) -> dict:
+    """Read and check a COCO keypoint annotation file; returns the parsed JSON object.
+
+    Checked: ``images`` (``id``, ``file_name``), a keypoint category (``category``: its id or name;
+    None: the file's only one), and each annotation of it: ``id``, ``image_id`` of a listed image,
+    ``keypoints`` of 3 x K numbers (K = the category's keypoints) with v in {0, 1, 2}, ``bbox`` of 4,
+    ``area``. Annotations of other categories are not checked. Errors name the file and index.
     """
     path = Path(path)
-    data = _load_json(path)
+    data = load_json(path, "COCO file")
     if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
         raise ValueError(
             f"{path}: not a COCO annotation file: expected a JSON object with 'images' and "
@@ -121,19 +188,16 @@ def load_coco_annotations(path: str | Path) -> dict:
     for i, image in enumerate(data["images"]):
         _require(image, ("id", "file_name"), path, f"images[{i}]")
         image_ids.add(image["id"])
-    for category in data.get("categories", []):
-        if category.get("id") == PERSON_CATEGORY and "keypoints" in category:
-            names = tuple(category["keypoints"])
-            if names != COCO.joint_names:
-                raise ValueError(
-                    f"{path}: the person category's keypoints {list(names)} are not the 17 COCO "
-                    f"joints {list(COCO.joint_names)}"
-                )
+    chosen = choose_category(data, category, path)
+    count = 3 * len(chosen["keypoints"])
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
-        _require(ann, ("id", "image_id", "keypoints", "bbox", "area"), path, where)
+        _require(ann, ("id", "image_id"), path, where)
+        if ann.get("category_id", chosen["id"]) != chosen["id"]:
+            continue
+        _require(ann, ("keypoints", "bbox", "area"), path, where)
         where = f"annotations[{i}] (id {ann['id']})"
-        values = _numbers(ann["keypoints"], _NUM_VALUES, path, where, "keypoints")
+        values = _numbers(ann["keypoints"], count, path, where, "keypoints")
         flags = values[2::3]
         if not np.all(np.isin(flags, (0, 1, 2))):
             raise ValueError(f"{path}: {where} has visibility flags other than 0, 1, 2")
@@ -164,56 +228,68 @@ def read_coco_keypoints(
     aspect_ratio: float = 1.0,
     padding: float = BOX_PADDING,
     split: str | None = None,
+    category: int | str | None = None,
+    pose: PoseSpec | None = None,
 ) -> list[PoseRecord]:
-    """People of a COCO ``person_keypoints_*.json`` with at least one keypoint, not crowd.
+    """Instances of a COCO keypoint file's category with at least one keypoint, not crowd.
 
     Args:
         path: the annotation file.
         skipped: if given, one reason string per annotation left out (crowd, no keypoints, empty box,
-            not a person).
+            another category).
         aspect_ratio: width / height of the model input the crop boxes are made for.
         padding: crop box enlargement (1.25).
         split: the records' split (default from the file name: ``val`` -> "valid", else "train").
+        category: the keypoint category (id or name); None: the file's only one.
+        pose: the records' spec (default :func:`coco_pose` of the category); its normaliser rule
+            gives ``record.normalizer``.
 
     ``image_id`` is the COCO image id, ``person_id`` the annotation id; ``extra`` holds
     ``annotation_id``, ``bbox``, ``area``, ``visibility`` (the raw 0/1/2 flags).
     """
     path = Path(path)
-    data = load_coco_annotations(path)
+    data = load_coco_annotations(path, category)
+    chosen = choose_category(data, category, path)
+    spec = pose or coco_pose(chosen, path=path)
+    if spec.num_joints != len(chosen["keypoints"]):
+        raise ValueError(
+            f"{path}: category {chosen['id']} has {len(chosen['keypoints'])} keypoints, pose "
+            f"{spec.name!r} {spec.num_joints}"
+        )
     files = {image["id"]: str(image["file_name"]) for image in data["images"]}
     split = split or _split_from_name(path)
     records = []
     for ann in data["annotations"]:
-        name = files[ann["image_id"]]
+        name = files.get(ann["image_id"], f"image_id {ann['image_id']}")
         label = f"{name} (annotation {ann['id']})"
-        values = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)
-        flags = values[:, 2].astype(np.uint8)
-        num_keypoints = int(np.count_nonzero(flags))
         reason = None
-        if ann.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
-            reason = f"category_id {ann['category_id']} is not person"
-        elif ann.get("iscrowd", 0):
-            reason = "crowd annotation (iscrowd 1)"
-        elif int(ann.get("num_keypoints", num_keypoints)) == 0 or num_keypoints == 0:
-            reason = "no labelled keypoints (num_keypoints 0)"
-        elif ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
-            reason = f"empty bbox {ann['bbox']}"
+        if ann.get("category_id", chosen["id"]) != chosen["id"]:
+            reason = f"category_id {ann['category_id']} is not {chosen.get('name', chosen['id'])}"
+        else:
+            values = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)
+            flags = values[:, 2].astype(np.uint8)
+            num_keypoints = int(np.count_nonzero(flags))
+            if ann.get("iscrowd", 0):
+                reason = "crowd annotation (iscrowd 1)"
+            elif int(ann.get("num_keypoints", num_keypoints)) == 0 or num_keypoints == 0:
+                reason = "no labelled keypoints (num_keypoints 0)"
+            elif ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
+                reason = f"empty bbox {ann['bbox']}"
         if reason:
             if skipped is not None:
                 skipped.append(f"{label}: {reason}")
             continue
-        center, scale = coco_box_to_center_scale(ann["bbox"], aspect_ratio, padding)
-        visible = flags > 0
         records.append(
-            PoseRecord(
-                image=name,
-                joints=np.where(visible[:, None], values[:, :2], 0.0),
-                visible=visible,
-                center=center,
-                scale=scale,
-                normalizer=float(ann["area"]),
+            record_from_box(
+                name,
+                values[:, :2],
+                flags > 0,
+                pixel_box(ann["bbox"]),
+                spec,
+                aspect_ratio=aspect_ratio,
+                padding=padding,
+                area=float(ann["area"]),
                 split=split,
-                dataset="coco",
                 image_id=int(ann["image_id"]),
                 person_id=int(ann["id"]),
                 extra={
@@ -243,50 +319,3 @@ def parse_input_shape(text: str | Sequence[int]) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise ValueError(f"input shape must be positive, got {text!r}")
     return height, width
-
-
-def prepare_coco(
-    annotations: str | Path,
-    images: str | Path,
-    out: str | Path,
-    *,
-    input_shape: str | Sequence[int] = (256, 256),
-    shards: int | None = None,
-    split: str | None = None,
-    splits: Sequence[str] | None = None,
-    progress: bool = True,
-) -> dict:
-    """COCO annotations + images -> sharded TFRecords with a manifest (``hgkeras prepare coco``).
-
-    Crop boxes are made for ``input_shape`` (height, width); the manifest lists every skipped
-    annotation and image with its reason and records the box convention. ``split`` names the
-    records' split (default from the file name), ``splits`` keeps only those. Returns the manifest.
-    """
-    from hgkeras.data.tfrecords import write_tfrecords
-
-    height, width = parse_input_shape(input_shape)
-    skipped: list[str] = []
-    records = read_coco_keypoints(
-        annotations, skipped, aspect_ratio=width / height, padding=BOX_PADDING, split=split
-    )
-    if splits:
-        records = [r for r in records if r.split in set(splits)]
-    if not records:
-        raise ValueError(
-            f"{annotations}: no person with keypoints to write (splits {list(splits or [])})"
-        )
-    return write_tfrecords(
-        records,
-        images,
-        out,
-        shards=shards,
-        skipped_annotations=skipped,
-        source=str(annotations),
-        progress=progress,
-        extra={
-            "input_shape": [height, width],
-            "aspect_ratio": width / height,
-            "box_padding": BOX_PADDING,
-            "normalizer": "COCO annotation area (OKS s^2)",
-        },
-    )

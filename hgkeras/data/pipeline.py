@@ -24,6 +24,7 @@ from hgkeras.data.tfrecords import (
     LEGACY_TMP_SUFFIX,
     MANIFEST_NAME,
     feature_spec,
+    manifest_pose,
     parse_shard_name,
     read_manifest,
     shard_name,
@@ -243,19 +244,18 @@ def _num_joints(files: list[str]) -> int:
 
 
 def read_pose(pattern, split: str | None = None):
-    """The pose spec of TFRecord shards: the manifest's ``pose`` (or ``dataset``) beside them, else
-    the ``dataset`` field of the first record."""
+    """The pose spec of TFRecord shards: the manifest's beside them (its full ``pose`` dict), else
+    the built-in spec named by the ``dataset`` field of the first record."""
     from hgkeras.spec import get_pose
 
     files = resolve_shards(pattern, split)
-    manifest = _manifest_beside(files)
-    name = manifest.get("pose") or manifest.get("dataset")
-    if not isinstance(name, str):
-        names = _first_example(files).features.feature["dataset"].bytes_list.value
-        if not names:
-            raise ValueError(f"{files[0]}: neither a manifest nor the records name the pose spec")
-        name = names[0].decode()
-    return get_pose(name)
+    spec = manifest_pose(_manifest_beside(files))
+    if spec is not None:
+        return spec
+    names = _first_example(files).features.feature["dataset"].bytes_list.value
+    if not names:
+        raise ValueError(f"{files[0]}: neither a manifest nor the records name the pose spec")
+    return get_pose(names[0].decode())
 
 
 def decode_and_crop(encoded, center, scale, size, margin: float = 1.0, use_opencv: bool = True):
@@ -425,7 +425,8 @@ def pose_dataset(
     training: ``image`` uint8 (B, S, S, 3), ``joints`` float32 (B, J, 2) in source-crop pixels,
     ``visible`` float32 (B, J). Evaluation: ``image`` float32 (B, input, input, 3) in [0, 1],
     ``center`` (B, 2), ``scale`` (B,), ``joints`` (B, J, 2) original pixels, ``visible`` (B, J),
-    ``normalizer`` (B,), ``image_id`` (B,), ``person_id`` (B,) (int32).
+    ``normalizer`` (B,), ``box`` (B, 4) (NaN when unknown), ``image_id`` (B,), ``person_id`` (B,)
+    (int32).
     """
     import tensorflow as tf
 
@@ -478,6 +479,7 @@ def pose_dataset(
             "joints": joints,
             "visible": visible,
             "normalizer": ex["normalizer"],
+            "box": ex["box"],
             "image_id": tf.cast(ex["image_id"], tf.int32),
             "person_id": tf.cast(ex["person_id"], tf.int32),
         }

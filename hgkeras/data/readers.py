@@ -6,11 +6,14 @@ Supported layouts (auto-detected by :func:`read_annotations`):
   image: ``image.name``, ``annorect`` = people with ``x1 y1 x2 y2`` head box, ``scale``, ``objpos.x/.y``,
   ``annopoints.point`` = ``x, y, id, is_visible``), ``img_train`` (1 train, 0 test), ``single_person``.
 * MPII and FLIC Torch annot ``.h5`` (pose-hg-train): ``imgname, part (N,J,2), center, scale, normalize,
-  index, person, visible``; centre/scale already adjusted. 16 joints = MPII, 11 joints = FLIC.
+  index, person, visible``; centre/scale already adjusted. The layout does not say which set it holds:
+  MPII unless the caller names another (``pose="flic"``); a joint count that differs from the named
+  set's is an error.
 * HRNet/mmpose ``.json``: a list of ``{image, center, scale, joints, joints_vis}`` with RAW MPII
-  centre/scale and optional ``head_box`` ``[x1, y1, x2, y2]`` (hgkeras extension, gives the PCKh size).
-* COCO ``person_keypoints_*.json`` (a JSON object with ``images`` and ``annotations``): read by
-  :func:`hgkeras.data.coco.read_coco_keypoints` (square crop boxes; 0-based keypoints as stored).
+  centre/scale and optional ``head_box`` ``[x1, y1, x2, y2]`` (hgkeras extension, gives the PCKh size);
+  MPII unless the caller names another set, as for ``.h5``.
+* COCO keypoint files (a JSON object with ``images`` and ``annotations``): read by
+  :func:`hgkeras.data.coco.read_coco_keypoints` (any keypoint category; 0-based keypoints as stored).
 * FLIC ``examples.mat``: struct array ``examples`` with ``coords (2, 29)``, ``filepath``, ``torsobox``,
   ``imgdims``, ``istrain``, ``istest``.
 
@@ -33,8 +36,8 @@ import numpy as np
 
 from hgkeras.data.coco import is_coco_json, read_coco_keypoints
 from hgkeras.data.records import PoseRecord
-from hgkeras.evaluation.metrics import FLIC_TORSO_JOINTS, flic_torso_size
 from hgkeras.geometry import MATLAB_OFFSET
+from hgkeras.spec import FLIC, MPII, PoseSpec, get_pose
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +51,8 @@ HEAD_SIZE_FACTOR = 0.6
 FLIC_COLUMNS = (1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 17)
 #: The Torch FLIC annot files use one fixed scale for every person.
 FLIC_SCALE = 2.2
-#: FLIC joint indices (person-centric order) used by the readers.
-_FLIC_LSHO, _FLIC_RSHO = 0, 3
-_FLIC_FLIP_PAIRS = ((0, 3), (1, 4), (2, 5), (6, 7), (8, 9))
 
 SPLITS = ("train", "valid", "test")
-#: Joints per person -> dataset.
-JOINT_COUNTS = {16: "mpii", 11: "flic"}
 
 
 def adjust_mpii_center_scale(center: Iterable[float], scale: float) -> tuple[np.ndarray, float]:
@@ -70,12 +68,21 @@ def head_size(box: Iterable[float]) -> float:
 
 
 def _flic_normalizer(joints: np.ndarray, visible: np.ndarray) -> float:
-    """FLIC PCK normaliser, :func:`hgkeras.evaluation.metrics.flic_torso_size` (left shoulder to right hip, as
+    """FLIC PCK normaliser, the torso size of :data:`hgkeras.spec.FLIC` (left shoulder to right hip, as
     docs/method.md), where both of its joints are annotated, else NaN. The Torch FLIC annot files store the
     other diagonal in ``normalize``; readers keep it in ``record.extra["torch_normalize"]``."""
-    if all(visible[j] for j in FLIC_TORSO_JOINTS):
-        return float(flic_torso_size(joints[None])[0])
+    if all(visible[j] for j in FLIC.torso_joints):
+        return float(FLIC.torso_size(joints))
     return float("nan")
+
+
+def _check_joint_count(count: int, pose: PoseSpec, path: Path, where: str) -> None:
+    """The layouts shared by MPII and FLIC hold the named set: its joint count, or a clear error."""
+    if count != pose.num_joints:
+        raise ValueError(
+            f"{path}: {where} {count} joints; expected {pose.num_joints} ({pose.name}): name the "
+            "set the file holds (pose='mpii', 'flic' or a spec)"
+        )
 
 
 def _joints_from_source(
@@ -262,7 +269,7 @@ def read_mpii_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
                     scale=scale,
                     normalizer=normalizer,
                     split=split,
-                    dataset="mpii",
+                    pose="mpii",
                     image_id=image_id,
                     person_id=person_id,
                     extra={"is_visible": is_visible, "single_person": person_id in singles},
@@ -271,13 +278,16 @@ def read_mpii_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
     return records
 
 
-def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[PoseRecord]:
-    """Read the HRNet/mmpose MPII JSON layout (raw centre/scale, 1-based joints).
+def read_mpii_json(
+    path: str | Path, skipped: list[str] | None = None, pose: str | PoseSpec = MPII
+) -> list[PoseRecord]:
+    """Read the HRNet/mmpose MPII JSON layout (raw centre/scale, 1-based joints) holding ``pose``.
 
     ``image_id`` numbers the distinct images in file order and ``person_id`` counts people within an
     image. An optional ``head_box`` [x1, y1, x2, y2] per record gives the PCKh normaliser.
     """
     path = Path(path)
+    pose = get_pose(pose)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -295,7 +305,6 @@ def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[P
     records: list[PoseRecord] = []
     image_ids: dict[str, int] = {}
     people: dict[str, int] = {}
-    num_joints: int | None = None
     for i, item in enumerate(data):
         where = f"record {i}"
         if not isinstance(item, dict):
@@ -319,16 +328,7 @@ def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[P
                 skipped.append(f"{name} ({where}): {reason}")
             continue
         points = _numbers(item["joints"], path, where, "joints", (None, 2))
-        if points.shape[0] not in JOINT_COUNTS:
-            raise ValueError(
-                f"{path}: {where} field 'joints': {points.shape[0]} joints; expected "
-                + " or ".join(f"{n} ({name})" for n, name in JOINT_COUNTS.items())
-            )
-        if num_joints is not None and points.shape[0] != num_joints:
-            raise ValueError(
-                f"{path}: {where} field 'joints': {points.shape[0]} joints, earlier records have "
-                f"{num_joints}"
-            )
+        _check_joint_count(points.shape[0], pose, path, f"{where} field 'joints':")
         num_joints = points.shape[0]
         flags = item.get("joints_vis")
         if flags is not None:
@@ -355,7 +355,7 @@ def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[P
                 scale=scale,
                 normalizer=normalizer,
                 split=record_split,
-                dataset=JOINT_COUNTS[num_joints],
+                pose=pose.name,
                 image_id=image_id,
                 person_id=person_id,
             )
@@ -366,11 +366,15 @@ def read_mpii_json(path: str | Path, skipped: list[str] | None = None) -> list[P
 # --------------------------------------------------------------------------------------------- Torch h5
 
 
-def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[PoseRecord]:
-    """Read a pose-hg-train annot ``.h5`` (MPII 16 joints or FLIC 11 joints; centre/scale adjusted)."""
+def read_torch_h5(
+    path: str | Path, skipped: list[str] | None = None, pose: str | PoseSpec = MPII
+) -> list[PoseRecord]:
+    """Read a pose-hg-train annot ``.h5`` holding ``pose`` (MPII's 16 joints, or FLIC's 11 when
+    named; centre/scale adjusted). FLIC files are its test split."""
     import h5py
 
     path = Path(path)
+    pose = get_pose(pose)
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
@@ -396,11 +400,7 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
             raise ValueError(
                 f"{path}: 'center' {center.shape} / 'scale' {scale.shape} do not match N={n}"
             )
-        num_joints = part.shape[1]
-        if num_joints not in JOINT_COUNTS:
-            raise ValueError(
-                f"{path}: dataset 'part' has {num_joints} joints; expected 16 (MPII) or 11 (FLIC)"
-            )
+        _check_joint_count(part.shape[1], pose, path, "dataset 'part' has")
         optional = {}
         for key in ("normalize", "index", "person"):
             if key in handle:
@@ -413,9 +413,9 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
         index = optional.get("index", np.arange(n))
         person = optional.get("person", np.zeros(n))
         is_visible = numbers("visible") if "visible" in handle else None
-    dataset = JOINT_COUNTS[num_joints]
-    split = _split_from_name(path, default="valid" if dataset == "mpii" else "test")
-    if dataset == "flic" and split == "valid":
+    flic = pose is FLIC
+    split = _split_from_name(path, default="test" if flic else "valid")
+    if flic and split == "valid":
         split = "test"  # FLIC has train and test only; the Torch code calls its test file "valid"
     records = []
     for i in range(n):
@@ -429,7 +429,7 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
         if is_visible is not None:
             extra["is_visible"] = (is_visible[i] > 0).astype(np.uint8)
         normalizer = float(normalize[i])
-        if dataset == "flic":
+        if flic:
             extra["torch_normalize"] = normalizer
             normalizer = _flic_normalizer(joints, visible)
         records.append(
@@ -441,7 +441,7 @@ def read_torch_h5(path: str | Path, skipped: list[str] | None = None) -> list[Po
                 scale=float(scale[i]),
                 normalizer=normalizer,
                 split=split,
-                dataset=dataset,
+                pose=pose.name,
                 image_id=int(index[i]),
                 person_id=int(person[i]),
                 extra=extra,
@@ -467,14 +467,9 @@ def to_observer_centric(
     This is the rule that turns ``valid_personcentric.h5`` into ``valid_observercentric.h5``.
     Returns (joints, visible, swapped).
     """
-    if (
-        visible[_FLIC_LSHO]
-        and visible[_FLIC_RSHO]
-        and joints[_FLIC_LSHO, 0] < joints[_FLIC_RSHO, 0]
-    ):
-        perm = np.arange(len(joints))
-        for a, b in _FLIC_FLIP_PAIRS:
-            perm[a], perm[b] = b, a
+    left, right = FLIC.index("l_shoulder"), FLIC.index("r_shoulder")
+    if visible[left] and visible[right] and joints[left, 0] < joints[right, 0]:
+        perm = FLIC.flip_permutation
         return joints[perm], visible[perm], True
     return joints, visible, False
 
@@ -483,7 +478,8 @@ def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
     """Read FLIC ``examples.mat`` (11 joints, person-centric; split from ``istrain``/``istest``).
 
     Centre and scale are those of the Torch FLIC annot files (torso-box x centre, image mid-height,
-    scale 2.2); the normaliser is :func:`hgkeras.evaluation.metrics.flic_torso_size`. ``image_id`` is the record index.
+    scale 2.2); the normaliser is FLIC's torso size (:meth:`hgkeras.spec.PoseSpec.torso_size`).
+    ``image_id`` is the record index.
     """
     import scipy.io
 
@@ -524,7 +520,7 @@ def read_flic_mat(path: str | Path, skipped: list[str] | None = None) -> list[Po
                 scale=FLIC_SCALE,
                 normalizer=normalizer,
                 split=split,
-                dataset="flic",
+                pose="flic",
                 image_id=i,
                 person_id=0,
             )
@@ -573,28 +569,22 @@ def detect_layout(path: str | Path) -> str:
     raise ValueError(f"{path}: unknown annotation format {suffix!r}; expected .mat, .h5 or .json")
 
 
-_READERS = {
-    "mpii_mat": read_mpii_mat,
-    "flic_mat": read_flic_mat,
-    "torch_h5": read_torch_h5,
-    "json": read_mpii_json,
-    "coco_json": read_coco_keypoints,
-}
-
-
 def read_annotations(
     path: str | Path,
-    dataset: str | None = None,
+    pose: str | PoseSpec | None = None,
     *,
     split: str | None = None,
     observer_centric: bool = False,
     skipped: list[str] | None = None,
 ) -> list[PoseRecord]:
-    """Read an MPII or FLIC annotation file of any supported layout into PoseRecords.
+    """Read an MPII, FLIC or COCO-format annotation file of any supported layout into PoseRecords.
 
     Args:
-        path: MPII release ``.mat``, FLIC ``examples.mat``, Torch annot ``.h5`` or HRNet ``.json``.
-        dataset: "mpii" or "flic" to check the file holds that dataset (None: accept either).
+        path: MPII release ``.mat``, FLIC ``examples.mat``, Torch annot ``.h5``, HRNet ``.json`` or
+            a COCO keypoint ``.json``.
+        pose: the set the file holds (a name or spec). The release ``.mat``, ``examples.mat`` and
+            COCO files say which set they hold (then ``pose`` is checked against it); Torch
+            ``.h5`` and HRNet ``.json`` hold MPII unless ``pose`` names another set.
         split: keep only records of this split ("train", "valid", "test").
         observer_centric: FLIC only: swap left/right labels of people seen from behind.
         skipped: if given, a reason string is appended for every record that was left out.
@@ -604,21 +594,25 @@ def read_annotations(
     """
     path = Path(path)
     layout = detect_layout(path)
-    records = _READERS[layout](path, skipped=skipped)
-    if dataset is not None:
-        dataset = dataset.lower()
-        if dataset not in ("mpii", "flic", "coco"):
-            raise ValueError(f"dataset must be 'mpii', 'flic' or 'coco', got {dataset!r}")
-        wrong = [r for r in records if r.dataset != dataset]
+    spec = get_pose(pose) if pose is not None else None
+    if layout in ("torch_h5", "json"):
+        reader = read_torch_h5 if layout == "torch_h5" else read_mpii_json
+        records = reader(path, skipped=skipped, pose=spec or MPII)
+    elif layout == "coco_json":
+        records = read_coco_keypoints(path, skipped)
+    else:
+        records = (read_mpii_mat if layout == "mpii_mat" else read_flic_mat)(path, skipped=skipped)
+    if spec is not None:
+        wrong = [r for r in records if r.pose != spec.name]
         if wrong:
             raise ValueError(
-                f"{path}: expected {dataset} annotations but the file holds {wrong[0].dataset} "
+                f"{path}: expected {spec.name} annotations but the file holds {wrong[0].pose} "
                 f"({wrong[0].num_joints} joints; first: {wrong[0].image}, image_id "
                 f"{wrong[0].image_id})"
             )
     if observer_centric:
         for record in records:
-            if record.dataset != "flic":
+            if record.pose != "flic":
                 raise ValueError(f"{path}: observer_centric applies to FLIC only")
             record.joints, record.visible, swapped = to_observer_centric(
                 record.joints, record.visible

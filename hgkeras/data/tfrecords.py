@@ -12,10 +12,15 @@ joints               float    J*2 values (x0, y0, x1, y1, ...), 0-based original
 visible              int64    J flags, 1 = annotated
 center               float    2 values, adjusted person centre (0-based pixels)
 scale                float    adjusted person scale (box side / 200 px)
-normalizer           float    PCKh head size (MPII) or torso size (FLIC); NaN if unknown
+normalizer           float    the pose spec's normaliser value (head size, torso size, box
+                              side, OKS area: :meth:`hgkeras.spec.PoseSpec.normalizer_value`)
 image_id, person_id  int64    ids from the annotation source
-split, dataset       bytes    "train"/"valid"/"test", "mpii"/"flic"
+split, dataset       bytes    "train"/"valid"/"test", the pose spec's name
+box                  float    4 values (x1, y1, x2, y2), 0-based pixels; NaN if unknown (absent
+                              in shards of hgkeras before 0.3: read as NaN)
 ===================  =======  ==============================================================
+
+The manifest holds the pose spec's full dict (``"pose"``, :func:`manifest_pose` reads it back).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import numpy as np
 from hgkeras import io
 from hgkeras.data.images import image_size
 from hgkeras.data.records import PoseRecord
-from hgkeras.spec import get_pose
+from hgkeras.spec import PoseSpec, get_pose
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -107,7 +112,8 @@ def encode_example(record: PoseRecord, encoded: bytes, height: int, width: int) 
         "image_id": ints([record.image_id]),
         "person_id": ints([record.person_id]),
         "split": strings(record.split),
-        "dataset": strings(record.dataset),
+        "dataset": strings(record.pose),
+        "box": floats(record.box),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -130,6 +136,7 @@ def feature_spec(num_joints: int) -> dict:
         "person_id": tf.io.FixedLenFeature([], tf.int64),
         "split": tf.io.FixedLenFeature([], tf.string),
         "dataset": tf.io.FixedLenFeature([], tf.string),
+        "box": tf.io.FixedLenFeature([4], tf.float32, default_value=[float("nan")] * 4),
     }
 
 
@@ -251,6 +258,7 @@ def write_tfrecords(
     progress: bool = True,
     image_reader: Callable[[Path], bytes] | None = None,
     extra: dict | None = None,
+    pose: str | PoseSpec | None = None,
 ) -> dict:
     """Write records (grouped by split) to sharded TFRecords plus ``manifest.json``; return the manifest.
 
@@ -265,6 +273,8 @@ def write_tfrecords(
         progress: show a tqdm progress bar.
         image_reader: reads a file's bytes (default ``Path.read_bytes``).
         extra: further manifest entries (e.g. conversion options).
+        pose: the records' pose spec, written whole into the manifest; default: the registered
+            spec the records name (a set of one's own must be passed).
 
     The run is transactional: it first replaces the manifest with one marked ``"complete": false``
     (readers refuse such a folder), removes temporaries of interrupted runs, writes each shard under a
@@ -284,9 +294,7 @@ def write_tfrecords(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not records:
         raise ValueError("no records to write")
-    num_joints = {r.num_joints for r in records}
-    if len(num_joints) > 1:
-        raise ValueError(f"records disagree on the number of joints: {sorted(num_joints)}")
+    spec = _records_pose(records, pose)
     jobs = _plan_shards(records, image_dir, shards, records_per_shard)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -329,17 +337,15 @@ def write_tfrecords(
             f"no usable record: all {len(records)} records were skipped ({'; '.join(reasons[:3])}); "
             f"{manifest_path} stays marked incomplete"
         )
-    datasets = sorted({r.dataset for r in records})
-    skeleton = get_pose(datasets[0]) if len(datasets) == 1 else None
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "complete": True,
         "started": started,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": datasets[0] if len(datasets) == 1 else datasets,
-        "pose": skeleton.name if skeleton else None,
-        "num_joints": next(iter(num_joints)),
-        "joint_names": list(skeleton.joint_names) if skeleton else [],
+        "dataset": spec.name,
+        "pose": spec.to_config(),
+        "num_joints": spec.num_joints,
+        "joint_names": list(spec.joint_names),
         "source": source,
         "images": str(image_dir),
         "splits": splits,
@@ -349,6 +355,39 @@ def write_tfrecords(
     }
     io.atomic_write_json(manifest_path, manifest)
     return manifest
+
+
+def _records_pose(records: Sequence[PoseRecord], pose: str | PoseSpec | None) -> PoseSpec:
+    """The spec of the records (``pose``, else the registered one they name), checked against them."""
+    names = sorted({r.pose for r in records})
+    if pose is None:
+        if len(names) != 1:
+            raise ValueError(f"records of several pose specs {names}; write one set at a time")
+        try:
+            spec = get_pose(names[0])
+        except ValueError:
+            raise ValueError(
+                f"records of pose {names[0]!r}, which is not a built-in spec: pass pose=its spec"
+            ) from None
+    else:
+        spec = get_pose(pose)
+    wrong = [r for r in records if r.pose != spec.name or r.num_joints != spec.num_joints]
+    if wrong:
+        raise ValueError(
+            f"record {wrong[0].image!r} (image_id {wrong[0].image_id}) is of pose "
+            f"{wrong[0].pose!r} with {wrong[0].num_joints} joints, not {spec.name!r} with "
+            f"{spec.num_joints}"
+        )
+    return spec
+
+
+def manifest_pose(manifest: dict) -> PoseSpec | None:
+    """The pose spec a manifest records: its ``pose`` dict (or name, before hgkeras 0.3), else the
+    name in ``dataset``; None when it names none."""
+    pose = manifest.get("pose") or manifest.get("dataset")
+    if isinstance(pose, (str, dict)):
+        return get_pose(pose)
+    return None
 
 
 class IncompleteDataError(ValueError):

@@ -1,13 +1,19 @@
 """COCO keypoint evaluation: OKS AP/AR through pycocotools, results files, top-down prediction.
 
+Any keypoint category, not only people: the ground truth's category (chosen as
+:func:`hgkeras.data.coco.choose_category` does) gives the keypoint count, and the pose spec's
+``oks_sigmas`` (COCO's for people, :data:`hgkeras.spec.DEFAULT_OKS_SIGMA` by default for others)
+are pycocotools' ``kpt_oks_sigmas``.
+
 * :func:`evaluate_results` scores a COCO keypoint results list (``image_id``, ``category_id``,
-  ``keypoints`` [51], ``score``) against ``person_keypoints_*.json`` with ``pycocotools.cocoeval``
+  ``keypoints`` [3 K], ``score``) against a COCO keypoint file with ``pycocotools.cocoeval``
   (``iouType="keypoints"``) and returns AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl.
 * :func:`predict_people` runs a model on person boxes (ground truth or detections): crop box = box
   widened to the input's aspect ratio and padded 1.25 (:func:`hgkeras.data.coco.coco_box_to_center_scale`),
   flip test, decode to image pixels; :func:`results_from_predictions` rescores (box score x mean
   confidence of the keypoints above 0.2) and :func:`oks_nms` optionally removes duplicates.
-* :class:`OKSAPCallback` logs ``val_ap`` ... for COCO training in place of PCKh.
+* :func:`oks_ap` scores arrays of predictions and ground truth (an evaluation set), and
+  :class:`OKSAPCallback` logs ``val_ap`` ... for COCO training in place of PCKh.
 
 Keypoints in results files are 0-based pixel indices, the convention of the annotations.
 """
@@ -27,16 +33,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from hgkeras.data.coco import PERSON_CATEGORY, coco_box_to_center_scale, load_coco_annotations
-from hgkeras.spec import COCO
+from hgkeras.data.coco import (
+    PERSON_CATEGORY,
+    choose_category,
+    coco_box_to_center_scale,
+    coco_pose,
+    load_coco_annotations,
+)
+from hgkeras.data.files import load_json
+from hgkeras.spec import COCO, PoseSpec, get_pose, pose_of
 
 logger = logging.getLogger(__name__)
 
-#: Per-keypoint OKS constants sigma_i of COCO (pycocotools' ``kpt_oks_sigmas``), COCO joint order.
-OKS_SIGMAS = (
-    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07,
-              0.87, 0.87, 0.89, 0.89]) / 10.0
-)  # fmt: skip
 #: The summary numbers, in the order of ``COCOeval.stats`` for keypoints.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 #: Keypoints above this confidence count in the rescoring mean (HRNet / mmpose ``in_vis_thre``).
@@ -44,17 +52,7 @@ RESCORE_THRESHOLD = 0.2
 #: Default OKS above which OKS-NMS drops the lower-scored of two poses (HRNet / mmpose).
 OKS_NMS_THRESHOLD = 0.9
 
-_NUM_VALUES = 3 * COCO.num_joints
 _LOGGED = ("AP50", "AP75", "APm", "APl")
-
-
-def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
 
 
 def _checked_number(value: Any, source: str, where: str, key: str) -> float:
@@ -67,9 +65,13 @@ def _checked_number(value: Any, source: str, where: str, key: str) -> float:
     return number
 
 
-def check_results(results: Any, source: str = "results") -> list[dict]:
+def check_results(
+    results: Any, source: str = "results", num_keypoints: int = COCO.num_joints
+) -> list[dict]:
     """A COCO keypoint results list, checked: every entry has ``image_id``, ``category_id``,
-    ``keypoints`` (51 finite numbers) and a finite ``score``; errors name ``source`` and the index."""
+    ``keypoints`` (3 x ``num_keypoints`` finite numbers) and a finite ``score``; errors name
+    ``source`` and the index."""
+    count = 3 * num_keypoints
     if not isinstance(results, list):
         raise ValueError(
             f"{source}: a COCO results file is a JSON list of objects, got {type(results).__name__}"
@@ -83,11 +85,11 @@ def check_results(results: Any, source: str = "results") -> list[dict]:
             if key not in entry:
                 raise ValueError(f"{source}: {where} has no field {key!r}")
         keypoints = entry["keypoints"]
-        if not isinstance(keypoints, list) or len(keypoints) != _NUM_VALUES:
+        if not isinstance(keypoints, list) or len(keypoints) != count:
             size = len(keypoints) if isinstance(keypoints, list) else type(keypoints).__name__
             raise ValueError(
-                f"{source}: {where} field 'keypoints' has {size} values, expected {_NUM_VALUES} "
-                f"(17 x [x, y, score])"
+                f"{source}: {where} field 'keypoints' has {size} values, expected {count} "
+                f"({num_keypoints} x [x, y, score])"
             )
         values = [_checked_number(v, source, where, "keypoints") for v in keypoints]
         checked.append(
@@ -101,17 +103,17 @@ def check_results(results: Any, source: str = "results") -> list[dict]:
     return checked
 
 
-def load_results(path: str | Path) -> list[dict]:
+def load_results(path: str | Path, num_keypoints: int = COCO.num_joints) -> list[dict]:
     """Read and check a COCO keypoint results file (see :func:`check_results`)."""
     path = Path(path)
-    return check_results(_load_json(path), str(path))
+    return check_results(load_json(path), str(path), num_keypoints)
 
 
-def load_detections(path: str | Path) -> list[dict]:
-    """Person detections (COCO results layout: ``image_id``, ``bbox`` [x, y, w, h], ``score``,
-    optional ``category_id``; only category 1 is kept), checked, with clear errors."""
+def load_detections(path: str | Path, category_id: int = PERSON_CATEGORY) -> list[dict]:
+    """Detections (COCO results layout: ``image_id``, ``bbox`` [x, y, w, h], ``score``, optional
+    ``category_id``; only ``category_id``'s are kept), checked, with clear errors."""
     path = Path(path)
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: a detections file is a JSON list of objects")
     detections = []
@@ -126,7 +128,7 @@ def load_detections(path: str | Path) -> list[dict]:
         if not isinstance(box, list) or len(box) != 4:
             raise ValueError(f"{path}: {where} field 'bbox' must be [x, y, w, h]")
         box = [_checked_number(v, str(path), where, "bbox") for v in box]
-        if entry.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
+        if entry.get("category_id", category_id) != category_id:
             continue
         detections.append(
             {
@@ -143,25 +145,47 @@ def _ground_truth(data: dict):
 
     api = CocoApi()
     api.dataset = copy.deepcopy(data)
+    for ann in api.dataset["annotations"]:  # pycocotools needs num_keypoints; files may omit it
+        if "keypoints" in ann and "num_keypoints" not in ann:
+            ann["num_keypoints"] = int(np.count_nonzero(np.asarray(ann["keypoints"])[2::3]))
     with contextlib.redirect_stdout(io.StringIO()):
         api.createIndex()
     return api
 
 
-def evaluate_results(ground_truth: dict | str | Path, results: list | str | Path) -> dict:
+def evaluate_results(
+    ground_truth: dict | str | Path,
+    results: list | str | Path,
+    *,
+    category: int | str | None = None,
+    pose: str | PoseSpec | None = None,
+) -> dict:
     """OKS AP/AR of keypoint ``results`` against ``ground_truth`` with pycocotools' COCOeval.
 
-    ``ground_truth`` is a ``person_keypoints_*.json`` path or its parsed object; ``results`` a results
-    file path or list. Every image of the ground truth is evaluated (pycocotools' default). Returns
-    the :data:`METRIC_NAMES` as floats in [0, 1] (-1 where pycocotools has nothing to average, e.g.
-    APm without medium people) plus ``num_results``.
+    ``ground_truth`` is a COCO keypoint file's path or its parsed object; ``results`` a results
+    file path or list. ``category`` (id or name; None: the only keypoint category) is scored with the
+    OKS sigmas of ``pose`` (default: the category's spec, :func:`hgkeras.data.coco.coco_pose`).
+    Every image of the ground truth is evaluated (pycocotools' default). Returns the
+    :data:`METRIC_NAMES` as floats in [0, 1] (-1 where pycocotools has nothing to average, e.g. APm
+    without medium instances) plus ``num_results``.
     """
     from pycocotools.cocoeval import COCOeval
 
     source = str(results) if isinstance(results, (str, Path)) else "results"
     if isinstance(ground_truth, (str, Path)):
-        ground_truth = load_coco_annotations(ground_truth)
-    results = load_results(results) if isinstance(results, (str, Path)) else check_results(results)
+        ground_truth = load_coco_annotations(ground_truth, category)
+    chosen = choose_category(ground_truth, category)
+    spec = get_pose(pose) if pose is not None else coco_pose(chosen)
+    if spec.num_joints != len(chosen["keypoints"]):
+        raise ValueError(
+            f"pose {spec.name!r} has {spec.num_joints} keypoints, the ground truth's category "
+            f"{chosen['id']} {len(chosen['keypoints'])}"
+        )
+    count = spec.num_joints
+    if isinstance(results, (str, Path)):
+        results = load_results(results, count)
+    else:
+        results = check_results(results, num_keypoints=count)
     if not results:
         raise ValueError(f"{source}: holds no results to score")
     known = {image["id"] for image in ground_truth["images"]}
@@ -175,6 +199,8 @@ def evaluate_results(ground_truth: dict | str | Path, results: list | str | Path
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(copy.deepcopy(results))
         evaluator = COCOeval(gt, dt, "keypoints")
+        evaluator.params.catIds = [chosen["id"]]
+        evaluator.params.kpt_oks_sigmas = spec.sigmas
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -193,18 +219,21 @@ def format_metrics(metrics: dict) -> str:
 # ------------------------------------------------------------------------------ top-down prediction
 
 
-def person_boxes(data: dict, detections: Sequence[dict] | None = None) -> list[dict]:
-    """Boxes to run the model on: ``{"image_id", "bbox", "score"}`` per person.
+def person_boxes(
+    data: dict, detections: Sequence[dict] | None = None, category_id: int = PERSON_CATEGORY
+) -> list[dict]:
+    """Boxes to run the model on: ``{"image_id", "bbox", "score"}`` per instance.
 
-    Without ``detections``: the ground-truth boxes of people with keypoints that are not crowd
-    (score 1). With them: every person detection of an image of ``data`` (others are ignored).
+    Without ``detections``: the ground-truth boxes of ``category_id``'s instances with keypoints
+    that are not crowd (score 1). With them: every detection of an image of ``data`` (others are
+    ignored).
     """
     if detections is None:
         return [
             {"image_id": ann["image_id"], "bbox": list(ann["bbox"]), "score": 1.0}
             for ann in data["annotations"]
             if not ann.get("iscrowd", 0)
-            and ann.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY
+            and ann.get("category_id", category_id) == category_id
             and any(v > 0 for v in ann["keypoints"][2::3])
             and ann["bbox"][2] > 0
             and ann["bbox"][3] > 0
@@ -223,20 +252,25 @@ def predict_people(
     *,
     flip: bool = True,
     batch_size: int = 16,
+    pose: str | PoseSpec | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoints (N, 17, 2) in image pixels and confidences (N, 17) for every box of ``boxes``.
+    """Keypoints (N, K, 2) in image pixels and confidences (N, K) for every box of ``boxes``.
 
     Each box is cropped as top-down COCO methods do (aspect ratio of the model input, 1.25 padding),
-    run with the flip test and decoded through the inverse crop transform.
+    run with the flip test (where ``pose``, default the model's, has pairs) and decoded through the
+    inverse crop transform.
     """
     from hgkeras.codec import predict_keypoints
     from hgkeras.crop import crop_numpy
     from hgkeras.evaluation.evaluate import read_image_rgb
 
+    spec = get_pose(pose) if pose is not None else pose_of(model)
     height, width = (int(v) for v in model.inputs[0].shape[1:3])
     joints = int(model.outputs[-1].shape[-1])
-    if joints != COCO.num_joints:
-        raise ValueError(f"the model predicts {joints} joints; COCO evaluation needs 17")
+    if joints != spec.num_joints:
+        raise ValueError(
+            f"the model predicts {joints} keypoints; pose {spec.name!r} has {spec.num_joints}"
+        )
     files = {image["id"]: image["file_name"] for image in data["images"]}
     images_dir = Path(images_dir)
     order = sorted(range(len(boxes)), key=lambda k: str(boxes[k]["image_id"]))
@@ -256,7 +290,7 @@ def predict_people(
             centers.append(center)
             scales.append(scale)
         predicted = predict_keypoints(
-            model, np.stack(crops), np.stack(centers), np.array(scales), COCO.flip_permutation,
+            model, np.stack(crops), np.stack(centers), np.array(scales), spec.flip_permutation,
             flip, batch_size,
         )  # fmt: skip
         keypoints[chunk], scores[chunk] = predicted["keypoints"], predicted["scores"]
@@ -277,17 +311,18 @@ def results_from_predictions(
     box_scores: Sequence[float] | None = None,
     boxes: Sequence[Sequence[float]] | None = None,
     threshold: float = RESCORE_THRESHOLD,
+    category_id: int = PERSON_CATEGORY,
 ) -> list[dict]:
-    """COCO results entries for predictions (N, 17, 2) with confidences (N, 17), rescored
-    (:func:`rescore`, box scores default 1). ``boxes`` [x, y, w, h] are kept as ``box`` (for
-    :func:`oks_nms`; COCO tools ignore the field)."""
+    """COCO results entries of ``category_id`` for predictions (N, K, 2) with confidences (N, K),
+    rescored (:func:`rescore`, box scores default 1). ``boxes`` [x, y, w, h] are kept as ``box``
+    (for :func:`oks_nms`; COCO tools ignore the field)."""
     results = []
     for k, image_id in enumerate(image_ids):
         values = np.concatenate([keypoints[k], scores[k][:, None]], axis=1).reshape(-1)
         box_score = 1.0 if box_scores is None else box_scores[k]
         entry = {
             "image_id": image_id if isinstance(image_id, str) else int(image_id),
-            "category_id": PERSON_CATEGORY,
+            "category_id": int(category_id),
             "keypoints": [round(float(v), 3) for v in values],
             "score": rescore(box_score, scores[k], threshold),
         }
@@ -309,29 +344,39 @@ def image_id_from_name(path: str | Path) -> int:
     return int(digits)
 
 
-def results_from_people(image_id: int, people: Sequence[Any]) -> list[dict]:
+def results_from_people(
+    image_id: int,
+    people: Sequence[Any],
+    pose: str | PoseSpec = COCO,
+    category_id: int = PERSON_CATEGORY,
+) -> list[dict]:
     """COCO results entries of :class:`~hgkeras.inference.predictor.PersonPose` objects of one image
-    (17 joints; box score = the detection score, 1 for given boxes)."""
-    if people and len(people[0].keypoints) != COCO.num_joints:
+    (keypoints of ``pose``; box score = the detection score, 1 for given boxes)."""
+    spec = get_pose(pose)
+    count = spec.num_joints
+    if people and len(people[0].keypoints) != count:
         raise ValueError(
-            f"COCO results need a 17-joint COCO model; this one predicts {len(people[0].keypoints)}"
+            f"COCO results of pose {spec.name!r} need {count} keypoints; this model predicts "
+            f"{len(people[0].keypoints)}"
         )
     return results_from_predictions(
         [image_id] * len(people),
-        np.array([p.keypoints for p in people]).reshape(-1, COCO.num_joints, 2),
-        np.array([p.scores for p in people]).reshape(-1, COCO.num_joints),
+        np.array([p.keypoints for p in people]).reshape(-1, count, 2),
+        np.array([p.scores for p in people]).reshape(-1, count),
         [1.0 if p.detection_score is None else p.detection_score for p in people],
+        category_id=category_id,
     )
 
 
 def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, confidences: np.ndarray | None = None,
-               threshold: float = RESCORE_THRESHOLD) -> np.ndarray:  # fmt: skip
-    """Pairwise OKS (N, N) of poses (N, 17, 2) with object areas (N,) (the mean of each pair's areas).
+               threshold: float = RESCORE_THRESHOLD, sigmas=None) -> np.ndarray:  # fmt: skip
+    """Pairwise OKS (N, N) of poses (N, K, 2) with object areas (N,) (the mean of each pair's areas)
+    and per-keypoint ``sigmas`` (default COCO's).
 
-    With ``confidences`` (N, 17), only keypoints above ``threshold`` in both poses count (as HRNet's
+    With ``confidences`` (N, K), only keypoints above ``threshold`` in both poses count (as HRNet's
     ``oks_iou``).
     """
-    variances = (2.0 * OKS_SIGMAS) ** 2
+    variances = (2.0 * (COCO.sigmas if sigmas is None else np.asarray(sigmas, np.float64))) ** 2
     d2 = np.sum((keypoints[:, None] - keypoints[None, :]) ** 2, axis=-1)  # (N, N, 17)
     scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
     similarity = np.exp(-d2 / variances / scale[..., None] / 2.0)
@@ -342,8 +387,11 @@ def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, confidences: np.ndarray
     return np.where(counts > 0, (similarity * mask).sum(axis=-1) / np.maximum(counts, 1), 0.0)
 
 
-def oks_nms(results: Sequence[dict], threshold: float = OKS_NMS_THRESHOLD) -> list[dict]:
-    """Per image, drop every pose whose OKS with a higher-scored kept pose exceeds ``threshold``.
+def oks_nms(
+    results: Sequence[dict], threshold: float = OKS_NMS_THRESHOLD, sigmas=None
+) -> list[dict]:
+    """Per image, drop every pose whose OKS (``sigmas``, default COCO's) with a higher-scored kept
+    pose exceeds ``threshold``.
 
     The object area of a pose is that of its input ``box`` (w x h), as HRNet / mmpose do.
     """
@@ -354,7 +402,7 @@ def oks_nms(results: Sequence[dict], threshold: float = OKS_NMS_THRESHOLD) -> li
     for members in by_image.values():
         values = np.array([results[k]["keypoints"] for k in members]).reshape(len(members), -1, 3)
         areas = np.array([results[k]["box"][2] * results[k]["box"][3] for k in members])
-        overlap = oks_matrix(values[..., :2], areas, values[..., 2])
+        overlap = oks_matrix(values[..., :2], areas, values[..., 2], sigmas=sigmas)
         order = list(np.argsort([-results[k]["score"] for k in members], kind="stable"))
         while order:
             best = order.pop(0)
@@ -373,27 +421,37 @@ def evaluate_model(
     batch_size: int = 16,
     nms: bool | None = None,
     nms_threshold: float = OKS_NMS_THRESHOLD,
+    category: int | str | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Run ``model`` on ground-truth boxes (or ``detections``) and score it; (metrics, results).
+    """Run ``model`` on ground-truth boxes (or ``detections``) of the keypoint ``category`` (None:
+    the file's only one) and score it; (metrics, results). The model's pose spec gives the flip
+    pairs and OKS sigmas and must have the category's keypoints.
 
     ``nms`` (default: on with detections) applies :func:`oks_nms`. Results carry ``box``.
     """
-    data = load_coco_annotations(annotations)
-    boxes = person_boxes(data, load_detections(detections) if detections else None)
-    if not boxes:
+
+    data = load_coco_annotations(annotations, category)
+    chosen = choose_category(data, category, annotations)
+    spec = pose_of(model)
+    if tuple(spec.joint_names) != tuple(str(n) for n in chosen["keypoints"]):
         raise ValueError(
-            f"{detections or annotations}: no person boxes on the images of {annotations}"
+            f"the model predicts pose {spec.name!r} {list(spec.joint_names)}; {annotations} "
+            f"category {chosen['id']} has keypoints {chosen['keypoints']}"
         )
+    found = load_detections(detections, chosen["id"]) if detections else None
+    boxes = person_boxes(data, found, chosen["id"])
+    if not boxes:
+        raise ValueError(f"{detections or annotations}: no boxes on the images of {annotations}")
     keypoints, scores = predict_people(
-        model, data, images_dir, boxes, flip=flip, batch_size=batch_size
+        model, data, images_dir, boxes, flip=flip, batch_size=batch_size, pose=spec
     )
     results = results_from_predictions(
         [b["image_id"] for b in boxes], keypoints, scores, [b["score"] for b in boxes],
-        [b["bbox"] for b in boxes],
+        [b["bbox"] for b in boxes], category_id=chosen["id"],
     )  # fmt: skip
     if nms if nms is not None else detections is not None:
-        results = oks_nms(results, nms_threshold)
-    return evaluate_results(data, results), results
+        results = oks_nms(results, nms_threshold, spec.sigmas)
+    return evaluate_results(data, results, category=chosen["id"], pose=spec), results
 
 
 def write_results(path: str | Path, results: Sequence[dict]) -> None:
@@ -408,13 +466,20 @@ def write_results(path: str | Path, results: Sequence[dict]) -> None:
 
 
 def ground_truth_from_arrays(
-    joints: np.ndarray, visible: np.ndarray, areas: np.ndarray, image_ids: np.ndarray
+    joints: np.ndarray,
+    visible: np.ndarray,
+    areas: np.ndarray,
+    image_ids: np.ndarray,
+    pose: str | PoseSpec = COCO,
+    category_id: int = PERSON_CATEGORY,
 ) -> dict:
-    """A COCO ground-truth object for people given as arrays (N, 17, 2), (N, 17), (N,), (N,).
+    """A COCO ground-truth object of ``pose``'s instances given as arrays (N, K, 2), (N, K), (N,),
+    (N,), all of category ``category_id``.
 
     Annotation ids are 1..N in order; boxes are the annotated keypoints' extent (pycocotools uses the
-    box only for people without keypoints, which this object does not hold).
+    box only for instances without keypoints, which this object does not hold).
     """
+    spec = get_pose(pose)
     annotations = []
     for k in range(len(joints)):
         seen = np.asarray(visible[k]) > 0
@@ -426,7 +491,7 @@ def ground_truth_from_arrays(
             {
                 "id": k + 1,
                 "image_id": int(image_ids[k]),
-                "category_id": PERSON_CATEGORY,
+                "category_id": int(category_id),
                 "keypoints": [float(v) for v in values.reshape(-1)],
                 "num_keypoints": int(seen.sum()),
                 "area": float(areas[k]),
@@ -438,18 +503,39 @@ def ground_truth_from_arrays(
         "images": [{"id": int(i)} for i in sorted({int(i) for i in image_ids})],
         "annotations": annotations,
         "categories": [
-            {"id": PERSON_CATEGORY, "name": "person", "keypoints": list(COCO.joint_names)}
+            {"id": int(category_id), "name": spec.name, "keypoints": list(spec.joint_names)}
         ],
     }
 
 
-class OKSAPCallback(keras.callbacks.Callback):
-    """Score a COCO validation set at epoch end and log ``val_ap``, ``val_ap50``, ``val_ap75``,
-    ``val_apm``, ``val_apl``, ``val_ar`` (OKS, pycocotools) into ``logs``.
+def oks_ap(out: dict, pose: str | PoseSpec) -> dict:
+    """OKS AP/AR (:func:`evaluate_results`) of an evaluation set's predictions ``out``: ``pred``,
+    ``scores``, ``joints``, ``visible``, ``normalizer`` (the instances' areas) and ``image_id``
+    (:func:`hgkeras.evaluation.evaluate.predict_eval_dataset`), with ``pose``'s sigmas."""
+    spec = get_pose(pose)
+    if out["pred"].shape[1] != spec.num_joints or "image_id" not in out:
+        raise ValueError(
+            f"OKS AP needs {spec.num_joints}-keypoint predictions of pose {spec.name!r} and "
+            "records with image_id"
+        )
+    truth = ground_truth_from_arrays(
+        out["joints"], out["visible"], out["normalizer"], out["image_id"], spec
+    )
+    scores = out.get("scores")
+    if scores is None:
+        scores = np.ones(out["pred"].shape[:2])
+    results = results_from_predictions(out["image_id"], out["pred"], scores)
+    return evaluate_results(truth, results, pose=spec)
 
-    ``dataset`` is the evaluation dict of ``pose_dataset(..., training=False)`` over COCO records
-    (``normalizer`` = the annotation area, ``image_id``). People are cropped on their ground-truth
-    boxes and scored with the usual rescoring (mean confidence above 0.2). List it before
+
+class OKSAPCallback(keras.callbacks.Callback):
+    """Score a COCO-format validation set at epoch end and log ``val_ap``, ``val_ap50``,
+    ``val_ap75``, ``val_apm``, ``val_apl``, ``val_ar`` (OKS, pycocotools) into ``logs``.
+
+    ``dataset`` is the evaluation dict of ``pose_dataset(..., training=False)`` over COCO-format
+    records (``normalizer`` = the annotation area, ``image_id``) of the model's pose spec, whose OKS
+    sigmas apply. Instances are cropped on their ground-truth boxes and scored with the usual
+    rescoring (mean confidence above 0.2). List it before
     ``ModelCheckpoint(monitor="val_ap", mode="max")``.
     """
 
@@ -473,13 +559,7 @@ class OKSAPCallback(keras.callbacks.Callback):
 
         network = getattr(self.model, "hourglass", self.model)
         out = predict_eval_dataset(network, self.dataset, flip=self.flip)
-        if out["pred"].shape[1] != COCO.num_joints or "image_id" not in out:
-            raise ValueError("OKSAPCallback needs a 17-joint model and COCO records with image_id")
-        truth = ground_truth_from_arrays(
-            out["joints"], out["visible"], out["normalizer"], out["image_id"]
-        )
-        results = results_from_predictions(out["image_id"], out["pred"], out["scores"])
-        return evaluate_results(truth, results)
+        return oks_ap(out, pose_of(network))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_n_epochs != 0:

@@ -17,7 +17,7 @@ import numpy as np
 from hgkeras import io
 from hgkeras.evaluation import metrics
 from hgkeras.geometry import MATLAB_OFFSET
-from hgkeras.spec import PoseSpec, get_pose, pose_of
+from hgkeras.spec import POSES, PoseSpec, get_pose, pose_of
 
 PREDICTION_KEYS = ("preds", "pred", "predictions", "keypoints")
 #: Suffixes of annotation files (anything else given as evaluation data is TFRecords).
@@ -231,69 +231,118 @@ def write_mpii_submission(
 
 
 def score(
-    pred, gt, visible, normalizer, dataset: str = "mpii", protocol: str = "official"
+    pred,
+    gt,
+    visible,
+    normalizer,
+    pose: str | PoseSpec = "mpii",
+    protocol: str = "official",
 ) -> dict[str, object]:
-    """PCKh@0.5 (MPII, ``protocol`` official|hrnet, plus the PCKh curve's AUC) or PCK@0.2 (FLIC)."""
-    dataset = dataset.lower()
-    if dataset == "mpii":
-        result = metrics.mpii_pckh(pred, gt, visible, normalizer, protocol=protocol)
+    """PCK of ``pose`` at its threshold (MPII PCKh@0.5 with ``protocol`` and the PCKh curve's AUC,
+    FLIC PCK@0.2, PCK@0.2 of the box, ...) with each record's ``normalizer``, plus the errors in
+    pixels (:func:`hgkeras.evaluation.metrics.pixel_errors`): ``mean_error_px``,
+    ``median_error_px``, ``error_px`` (per group) and ``per_joint_error_px``."""
+    spec = get_pose(pose)
+    if protocol != "official" and spec.normalizer != "head":
+        raise ValueError(f"protocol {protocol!r} is MPII's; pose {spec.name!r} has no head boxes")
+    result = metrics.pck(pred, gt, visible, normalizer, spec, protocol=protocol)
+    if spec.normalizer == "head":
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # already warned above
-            result["AUC"] = metrics.pckh_curve(pred, gt, visible, normalizer, protocol=protocol)[
-                "AUC"
-            ]
+            curve = metrics.pckh_curve(pred, gt, visible, normalizer, protocol=protocol, pose=spec)
+        result["AUC"] = curve["AUC"]
         result["protocol"] = protocol
-        result["threshold"] = 0.5
-        return result
-    if dataset == "flic":
-        result = metrics.flic_pck(pred, gt, visible, normalizer)
-        result["threshold"] = 0.2
-        return result
-    raise ValueError(f"dataset must be 'mpii' or 'flic', got {dataset!r}")
+    result["threshold"] = spec.threshold
+    result.update(_errors(pred, gt, visible, spec))
+    return result
+
+
+def _errors(pred, gt, visible, spec: PoseSpec) -> dict[str, object]:
+    errors = metrics.pixel_errors(pred, gt, visible, spec)
+    return {
+        "mean_error_px": errors["mean"],
+        "median_error_px": errors["median"],
+        "error_px": errors["groups"],
+        "per_joint_error_px": errors["per_joint"],
+    }
+
+
+def box_sides(boxes) -> np.ndarray:
+    """The longer side of boxes (N, 4) (x1, y1, x2, y2); NaN where unknown."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 
 def score_for_pose(out: dict[str, Any], pose: str | PoseSpec, protocol: str = "official"):
-    """Score predictions ``out`` (``pred``, ``joints``, ``visible``, ``normalizer``) by the pose's rule.
+    """Score predictions ``out`` (``pred``, ``joints``, ``visible``, ``normalizer``; ``box``,
+    ``image_id``, ``scores`` where the rule needs them) by the pose spec's rule.
 
-    Normaliser rule "head": MPII PCKh@0.5 with the records' head sizes; "torso": FLIC PCK@0.2 with
-    the torso size (left shoulder to right hip) of the ground truth.
+    "head": PCKh with the records' head sizes; "torso": PCK with the ground truth's torso size (the
+    spec's ``torso_joints``); "box": PCK with the records' box sides; "oks": OKS AP/AR (pycocotools,
+    the spec's sigmas, the records' areas) and PCK of the box where the records have boxes. Every
+    result also holds the errors in pixels, ``metric`` (the spec's metric name) and ``dataset``.
     """
     spec = get_pose(pose)
     joints = np.asarray(out["joints"], np.float64)
-    if spec.normalizer == "head":
-        normalizer = np.asarray(out["normalizer"], np.float64)
-        result = score(out["pred"], joints, out["visible"], normalizer, "mpii", protocol)
-    elif spec.normalizer == "torso":
-        normalizer = metrics.flic_torso_size(joints)
-        result = score(out["pred"], joints, out["visible"], normalizer, "flic")
+    if spec.normalizer == "oks":
+        from hgkeras.evaluation.coco import oks_ap
+
+        result: dict[str, Any] = oks_ap(out, spec)
+        sides = box_sides(out["box"]) if "box" in out else np.array([np.nan])
+        if np.all(np.isfinite(sides) & (sides > 0)):
+            pck = metrics.pck(out["pred"], joints, out["visible"], sides, spec, name="box side")
+            result.update({"PCK": pck["Mean"], "pck_per_joint": pck["per_joint"]})
+            result["pck_threshold"] = spec.threshold
+        result.update(_errors(out["pred"], joints, out["visible"], spec))
     else:
-        raise ValueError(
-            f"pose {spec.name!r}: no PCK metric for normaliser rule {spec.normalizer!r}"
-        )
+        if spec.normalizer == "torso":
+            normalizer = spec.torso_size(joints)
+        else:
+            normalizer = np.asarray(out["normalizer"], np.float64)
+        result = score(out["pred"], joints, out["visible"], normalizer, spec, protocol)
+    result["metric"] = spec.metric
     result["dataset"] = spec.name
     return result
 
 
 def format_result(result: dict[str, Any], pose: str | PoseSpec) -> tuple[str, str]:
-    """(title, table) of a :func:`score_for_pose` result, paper style."""
+    """(title, table) of a :func:`score_for_pose` result: PCK per group (paper style for MPII and
+    FLIC) and the errors in pixels, or the OKS AP/AR table."""
     spec = get_pose(pose)
-    if spec.normalizer == "torso":
-        return "FLIC PCK@0.2 (torso = left shoulder to right hip)", metrics.format_flic_table(
-            result
-        )
-    protocol = result.get("protocol", "official")
-    title = f"MPII PCKh@0.5, {protocol} protocol" + (
-        " (Head = upper neck + head top; Total over 14 joints)"
-        if protocol == "official"
-        else " (Head = head top; Mean over 14 joints, count-weighted)"
+    errors = (
+        f"\nerror in pixels: mean {result['mean_error_px']:.2f}, median "
+        f"{result['median_error_px']:.2f}"
+        if "mean_error_px" in result
+        else ""
     )
-    return title, metrics.format_table(result)
+    if spec.normalizer == "oks":
+        from hgkeras.evaluation.coco import format_metrics
+
+        pck = f"\nPCK@{spec.threshold:g} of the box: {result['PCK']:.1f}" if "PCK" in result else ""
+        title = f"{spec.name} OKS AP/AR (pycocotools, the spec's sigmas)"
+        return title, format_metrics(result) + pck + errors
+    table = metrics.format_table(result, spec) + errors
+    label = spec.name.upper() if POSES.get(spec.name) == spec else spec.name
+    if spec.normalizer == "head":
+        protocol = result.get("protocol", "official")
+        key = metrics.headline_key(spec, protocol)
+        head = metrics.head_group(spec, protocol)
+        parts = [f"Head = {' + '.join(spec.joint_names[j] for j in head)}"] if head else []
+        parts.append(f"{key} over {len(spec.scored)} joints")
+        title = f"{label} PCKh@{spec.threshold:g}, {protocol} protocol ({'; '.join(parts)})"
+        return title, table
+    if spec.normalizer == "torso":
+        a, b = (spec.joint_names[j] for j in spec.torso_joints)
+        return f"{label} PCK@{spec.threshold:g} (torso = {a} to {b})", table
+    return f"{label} PCK@{spec.threshold:g} of the box's longer side", table
 
 
 def summary_key(result: dict[str, object]) -> str:
-    """The headline key of a result: ``Total`` (official MPII) or ``Mean`` (HRNet protocol, FLIC)."""
+    """The headline key of a result: ``AP`` (OKS), ``Total`` (official MPII) or ``Mean``."""
+    if result.get("metric") == "ap":
+        return "AP"
     return "Total" if "Total" in result else "Mean"
 
 
@@ -386,7 +435,7 @@ def predict_eval_dataset(
         keypoints, scores = decode_to_image(heatmaps, center, scale)
         out.setdefault("pred", []).append(ops.convert_to_numpy(keypoints))
         out.setdefault("scores", []).append(ops.convert_to_numpy(scores))
-        for key in ("joints", "visible", "normalizer", "image_id", "person_id"):
+        for key in ("joints", "visible", "normalizer", "box", "image_id", "person_id"):
             if key in batch:
                 out.setdefault(key, []).append(np.asarray(batch[key]))
     if not out:
@@ -469,14 +518,17 @@ def gather_predictions(
     split: str | None = None,
     flip: bool = True,
     batch_size: int = 16,
+    pose: str | PoseSpec | None = None,
 ) -> dict[str, Any]:
     """Predictions and ground truth of an evaluation set, ready for :func:`score_for_pose`.
 
     ``data`` is an annotation file (then ``predictions`` is read from a file, or ``model`` runs on
     the records' crops of the image files in ``images``) or TFRecords (``model`` runs on
     :func:`hgkeras.data.pose_dataset` evaluation crops). ``model`` is anything
-    :func:`hgkeras.models.loading.load_model` takes. Returns numpy ``pred``, ``joints``, ``visible``,
-    ``normalizer``, ``image_id``, ``person_id`` and the data's ``pose`` spec.
+    :func:`hgkeras.models.loading.load_model` takes. ``pose`` names the set an annotation file holds
+    where its layout does not say (Torch ``.h5``, HRNet ``.json``: default the model's, else MPII).
+    Returns numpy ``pred``, ``joints``, ``visible``, ``normalizer``, ``box``, ``image_id``,
+    ``person_id`` and the data's ``pose`` spec.
     """
     if (model is None) == (predictions is None):
         raise ValueError("give exactly one of a model or a predictions file")
@@ -488,10 +540,12 @@ def gather_predictions(
     if is_annotation_file(data):
         from hgkeras.data import read_annotations
 
-        records = read_annotations(data, split=split)
+        if pose is None and network is not None:
+            pose = pose_of(network)
+        records = read_annotations(data, pose, split=split)
         if not records:
             raise ValueError(f"{data}: no records" + (f" in split {split!r}" if split else ""))
-        data_pose = get_pose(records[0].dataset)
+        data_pose = get_pose(pose) if pose is not None else get_pose(records[0].pose)
         if predictions is not None:
             pred = read_predictions(predictions)
         else:
@@ -511,6 +565,7 @@ def gather_predictions(
             "joints": np.stack([r.joints for r in records]).astype(np.float64),
             "visible": np.stack([r.visible for r in records]),
             "normalizer": np.array([r.normalizer for r in records]),
+            "box": np.stack([r.box for r in records]).astype(np.float64),
             "image_id": np.array([r.image_id for r in records]),
             "person_id": np.array([r.person_id for r in records]),
         }

@@ -1,13 +1,15 @@
-"""Pose accuracy on numpy arrays: MPII PCKh (official and HRNet/mmpose protocols) and FLIC PCK.
+"""Pose accuracy on numpy arrays: PCK of any pose spec (MPII PCKh, FLIC PCK, PCK of the box) and
+errors in pixels.
 
 All functions take predictions and ground truth in the same pixel convention (any consistent
-offset cancels in the distances). Results are percentages. See ``docs/evaluation.md`` for the exact
-rules and the reference implementations they follow.
+offset cancels in the distances). PCK results are percentages. The groups a result reports, the joints
+it leaves out and its threshold come from the :class:`~hgkeras.spec.PoseSpec`; see
+``docs/evaluation.md`` for the exact rules and the reference implementations they follow.
 
 Rules shared by every metric here:
 
 * A joint is scored when its ``visible`` flag is non-zero (pass the *annotated* mask: the MPII
-  toolkit scores every annotated joint, occluded or not).
+  toolkit scores every annotated joint, occluded or not) and the spec does not list it as unscored.
 * A joint is correct when ``distance <= threshold * normalizer`` (inclusive). Distances are compared
   as ``distance / normalizer <= threshold`` like the references, with a relative tolerance of
   :data:`BOUNDARY_RTOL` so that a point moved by exactly ``threshold * normalizer`` is counted as correct
@@ -24,39 +26,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hgkeras.spec import FLIC, MPII, PoseSpec, get_pose
+
 #: Relative tolerance on ``distance / normalizer <= threshold`` (absorbs rounding of exact-boundary points).
 BOUNDARY_RTOL = 1e-9
-
-#: MPII joint groups of the paper's table (ids of :data:`hgkeras.spec.MPII`), official protocol.
-MPII_GROUPS_OFFICIAL: dict[str, tuple[int, ...]] = {
-    "Head": (8, 9),
-    "Shoulder": (12, 13),
-    "Elbow": (11, 14),
-    "Wrist": (10, 15),
-    "Hip": (2, 3),
-    "Knee": (1, 4),
-    "Ankle": (0, 5),
-}
-#: HRNet / mmpose groups: the same, except Head = head top only.
-MPII_GROUPS_HRNET: dict[str, tuple[int, ...]] = {**MPII_GROUPS_OFFICIAL, "Head": (9,)}
-#: MPII joints that are never scored: pelvis and thorax.
-MPII_UNSCORED: tuple[int, ...] = (6, 7)
-#: The 14 scored MPII joints.
-MPII_SCORED: tuple[int, ...] = tuple(j for j in range(16) if j not in MPII_UNSCORED)
 #: PCKh thresholds of the MPII toolkit's curve (``range = 0:0.01:0.5``).
 PCKH_CURVE_THRESHOLDS = np.round(np.arange(0, 51) * 0.01, 2)
-
-#: FLIC joint groups (ids of :data:`hgkeras.spec.FLIC`): the 11 joints are all scored.
-FLIC_GROUPS: dict[str, tuple[int, ...]] = {
-    "Shoulder": (0, 3),
-    "Elbow": (1, 4),
-    "Wrist": (2, 5),
-    "Hip": (6, 7),
-    "Head": (8, 9, 10),
-}
-#: FLIC torso: left shoulder (0) to right hip (7).
-FLIC_TORSO_JOINTS: tuple[int, int] = (0, 7)
-
+#: The MPII protocols: the toolkit's ("official": Head = the spec's Head group, ``Total``) and
+#: HRNet/mmpose's ("hrnet": Head = head top only, ``Mean`` and ``Mean@0.1``).
 PROTOCOLS = ("official", "hrnet")
 
 
@@ -137,21 +114,38 @@ def _pooled(hits: np.ndarray, visible: np.ndarray, joints: Sequence[int]) -> flo
     return 100.0 * float(hits[:, joints].sum()) / count if count else float("nan")
 
 
-def _mpii_summary(
-    dist: np.ndarray, visible: np.ndarray, threshold: float, protocol: str
+def _groups(spec: PoseSpec, protocol: str) -> dict[str, tuple[int, ...]]:
+    """The spec's groups; HRNet's protocol takes Head = the head top only (MPII)."""
+    groups = spec.group_table
+    if protocol == "hrnet":
+        if spec.normalizer != "head" or "head_top" not in spec.joint_names:
+            raise ValueError(f"the hrnet protocol is MPII's; pose {spec.name!r} has no head_top")
+        groups["Head"] = (spec.index("head_top"),)
+    return groups
+
+
+def head_group(spec: PoseSpec, protocol: str = "official") -> tuple[int, ...]:
+    """The joints of the spec's "Head" group under ``protocol`` (empty without such a group)."""
+    return _groups(spec, protocol).get("Head", ())
+
+
+def headline_key(spec: PoseSpec, protocol: str = "official") -> str:
+    """The headline key of a PCK result: ``Total`` (MPII's official protocol), else ``Mean``."""
+    return "Total" if spec.normalizer == "head" and protocol == "official" else "Mean"
+
+
+def _summary(
+    dist: np.ndarray, visible: np.ndarray, threshold: float, spec: PoseSpec, protocol: str
 ) -> dict[str, object]:
     hits = _hits(dist, visible, threshold)
     per_joint, _ = _per_joint(hits, visible)
-    per_joint[list(MPII_UNSCORED)] = np.nan
-    groups = MPII_GROUPS_OFFICIAL if protocol == "official" else MPII_GROUPS_HRNET
+    per_joint[list(spec.unscored)] = np.nan
+    groups = _groups(spec, protocol)
     result: dict[str, object] = {name: _group_mean(per_joint, ids) for name, ids in groups.items()}
-    total = _pooled(hits, visible, MPII_SCORED)
-    if protocol == "official":
-        result["Total"] = total
-    else:
-        result["Mean"] = total
+    result[headline_key(spec, protocol)] = _pooled(hits, visible, spec.scored)
+    if protocol == "hrnet":
         hits_01 = _hits(dist, visible, PCKH_CURVE_THRESHOLDS[11])
-        result["Mean@0.1"] = _pooled(hits_01, visible, MPII_SCORED)
+        result["Mean@0.1"] = _pooled(hits_01, visible, spec.scored)
     result["per_joint"] = [float(v) for v in per_joint]
     return result
 
@@ -161,10 +155,43 @@ def _check_protocol(protocol: str) -> None:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
+def pck(
+    pred,
+    gt,
+    visible,
+    normalizer,
+    pose: str | PoseSpec,
+    threshold: float | None = None,
+    protocol: str = "official",
+    name: str = "normalizer",
+) -> dict[str, object]:
+    """PCK in percent of pose ``pose``: a joint is correct when its distance is at most ``threshold``
+    (default the spec's) times its record's ``normalizer``.
+
+    Args:
+        pred, gt: (N, J, 2) joints in the spec's order.
+        visible: (N, J) joints to score (non-zero = annotated); the spec's unscored joints never are.
+        normalizer: (N,) the spec's normaliser per record (head size, torso size, box side).
+        protocol: "official", or "hrnet" (MPII only: Head = head top, plus ``Mean@0.1``).
+        name: the normaliser's name in error messages.
+
+    Returns a dict: one key per group of the spec (the mean of its joints' PCK), the headline
+    (``Total`` for MPII's official protocol, else ``Mean``: pooled over the scored joints), and
+    ``per_joint`` (J values, NaN for unscored joints and joints never visible).
+    """
+    spec = get_pose(pose)
+    _check_protocol(protocol)
+    dist, visible = normalized_distances(
+        pred, gt, visible, normalizer, num_joints=spec.num_joints, name=name
+    )
+    threshold = spec.threshold if threshold is None else float(threshold)
+    return _summary(dist, visible, threshold, spec, protocol)
+
+
 def mpii_pckh(
     pred, gt, visible, head_size, threshold: float = 0.5, protocol: str = "official"
 ) -> dict[str, object]:
-    """MPII PCKh in percent.
+    """MPII PCKh in percent (:func:`pck` of :data:`hgkeras.spec.MPII`).
 
     Args:
         pred: (N, 16, 2) predicted joints.
@@ -180,11 +207,7 @@ def mpii_pckh(
     joints' PCKh), ``Total`` (official) or ``Mean`` and ``Mean@0.1`` (hrnet), and ``per_joint`` (16 values,
     NaN for pelvis, thorax and joints never visible).
     """
-    _check_protocol(protocol)
-    dist, visible = normalized_distances(
-        pred, gt, visible, head_size, num_joints=16, name="head_size"
-    )
-    return _mpii_summary(dist, visible, float(threshold), protocol)
+    return pck(pred, gt, visible, head_size, MPII, threshold, protocol, name="head_size")
 
 
 def area_under_curve(thresholds: Sequence[float], values: Sequence[float]) -> float:
@@ -204,22 +227,24 @@ def pckh_curve(
     head_size,
     thresholds: Sequence[float] | None = None,
     protocol: str = "official",
+    pose: str | PoseSpec = MPII,
 ) -> dict[str, object]:
-    """MPII PCKh at each threshold (default 0, 0.01, ..., 0.5) and the area under the total curve.
+    """PCK of ``pose`` (default MPII PCKh) at each threshold (default 0, 0.01, ..., 0.5) and the area
+    under the headline curve.
 
     Returns ``{"thresholds": [...], <group>: [...], "Total" or "Mean": [...], "AUC": float}``; AUC is in
     percent with thresholds rescaled to [0, 1], as the MPII toolkit's ``area_under_curve(scale01(range), ...)``.
     """
+    spec = get_pose(pose)
     _check_protocol(protocol)
     thresholds = PCKH_CURVE_THRESHOLDS if thresholds is None else np.asarray(thresholds, np.float64)
     dist, visible = normalized_distances(
-        pred, gt, visible, head_size, num_joints=16, name="head_size"
+        pred, gt, visible, head_size, num_joints=spec.num_joints, name="head_size"
     )
-    total_key = "Total" if protocol == "official" else "Mean"
+    total_key = headline_key(spec, protocol)
     curve: dict[str, object] = {"thresholds": [float(t) for t in thresholds]}
-    rows = [_mpii_summary(dist, visible, float(t), protocol) for t in thresholds]
-    groups = MPII_GROUPS_OFFICIAL if protocol == "official" else MPII_GROUPS_HRNET
-    for key in [*groups, total_key]:
+    rows = [_summary(dist, visible, float(t), spec, protocol) for t in thresholds]
+    for key in [*_groups(spec, protocol), total_key]:
         curve[key] = [row[key] for row in rows]
     curve["AUC"] = area_under_curve(thresholds, curve[total_key])
     return curve
@@ -234,16 +259,17 @@ def head_size_from_boxes(boxes) -> np.ndarray:
 
 
 def flic_torso_size(gt) -> np.ndarray:
-    """FLIC torso size (N,): distance from the left shoulder (0) to the right hip (7) of ``gt`` (N, 11, 2)."""
+    """FLIC torso size (N,): :meth:`hgkeras.spec.PoseSpec.torso_size` of :data:`hgkeras.spec.FLIC`
+    (left shoulder to right hip) of ``gt`` (N, 11, 2)."""
     gt = np.asarray(gt, np.float64)
     if gt.ndim != 3 or gt.shape[1:] != (11, 2):
         raise ValueError(f"gt must have shape (N, 11, 2), got {gt.shape}")
-    a, b = FLIC_TORSO_JOINTS
-    return np.linalg.norm(gt[:, a] - gt[:, b], axis=-1)
+    return FLIC.torso_size(gt)
 
 
 def flic_pck(pred, gt, visible, torso_size, threshold: float = 0.2) -> dict[str, object]:
-    """FLIC PCK in percent: a joint is correct when its distance is <= ``threshold`` x torso size.
+    """FLIC PCK in percent (:func:`pck` of :data:`hgkeras.spec.FLIC`): a joint is correct when its
+    distance is <= ``threshold`` x torso size.
 
     Args:
         pred, gt: (N, 11, 2) joints in FLIC order (lsho, lelb, lwri, rsho, relb, rwri, lhip, rhip,
@@ -254,35 +280,57 @@ def flic_pck(pred, gt, visible, torso_size, threshold: float = 0.2) -> dict[str,
     Returns Shoulder, Elbow, Wrist, Hip, Head (eyes and nose) (each the mean of its joints' PCK),
     ``Mean`` pooled over all scored joints, and ``per_joint`` (11 values).
     """
-    dist, visible = normalized_distances(
-        pred, gt, visible, torso_size, num_joints=11, name="torso_size"
-    )
-    hits = _hits(dist, visible, float(threshold))
-    per_joint, _ = _per_joint(hits, visible)
-    result: dict[str, object] = {
-        name: _group_mean(per_joint, ids) for name, ids in FLIC_GROUPS.items()
+    return pck(pred, gt, visible, torso_size, FLIC, threshold, name="torso_size")
+
+
+def pixel_errors(pred, gt, visible, pose: str | PoseSpec) -> dict[str, object]:
+    """Distances in pixels between predictions and ground truth of the scored, visible joints.
+
+    Returns ``mean`` and ``median`` over all of them, ``groups`` (the mean per group of the spec)
+    and ``per_joint`` (the mean per joint; NaN where none is scored). Non-finite predictions are
+    left out of the errors (PCK counts them as misses).
+    """
+    spec = get_pose(pose)
+    pred = np.asarray(pred, np.float64)
+    gt = np.asarray(gt, np.float64)
+    mask = np.asarray(visible) > 0
+    if pred.shape != gt.shape or gt.shape[1:] != (spec.num_joints, 2) or mask.shape != gt.shape[:2]:
+        raise ValueError(
+            f"pred {pred.shape}, gt {gt.shape} and visible {mask.shape} must be (N, "
+            f"{spec.num_joints}, 2), (N, {spec.num_joints}, 2) and (N, {spec.num_joints})"
+        )
+    mask[:, list(spec.unscored)] = False
+    with np.errstate(invalid="ignore"):
+        dist = np.linalg.norm(pred - gt, axis=-1)
+    mask &= np.isfinite(dist)
+
+    def mean(joints) -> float:
+        values = dist[:, list(joints)][mask[:, list(joints)]]
+        return float(values.mean()) if values.size else float("nan")
+
+    values = dist[mask]
+    return {
+        "mean": float(values.mean()) if values.size else float("nan"),
+        "median": float(np.median(values)) if values.size else float("nan"),
+        "groups": {name: mean(ids) for name, ids in spec.group_table.items()},
+        "per_joint": [mean([j]) for j in range(spec.num_joints)],
     }
-    result["Mean"] = _pooled(hits, visible, range(11))
-    result["per_joint"] = [float(v) for v in per_joint]
-    return result
 
 
-def format_table(result: dict[str, object]) -> str:
-    """The paper-style one-row table (Head Sho Elb Wri Hip Knee Ank Total/Mean) of an MPII result."""
-    total_key = "Total" if "Total" in result else "Mean"
-    columns = [
-        ("Head", "Head"), ("Sho", "Shoulder"), ("Elb", "Elbow"), ("Wri", "Wrist"),
-        ("Hip", "Hip"), ("Knee", "Knee"), ("Ank", "Ankle"), (total_key, total_key),
-    ]  # fmt: skip
-    header = " ".join(f"{label:>6s}" for label, _ in columns)
-    row = " ".join(f"{float(result[key]):6.1f}" for _, key in columns)
-    return f"{header}\n{row}"
+def _labels(names: Sequence[str]) -> list[str]:
+    """Table column labels: names over four letters shortened to three when that keeps them apart."""
+    short = [n if len(n) <= 4 else n[:3] for n in names]
+    return short if len(set(short)) == len(short) else list(names)
 
 
-def format_flic_table(result: dict[str, object]) -> str:
-    """One-row table (Sho Elb Wri Hip Head Mean) of a FLIC result."""
-    columns = [("Sho", "Shoulder"), ("Elb", "Elbow"), ("Wri", "Wrist"), ("Hip", "Hip"),
-               ("Head", "Head"), ("Mean", "Mean")]  # fmt: skip
-    header = " ".join(f"{label:>6s}" for label, _ in columns)
-    row = " ".join(f"{float(result[key]):6.1f}" for _, key in columns)
+def format_table(result: dict[str, object], pose: str | PoseSpec = MPII) -> str:
+    """A one-row table of a PCK result: the pose's groups, then the headline (``Total``/``Mean``),
+    e.g. the paper's Head Sho Elb Wri Hip Knee Ank Total for MPII. Group names longer than four
+    letters are cut to three where they stay distinct (else written whole)."""
+    groups = list(get_pose(pose).group_table)
+    keys = [*groups, "Total" if "Total" in result else "Mean"]
+    labels = [*_labels(groups), keys[-1]]
+    widths = [max(6, len(label)) for label in labels]
+    header = " ".join(f"{label:>{w}s}" for label, w in zip(labels, widths, strict=True))
+    row = " ".join(f"{float(result[k]):{w}.1f}" for k, w in zip(keys, widths, strict=True))
     return f"{header}\n{row}"

@@ -1,10 +1,12 @@
 """Pictures of poses: skeleton overlays, training-sample previews and heatmap montages (uint8 BGR).
 
 The one drawing module of the package (``hgkeras predict`` overlays, ``hgkeras preview`` grids, the
-serving client's picture). With one person, limb and joint colours follow the person-centric side
-of each joint (:meth:`Skeleton.side`): left = blue, right = orange, centre = green (a limb takes the
-side of its joints, centre when they differ). With several people each person gets a colour of
-:data:`PERSON_COLORS` (its left side drawn lighter) and its index ``#k`` beside its box. Joints
+serving client's picture). With one person, joint and limb colours are the pose spec's
+(:attr:`hgkeras.spec.PoseSpec.keypoint_colors` and ``limb_colors``): by default, for a set with
+left/right pairs, the person-centric side of each joint (left = blue, right = orange, centre = green;
+a limb takes the side of its joints, centre when they differ), else a palette of one colour per
+keypoint. With several people each person gets a colour of :data:`PERSON_COLORS` (its left side
+drawn lighter) and its index ``#k`` beside its box. Joints
 below ``min_score`` and limbs touching them are drawn faded, or left out with ``hide_unannotated``.
 
 Memory stays bounded on very large images: images whose longer side exceeds ``max_side`` are drawn
@@ -20,13 +22,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hgkeras.spec import Skeleton
+from hgkeras import spec as pose_spec
+from hgkeras.spec import PoseSpec
 
-#: BGR colours per side.
+
+def _bgr(color: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    """An RGB colour ("#rrggbb" or a triple) as OpenCV's BGR triple."""
+    if isinstance(color, str):
+        color = (int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16))
+    return int(color[2]), int(color[1]), int(color[0])
+
+
+#: BGR colours per side (:data:`hgkeras.spec.SIDE_COLORS`): left blue, right orange, centre green.
 SIDE_COLORS: dict[str, tuple[int, int, int]] = {
-    "left": (255, 128, 0),  # blue
-    "right": (0, 128, 255),  # orange
-    "center": (0, 200, 0),  # green
+    side: _bgr(color) for side, color in pose_spec.SIDE_COLORS.items()
 }
 #: BGR colours of people 0, 1, 2, ... when several are drawn (repeating after ten).
 PERSON_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -50,7 +59,7 @@ DEFAULT_MAX_SIDE = 4096
 BOX_COLOR = (160, 160, 160)
 
 
-def _limb_side(skeleton: Skeleton, a: int, b: int) -> str:
+def _limb_side(skeleton: PoseSpec, a: int, b: int) -> str:
     side_a, side_b = skeleton.side(a), skeleton.side(b)
     return side_a if side_a == side_b else "center"
 
@@ -68,7 +77,7 @@ def draw_pose(
     image: np.ndarray,
     keypoints: np.ndarray,
     scores: np.ndarray | None = None,
-    skeleton: Skeleton | None = None,
+    skeleton: PoseSpec | None = None,
     box: Sequence[float] | None = None,
     min_score: float = DEFAULT_MIN_SCORE,
     thickness: int | None = None,
@@ -114,7 +123,7 @@ def _shift(point: tuple[int, int], offset: tuple[int, int]) -> tuple[int, int]:
 def draw_people(
     image: np.ndarray,
     people: Sequence,
-    skeleton: Skeleton | None = None,
+    skeleton: PoseSpec | None = None,
     min_score: float = DEFAULT_MIN_SCORE,
     thickness: int | None = None,
     *,
@@ -132,8 +141,9 @@ def draw_people(
         skeleton: the pose spec (joint names, limbs, sides); required.
         min_score: joints scoring below it (and limbs touching them) are drawn faded.
         thickness: line width in pixels of the drawn picture; default grows with its size.
-        colors: "side" (left blue, right orange, centre green), "person" (one colour per person,
-            left side lighter) or "auto" (side for one person, person for several).
+        colors: "side" (the pose spec's colours: by default left blue, right orange, centre
+            green), "person" (one colour per person, left side lighter) or "auto" (side for one
+            person, person for several).
         labels: write ``#k`` (and the detection score when there is one) beside each person's
             box or topmost joint; default: when there are several people.
         hide_unannotated: leave out joints under ``min_score`` instead of fading them (previews
@@ -180,10 +190,12 @@ def draw_people(
                 f"skeleton {skel.name!r} has {skel.num_joints} joints, keypoints have {num_joints}"
             )
         base = person_color(index)
+        joint_colors = [_bgr(c) for c in skel.keypoint_colors]
+        limb_colors = [_bgr(c) for c in skel.limb_colors]
 
-        def color_of(side: str, base=base) -> tuple[int, int, int]:
+        def color_of(side: str, own: tuple[int, int, int], base=base) -> tuple[int, int, int]:
             if not by_person:
-                return SIDE_COLORS[side]
+                return own
             return _lighter(base) if side == "left" else base
 
         scaled = keypoints * (fx, fy)
@@ -203,13 +215,13 @@ def draw_people(
 
             strong.append(outline)
             corner = p1
-        for a, b in skel.limbs:
+        for (a, b), own in zip(skel.limbs, limb_colors, strict=True):
             if points[a] is None or points[b] is None:
                 continue
             confident = min(scores[a], scores[b]) >= min_score
             if not confident and hide_unannotated:
                 continue
-            color = color_of(_limb_side(skel, a, b))
+            color = color_of(_limb_side(skel, a, b), own)
 
             def limb(c, o, pa=points[a], pb=points[b], k=color):
                 cv2.line(c, _shift(pa, o), _shift(pb, o), k, thickness, cv2.LINE_AA)
@@ -227,7 +239,7 @@ def draw_people(
             confident = scores[j] >= min_score
             if not confident and hide_unannotated:
                 continue
-            color = color_of(skel.side(j))
+            color = color_of(skel.side(j), joint_colors[j])
 
             def joint(c, o, p=point, k=color):
                 cv2.circle(c, _shift(p, o), radius, k, -1, cv2.LINE_AA)
@@ -325,7 +337,7 @@ def write_overlay(
     image: str | Path | np.ndarray,
     keypoints: np.ndarray,
     scores: np.ndarray | None,
-    skeleton: Skeleton | None = None,
+    skeleton: PoseSpec | None = None,
     threshold: float = DEFAULT_MIN_SCORE,
     max_side: int | None = DEFAULT_MAX_SIDE,
 ) -> Path:

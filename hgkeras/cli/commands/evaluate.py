@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", help="image directory for an annotation file (with --model)")
     parser.add_argument("--split", help="split to evaluate (train/valid/test) for multi-split data")
     parser.add_argument(
+        "--pose",
+        help="the keypoint set of an annotation file whose layout does not name it (Torch annot "
+        ".h5, HRNet .json): mpii (default, or the model's), flic, or a pose spec .json",
+    )
+    parser.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True,
         help="flip test: average with the mirrored image's heatmaps (default on)",
     )  # fmt: skip
@@ -113,9 +118,17 @@ def _run_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_nan(value):
+    """``value`` with every NaN float (in nested dicts and lists too) made None, for JSON."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
+
+
 def run(args: argparse.Namespace) -> int:
     import json
-    import math
 
     import numpy as np
 
@@ -157,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         flip=args.flip,
         batch_size=args.batch_size,
+        pose=args.pose,
     )
     pred, pose = out["pred"], out["pose"]
 
@@ -183,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{title}, {pred.shape[0]} people, {int(visible.sum())} annotated joints")
     print(table)
     if "AUC" in result:
-        print(f"AUC (PCKh 0..0.5): {result['AUC']:.1f}")
+        print(f"AUC (PCKh 0..{result['threshold']:g}): {result['AUC']:.1f}")
     if args.out:
         document = {
             "dataset": pose.name,
@@ -194,12 +208,8 @@ def run(args: argparse.Namespace) -> int:
             "num_people": int(pred.shape[0]),
             "num_joints_scored": int(visible.sum()),
             "summary": summary_key(result),
-            "results": {
-                k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in result.items()
-                if k != "per_joint"
-            },
-            "per_joint": [None if math.isnan(v) else v for v in result["per_joint"]],
+            "results": _no_nan({k: v for k, v in result.items() if k != "per_joint"}),
+            "per_joint": _no_nan(result.get("per_joint", [])),
         }
         io.atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.out}")
