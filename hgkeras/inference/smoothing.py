@@ -81,9 +81,10 @@ def _alpha(cutoff: np.ndarray | float, dt: np.ndarray) -> np.ndarray:
 class OneEuroFilter:
     """One-Euro filter of N points in D dimensions (e.g. a person's (J, 2) keypoints).
 
-    Each point has its own state; the cutoff follows the norm of its smoothed velocity divided by
-    ``size``. Points marked invalid in a call keep their state and come back unchanged. A point
-    unseen for more than ``max_gap`` seconds restarts from its next value.
+    Each point has its own state; the cutoff (Hz) follows the norm of its smoothed velocity (units
+    per second) divided by ``size`` (the units of one person size). A point's first value, and its
+    first after more than ``max_gap`` seconds unseen, come back as they are and restart its state.
+    Points marked invalid (or not finite) in a call come back unchanged and leave their state alone.
     """
 
     def __init__(
@@ -116,7 +117,8 @@ class OneEuroFilter:
             self._time = np.full(len(points), -np.inf)
         dt = time - self._time
         if np.any(dt[valid] <= 0):
-            raise ValueError(f"time must increase from call to call, got {time} after {self._time}")
+            latest = float(np.max(self._time[valid]))
+            raise ValueError(f"time must increase from call to call, got {time} after {latest}")
         fresh = valid & ((dt > self.max_gap) | np.isinf(self._time))
         update = valid & ~fresh
         out = points.copy()
