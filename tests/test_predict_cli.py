@@ -224,6 +224,9 @@ def test_ctrl_c_on_a_camera_closes_the_outputs_cleanly(model_path, tmp_path, mon
             self.frames += 1
             return True, np.full((48, 64, 3), 50 * self.frames, np.uint8)
 
+        def get(self, prop):  # no timestamps, like many webcams
+            return 0.0
+
         def release(self):
             pass
 
@@ -238,4 +241,5 @@ def test_ctrl_c_on_a_camera_closes_the_outputs_cleanly(model_path, tmp_path, mon
     assert [p.name for p in written] == ["camera0.json", "camera0.mp4"]
     record = json.loads((tmp_path / "camera0.json").read_text())
     assert record["num_frames"] == 3 and record["source_kind"] == "camera"
+    assert [entry["time"] for entry in record["frames"]] == [0.0, 0.04, 0.08]  # 1 / fps steps
     assert _no_partial_files(tmp_path)

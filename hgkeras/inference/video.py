@@ -4,11 +4,14 @@ Sources are opened with OpenCV's ``VideoCapture``: a video file, a camera index 
 webcam) or a stream URL (``rtsp://``, ``http(s)://``, ...). Overlays are written as H.264 MP4 (the
 codec browsers play) through PyAV (``pip install hgkeras[video]``); without PyAV, OpenCV's MPEG-4
 Part 2 (``mp4v``) is written with a warning, since this OpenCV build has no H.264 encoder.
+With ``smoothing`` options the keypoints are smoothed over time per tracked person
+(:mod:`hgkeras.inference.smoothing`) before they are written and drawn.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -22,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from hgkeras.inference.smoothing import PoseSmoother, SmoothingOptions
 from hgkeras.io import atomic_path
 
 #: Frame rate used when a source does not report one (cameras, some streams).
@@ -46,15 +50,26 @@ class VideoSource:
     def live(self) -> bool:
         return self.kind != "file"
 
-    def frames(self, max_frames: int | None = None) -> Iterator[np.ndarray]:
-        """BGR uint8 frames until the source ends or ``max_frames`` were read."""
-        count = 0
+    def frames(self, max_frames: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
+        """(BGR uint8 frame, time) until the source ends or ``max_frames`` were read.
+
+        The time (seconds from the first frame) is the frame's timestamp as OpenCV reports it
+        (``CAP_PROP_POS_MSEC``: the presentation time of files and streams, the capture time of
+        cameras that give one); where that is missing or does not increase, the previous frame's
+        time plus ``1 / fps``.
+        """
+        count, start, previous = 0, None, -math.inf
         while max_frames is None or count < max_frames:
             ok, frame = self.capture.read()
             if not ok or frame is None:
                 return
+            stamp = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if not (math.isfinite(stamp) and stamp > previous):
+                stamp = previous + 1.0 / self.fps if count else 0.0
+            start = stamp if start is None else start
+            previous = stamp
             count += 1
-            yield frame
+            yield frame, stamp - start
 
     def close(self) -> None:
         self.capture.release()
@@ -205,6 +220,7 @@ def predict_video(
     draw: Callable[[np.ndarray, list], np.ndarray] | None = None,
     max_frames: int | None = None,
     progress: Callable[[Iterator, int | None, str], Iterator] | None = None,
+    smoothing: SmoothingOptions | None = None,
 ) -> list[Path]:
     """Predict every frame of a video file, camera or stream; write OUT/STEM.json(l) and STEM.mp4.
 
@@ -217,6 +233,14 @@ def predict_video(
         max_frames: stop after this many frames (a camera or stream otherwise runs until it ends
             or Ctrl-C, which ends the outputs cleanly).
         progress: wraps the frame iterator (e.g. a tqdm bar): ``progress(frames, total, name)``.
+        smoothing: smooth the keypoints over time with these One-Euro filter options
+            (:mod:`hgkeras.inference.smoothing`); the JSON and the overlay then show the smoothed
+            keypoints, each person carries ``smoothed: true``, its ``track_id`` and the network's
+            own keypoints as ``keypoints_raw``, and the JSON document records the options under
+            ``smoothing``. None: raw keypoints.
+
+    Every frame entry has its ``time`` in seconds from the first frame (the source's timestamps,
+    :meth:`VideoSource.frames`).
 
     Both files are written under temporary names and renamed when complete. Returns their paths.
     """
@@ -241,6 +265,7 @@ def predict_video(
         frames = progress(frames, total, stem)
     entries: list[dict] = []
     count = 0
+    smoother = None if smoothing is None else PoseSmoother(smoothing)
     with ExitStack() as stack:
         stack.callback(opened.close)
         json_tmp = stack.enter_context(atomic_path(json_path))
@@ -248,9 +273,19 @@ def predict_video(
         writer = VideoWriter(video_tmp, opened.fps) if overlay else None
         with open(json_tmp, "w") as lines:
             try:
-                for index, frame in enumerate(frames):
+                for index, (frame, time) in enumerate(frames):
                     people = predictor.predict(frame, **options)
-                    entry = {"frame": index, "people": [p.to_dict() for p in people]}
+                    if smoother is None:
+                        records = [p.to_dict() for p in people]
+                    else:
+                        tracked = smoother(people, time)
+                        records = [
+                            {**smoothed.to_dict(), "smoothed": True, "track_id": track,
+                             "keypoints_raw": raw.to_dict()["keypoints"]}
+                            for (track, smoothed), raw in zip(tracked, people, strict=True)
+                        ]  # fmt: skip
+                        people = [smoothed for _, smoothed in tracked]
+                    entry = {"frame": index, "time": round(time, 6), "people": records}
                     if jsonl:
                         lines.write(json.dumps(entry) + "\n")
                     else:
@@ -274,6 +309,7 @@ def predict_video(
                     "num_frames": count,
                     "flip": predictor.flip,
                     "video_codec": None if writer is None else writer.codec,
+                    "smoothing": None if smoothing is None else smoothing.to_dict(),
                     "frames": entries,
                 }
                 lines.write(json.dumps(record) + "\n")

@@ -14,6 +14,8 @@ IMAGE_SUFFIXES = (
 )  # fmt: skip
 #: File name endings read as videos with OpenCV's VideoCapture.
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+#: ``SmoothingOptions`` fields set by ``--smooth-NAME`` flags.
+SMOOTHING_FLAGS = ("min_cutoff", "beta", "d_cutoff", "min_score")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +91,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--jsonl", action="store_true", help="videos: write NAME.jsonl, one JSON line per frame"
+    )
+    from hgkeras.inference.smoothing import SmoothingOptions
+
+    default = SmoothingOptions()
+    smooth = parser.add_argument_group(
+        "smoothing (videos, cameras, streams)",
+        "a One-Euro filter per keypoint of each person, followed from frame to frame by box "
+        "overlap; the JSON and the overlay show the smoothed keypoints (docs/predict.md)",
+    )
+    smooth.add_argument(
+        "--smooth", action="store_true", help="smooth the keypoints over time (One-Euro filter)"
+    )
+    smooth.add_argument(
+        "--smooth-min-cutoff",
+        type=float,
+        metavar="HZ",
+        help="cutoff frequency of a keypoint at rest: lower = steadier, more lag "
+        f"(default {default.min_cutoff:g})",
+    )
+    smooth.add_argument(
+        "--smooth-beta",
+        type=float,
+        metavar="B",
+        help="cutoff increase in Hz per person crop height per second of speed: higher = less "
+        f"lag on fast motion (default {default.beta:g})",
+    )
+    smooth.add_argument(
+        "--smooth-d-cutoff",
+        type=float,
+        metavar="HZ",
+        help=f"cutoff frequency of the speed estimate (default {default.d_cutoff:g})",
+    )
+    smooth.add_argument(
+        "--smooth-min-score",
+        type=float,
+        metavar="S",
+        help=f"keypoints scoring below S are left unsmoothed (default {default.min_score:g})",
     )
     parser.add_argument("--no-overlay", action="store_true", help="write JSON only")
     parser.add_argument(
@@ -223,6 +262,20 @@ def predict_image(
     return written
 
 
+def smoothing_options(args: argparse.Namespace):
+    """The ``SmoothingOptions`` of ``--smooth`` and its parameter flags, or None."""
+    given = {name: getattr(args, f"smooth_{name}") for name in SMOOTHING_FLAGS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if not args.smooth:
+        if given:
+            flags = ", ".join(f"--smooth-{name.replace('_', '-')}" for name in given)
+            raise ValueError(f"{flags} need(s) --smooth")
+        return None
+    from hgkeras.inference.smoothing import SmoothingOptions
+
+    return SmoothingOptions(**given)
+
+
 def run(args: argparse.Namespace) -> int:
     given = [flag for flag, on in (("--box", args.box), ("--boxes", args.boxes),
                                    ("--detect", args.detect)) if on]  # fmt: skip
@@ -235,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
             box_to_center_scale(box)  # clear error for a bad box before loading the model
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+    smoothing = smoothing_options(args)
     boxes = None
     if args.boxes:
         from hgkeras.inference.boxes import DetectionFile
@@ -295,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
                     predictor, source, out, stem=_unique_stem(source_name(source), used),
                     predict_options={"boxes": args.box, "detect": args.detect},
                     jsonl=args.jsonl, overlay=not args.no_overlay, draw=draw,
-                    max_frames=args.max_frames, progress=progress,
+                    max_frames=args.max_frames, progress=progress, smoothing=smoothing,
                 )  # fmt: skip
     if coco_results is not None:
         from hgkeras.evaluation.coco import write_results
