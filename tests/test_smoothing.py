@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from hgkeras.inference.boxes import box_iou
 from hgkeras.inference.smoothing import (
     OneEuroFilter,
     PoseSmoother,
     SmoothingOptions,
-    box_iou,
     jitter,
     lag,
 )

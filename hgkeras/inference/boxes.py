@@ -28,6 +28,19 @@ MAX_BOX_FACTOR = 10.0
 PERSON_CATEGORY = 1
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes ``a`` (N, 4) and ``b`` (M, 4), (x1, y1, x2, y2): (N, M)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
 def nms(boxes: Any, scores: Any, iou_threshold: float = 0.45) -> np.ndarray:
     """Indices of the boxes (N, 4) x1,y1,x2,y2 kept by non-maximum suppression, best first.
 
