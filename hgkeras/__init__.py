@@ -6,6 +6,10 @@ Importing :mod:`hgkeras` is cheap: the names below are imported on first use (PE
 ``hgkeras --help`` and the scoring of a predictions file never load Keras or TensorFlow. Once Keras
 is imported (by hgkeras or by you), hgkeras' Keras classes are registered, so
 ``import hgkeras; keras.models.load_model("best.keras")`` works.
+
+Under Keras' torch backend with triton installed (it comes with CUDA PyTorch), import hgkeras before
+TensorFlow: triton must be loaded before TensorFlow, and hgkeras sees to it
+(:func:`hgkeras._env.keep_triton_before_tensorflow`).
 """
 
 from __future__ import annotations
@@ -62,4 +66,5 @@ __all__ = sorted(_LAZY) + ["__version__"]
 # Last, once the package is complete: when Keras is already loaded, the registration imports
 # hgkeras' submodules right here.
 _env.quiet_startup()
+_env.keep_triton_before_tensorflow()
 _env.when_imported("keras", _register_keras_classes)

@@ -7,6 +7,8 @@ since Keras reads the variable once, at import.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +19,12 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# triton (installed with CUDA PyTorch, and by the test extra) crashes the process when loaded after
+# TensorFlow, and torch loads it for an optimiser (test_weights.py builds one in this TensorFlow
+# process): load it first, as hgkeras does under the torch backend (tests/test_install_order.py).
+if importlib.util.find_spec("triton") is not None:
+    importlib.import_module("triton")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(__file__).resolve().parent / "data"

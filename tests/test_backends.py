@@ -11,8 +11,11 @@ import pytest
 
 BACKENDS = ["tensorflow", "jax", "torch"]
 
+# hgkeras before TensorFlow: under torch with triton installed, TensorFlow's import loads Keras, and
+# hgkeras has triton loaded first (test_install_order.py).
 SMOKE = """
 import sys
+import hgkeras
 import numpy as np
 import tensorflow as tf
 import keras

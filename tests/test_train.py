@@ -592,10 +592,13 @@ def test_two_jax_processes_train_one_data_parallel_model(sample_records, tmp_pat
 
 
 def test_train_runs_under_torch(sample_records, tmp_path):
-    """train.py under torch, one device (JAX: test_two_jax_processes_train_one_data_parallel_model)."""
+    """train.py under torch, one device (JAX: test_two_jax_processes_train_one_data_parallel_model),
+    then the export of the torch-trained model (re-run under TensorFlow); with triton installed, as
+    CUDA PyTorch brings it."""
     backend = "torch"
     out = tmp_path / backend
-    _run([*TINY, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
+    with_export = [arg for arg in TINY if arg != "--no-export"]
+    _run([*with_export, "--data-dir", str(sample_records), "--out", str(out), "--epochs", "1",
           "--steps-per-epoch", "2"], _env(backend))  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["backend"] == backend and results["optimizer_iterations"] == 2
@@ -604,6 +607,8 @@ def test_train_runs_under_torch(sample_records, tmp_path):
     assert all(np.isfinite(results["history"]["loss"]))
     assert set(results["history"]) >= {"stack_1_loss", "learning_rate", "val_pckh"}
     assert (out / "best.keras").exists() and (out / "last.keras").exists()
+    assert results["export"] == str(out / "export" / "hourglass" / "1")
+    assert (out / "export" / "hourglass" / "1" / "saved_model.pb").is_file()
 
 
 def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):

@@ -13,8 +13,12 @@ from hgkeras.data.tfrecords import write_tfrecords
 
 SAMPLES = "hgkeras/data/samples/mpii"
 
+# The order of a tf.data script, hgkeras first: under torch with triton installed, hgkeras has
+# triton loaded before TensorFlow (test_install_order.py).
 FIT_CODE = """
 import json, sys
+import hgkeras
+import tensorflow as tf
 import numpy as np
 import keras
 from hgkeras.data import pose_dataset
