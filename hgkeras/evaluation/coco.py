@@ -27,6 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from hgkeras.codec import HeatmapCodec, codec_for, codec_of
 from hgkeras.data.coco import PERSON_CATEGORY, coco_box_to_center_scale, load_coco_annotations
 from hgkeras.spec import COCO
 
@@ -223,13 +224,14 @@ def predict_people(
     *,
     flip: bool = True,
     batch_size: int = 16,
+    codec: HeatmapCodec | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints (N, 17, 2) in image pixels and confidences (N, 17) for every box of ``boxes``.
 
     Each box is cropped as top-down COCO methods do (aspect ratio of the model input, 1.25 padding),
-    run with the flip test and decoded through the inverse crop transform.
+    run with the flip test and decoded by ``codec`` (default the model's own) through the inverse
+    crop transform.
     """
-    from hgkeras.codec import predict_keypoints
     from hgkeras.crop import crop_numpy
     from hgkeras.evaluation.evaluate import read_image_rgb
 
@@ -237,6 +239,7 @@ def predict_people(
     joints = int(model.outputs[-1].shape[-1])
     if joints != COCO.num_joints:
         raise ValueError(f"the model predicts {joints} joints; COCO evaluation needs 17")
+    codec = codec if codec is not None else codec_of(model)
     files = {image["id"]: image["file_name"] for image in data["images"]}
     images_dir = Path(images_dir)
     order = sorted(range(len(boxes)), key=lambda k: str(boxes[k]["image_id"]))
@@ -255,9 +258,9 @@ def predict_people(
             crops.append(crop.astype(np.float32) / 255.0)
             centers.append(center)
             scales.append(scale)
-        predicted = predict_keypoints(
+        predicted = codec.predict_keypoints(
             model, np.stack(crops), np.stack(centers), np.array(scales), COCO.flip_permutation,
-            flip, batch_size,
+            flip, batch_size, compiled=True,
         )  # fmt: skip
         keypoints[chunk], scores[chunk] = predicted["keypoints"], predicted["scores"]
     return keypoints, scores
@@ -373,10 +376,12 @@ def evaluate_model(
     batch_size: int = 16,
     nms: bool | None = None,
     nms_threshold: float = OKS_NMS_THRESHOLD,
+    decoder: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Run ``model`` on ground-truth boxes (or ``detections``) and score it; (metrics, results).
 
     ``nms`` (default: on with detections) applies :func:`oks_nms`. Results carry ``box``.
+    ``decoder`` decodes the heatmaps (default: the model's codec, :func:`hgkeras.codec.codec_for`).
     """
     data = load_coco_annotations(annotations)
     boxes = person_boxes(data, load_detections(detections) if detections else None)
@@ -385,8 +390,9 @@ def evaluate_model(
             f"{detections or annotations}: no person boxes on the images of {annotations}"
         )
     keypoints, scores = predict_people(
-        model, data, images_dir, boxes, flip=flip, batch_size=batch_size
-    )
+        model, data, images_dir, boxes, flip=flip, batch_size=batch_size,
+        codec=codec_for(model, decoder),
+    )  # fmt: skip
     results = results_from_predictions(
         [b["image_id"] for b in boxes], keypoints, scores, [b["score"] for b in boxes],
         [b["bbox"] for b in boxes],
@@ -449,13 +455,14 @@ class OKSAPCallback(keras.callbacks.Callback):
 
     ``dataset`` is the evaluation dict of ``pose_dataset(..., training=False)`` over COCO records
     (``normalizer`` = the annotation area, ``image_id``). People are cropped on their ground-truth
-    boxes and scored with the usual rescoring (mean confidence above 0.2). List it before
+    boxes and scored with the usual rescoring (mean confidence above 0.2). ``decoder`` decodes the
+    heatmaps (default: the model's codec). List it before
     ``ModelCheckpoint(monitor="val_ap", mode="max")``.
     """
 
     def __init__(
         self, dataset, every_n_epochs: int = 1, flip: bool = True, prefix: str = "val_ap",
-        verbose: int = 0,
+        verbose: int = 0, decoder: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if int(every_n_epochs) < 1:
@@ -465,6 +472,7 @@ class OKSAPCallback(keras.callbacks.Callback):
         self.flip = bool(flip)
         self.prefix = prefix
         self.verbose = int(verbose)
+        self.decoder = decoder
         self.last_result: dict | None = None
 
     def evaluate(self) -> dict:
@@ -472,7 +480,8 @@ class OKSAPCallback(keras.callbacks.Callback):
         from hgkeras.evaluation.evaluate import predict_eval_dataset
 
         network = getattr(self.model, "hourglass", self.model)
-        out = predict_eval_dataset(network, self.dataset, flip=self.flip)
+        codec = codec_for(network, self.decoder)
+        out = predict_eval_dataset(network, self.dataset, self.flip, COCO, codec)
         if out["pred"].shape[1] != COCO.num_joints or "image_id" not in out:
             raise ValueError("OKSAPCallback needs a 17-joint model and COCO records with image_id")
         truth = ground_truth_from_arrays(

@@ -24,7 +24,8 @@ class PCKhCallback(keras.callbacks.Callback):
     ``PoseTrainer`` shares its hourglass). Every ``every_n_epochs`` epochs the callback predicts
     ``dataset`` (the evaluation dict of ``pose_dataset(..., training=False)``: model-input crops,
     ``center``, ``scale``, original-pixel ``joints``, ``visible``, ``normalizer``), optionally with the
-    flip test, decodes to original image pixels and adds to ``logs``:
+    flip test, decodes to original image pixels (with ``decoder``, default the codec the model is
+    trained with: :func:`hgkeras.codec.codec_for`) and adds to ``logs``:
 
     * MPII (16 joints): ``val_pckh`` = PCKh@0.5 ``Total`` (official) or ``Mean`` (``protocol="hrnet"``),
       ``val_pckh_head``, ``val_pckh_shoulder``, ... ``val_pckh_ankle``.
@@ -44,6 +45,7 @@ class PCKhCallback(keras.callbacks.Callback):
         protocol: str = "official",
         prefix: str = "val_pckh",
         verbose: int = 0,
+        decoder: str | None = None,
     ) -> None:
         super().__init__()
         if int(every_n_epochs) < 1:
@@ -56,16 +58,20 @@ class PCKhCallback(keras.callbacks.Callback):
         self.protocol = protocol
         self.prefix = prefix
         self.verbose = int(verbose)
+        self.decoder = decoder
         self.last_result: dict[str, object] | None = None
 
     def evaluate(self) -> dict[str, object]:
         """Predict and score the dataset now; returns the full metrics dict."""
+        from hgkeras.codec import codec_for
         from hgkeras.evaluation.evaluate import predict_eval_dataset, score_for_pose
         from hgkeras.spec import pose_of
 
         network = getattr(self.model, "hourglass", self.model)
-        out = predict_eval_dataset(network, self.dataset, flip=self.flip)
-        return score_for_pose(out, pose_of(network), protocol=self.protocol)
+        pose = pose_of(network)
+        codec = codec_for(network, self.decoder)
+        out = predict_eval_dataset(network, self.dataset, self.flip, pose, codec)
+        return score_for_pose(out, pose, protocol=self.protocol)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_n_epochs != 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hgkeras.codec import DECODERS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -38,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True,
         help="flip test: average with the mirrored image's heatmaps (default on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decoder", choices=DECODERS,
+        help="heatmap decoder (--model): paper (argmax + quarter pixel), dark (Taylor step on the "
+        "blurred log-heatmap) or udp (for udp-trained models); default: the model's own codec",
     )  # fmt: skip
     parser.add_argument(
         "--protocol", choices=("official", "hrnet"), default="official",
@@ -92,7 +99,7 @@ def _run_coco(args: argparse.Namespace) -> int:
             raise ValueError("--images DIR is needed to run --model on a COCO annotation file")
         metrics, results = coco.evaluate_model(
             load_model(args.model, fold_batch_norms=True), args.data, args.images, args.detections, flip=args.flip,
-            batch_size=args.batch_size, nms=args.oks_nms,
+            batch_size=args.batch_size, nms=args.oks_nms, decoder=args.decoder,
         )  # fmt: skip
         if args.write_predictions:
             coco.write_results(args.write_predictions, [
@@ -133,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.model) == bool(args.predictions):
         raise ValueError("give exactly one of --model or --predictions")
+    if args.decoder and not args.model:
+        raise ValueError("--decoder applies to --model (a predictions file is already decoded)")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if _is_coco_file(args.data):
@@ -157,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         flip=args.flip,
         batch_size=args.batch_size,
+        decoder=args.decoder,
     )
     pred, pose = out["pred"], out["pose"]
 
@@ -180,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = score_for_pose(dict(out, visible=visible), pose, protocol=args.protocol)
     title, table = format_result(result, pose)
-    print(f"{title}, {pred.shape[0]} people, {int(visible.sum())} annotated joints")
+    decoded = "" if out["codec"] is None else f", {out['codec'].decoder} decoder"
+    print(f"{title}, {pred.shape[0]} people, {int(visible.sum())} annotated joints{decoded}")
     print(table)
     if "AUC" in result:
         print(f"AUC (PCKh 0..0.5): {result['AUC']:.1f}")
@@ -191,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "predictions": args.predictions,
             "flip": bool(args.flip) if args.model else None,
+            "codec": None if out["codec"] is None else out["codec"].to_config(),
             "num_people": int(pred.shape[0]),
             "num_joints_scored": int(visible.sum()),
             "summary": summary_key(result),
