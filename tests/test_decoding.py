@@ -65,6 +65,14 @@ reference = (plain + mirrored[:, :, ::-1, :][..., MPII.flip_permutation]) / 2
 np.testing.assert_allclose(ops.convert_to_numpy(codec.heatmap_function(model, MPII.flip_permutation)(images)),
                            reference,
                            rtol=1e-5, atol=1e-6)
+
+# 4. DARK and UDP recover Gaussians' sub-pixel centres: their blur, log and Taylor step run here too.
+from hgkeras.codec import render_heatmaps
+centres = np.array([[[20.3, 31.7], [40.8, 12.2]]], "float32")
+maps = render_heatmaps(centres, np.ones((1, 2)), 64, 1.5)
+for name in ("dark", "udp"):
+    coords, _ = HeatmapCodec(name, 1.5).locate(maps)
+    np.testing.assert_allclose(ops.convert_to_numpy(coords), centres, atol=0.01)
 print("DECODE_OK")
 """
 

@@ -422,11 +422,13 @@ def head_agreement(
 
 
 def _heatmap_distances(
-    heatmaps: np.ndarray, reference: np.ndarray, codec: HeatmapCodec
+    heatmaps: np.ndarray, reference: np.ndarray, codec: HeatmapCodec | None
 ) -> np.ndarray:
-    """(N, J) distances in heatmap pixels between the keypoints ``codec`` decodes from two batches."""
+    """(N, J) distances in heatmap pixels between the keypoints ``codec`` (default the paper's)
+    decodes from two batches."""
     from keras import ops
 
+    codec = codec if codec is not None else HeatmapCodec()
     got = ops.convert_to_numpy(codec.locate(heatmaps)[0])
     want = ops.convert_to_numpy(codec.locate(reference)[0])
     return np.linalg.norm(got - want, axis=-1)
