@@ -220,9 +220,12 @@ class HeatmapCodec:
         return (heatmaps[:count] + flip_heatmaps(heatmaps[count:], flip_permutation)) / 2.0
 
     def heatmap_function(
-        self, network, flip_permutation: Sequence[int] | None, flip: bool = True,
+        self,
+        network,
+        flip_permutation: Sequence[int] | None,
+        flip: bool = True,
         compiled: bool = False,
-    ) -> Callable:  # fmt: skip
+    ) -> Callable:
         """``images (N, H, W, 3) -> final heatmaps`` of ``network``, with the flip test if ``flip``.
 
         ``network`` is a Keras model (run in inference mode) or any callable from images to
