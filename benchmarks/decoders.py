@@ -232,13 +232,16 @@ def _scales(data: str, out: dict, split: str | None) -> np.ndarray:
 
 def model_table(entries: list[dict]) -> str:
     lines = [
-        "| model | decoder | mean error (image px) | mean error (heatmap px) | PCK@0.05 | PCK@0.1 |",
+        "| model (trained with) | decoder | mean error (image px) | mean error (heatmap px) "
+        "| PCK@0.05 | PCK@0.1 |",
         "|---|---|---|---|---|---|",
     ]
     for entry in entries:
+        path = Path(entry["model"])
+        name = f"{path.parent.name}/{path.name} ({entry['codec_trained']['decoder']})"
         for decoder, r in entry["decoders"].items():
             lines.append(
-                f"| {Path(entry['model']).name} | {decoder} | {r['mean_error_image_px']:.2f} | "
+                f"| {name} | {decoder} | {r['mean_error_image_px']:.2f} | "
                 f"{r['mean_error_heatmap_px']:.3f} | {r['pck@0.05']:.1f} | {r['pck@0.1']:.1f} |"
             )
     return "\n".join(lines)
