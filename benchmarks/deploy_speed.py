@@ -86,11 +86,14 @@ def image_keypoints(heatmaps: np.ndarray, truth: dict) -> np.ndarray:
     """Keypoints (N, J, 2) in original image pixels of the people's heatmaps (no flip test)."""
     from keras import ops
 
-    from hgkeras.codec import decode_to_image
+    from hgkeras.codec import HeatmapCodec
 
     count = len(truth["centers"])
     centers = truth["centers"].astype(np.float32)
-    keypoints, _ = decode_to_image(heatmaps[:count], centers, truth["scales"].astype(np.float32))
+    size = truth["people"].crops.shape[1:3]
+    keypoints, _ = HeatmapCodec().decode_to_image(
+        heatmaps[:count], centers, truth["scales"].astype(np.float32), size
+    )
     return ops.convert_to_numpy(keypoints)
 
 
@@ -171,7 +174,7 @@ def measure(name: str, model, out_root: Path, args, truth=None) -> dict:
     # random-weight models are for speed only: their activations grow through the stacks far beyond a
     # trained model's [0, 1] heatmaps, so the absolute 1e-4 export check is for trained models
     result = export_model(
-        keras_path, out_root / "models", name, 1, formats=FORMATS, models_config=False,
+        keras_path, out_root / "models", name=name, formats=FORMATS, models_config=False,
         verify=truth is not None, log=print,
     )  # fmt: skip
     export_seconds = time.perf_counter() - start

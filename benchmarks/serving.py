@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hgkeras-bench-") as tmp:
         start = time.perf_counter()
         exported = export_model(
-            model, tmp, "hourglass", 1, onnx=True, verify=False, models_config=False
+            model, tmp, formats="saved_model,onnx", verify=False, models_config=False
         )
         export_seconds = time.perf_counter() - start
         saved = tf.saved_model.load(str(exported.version_dir)).signatures[SERVING_DEFAULT]

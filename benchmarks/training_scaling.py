@@ -13,9 +13,10 @@ cores, so two replicas cannot be faster). It measures:
   TensorFlow, JAX and PyTorch (one thread each, the policies interleaved; ``--only precision``
   re-measures just this part): the fused BatchNorm/convolution paths must keep reduced precision
   faster than float32;
-* validation images/s with the flip test: the previous path (two eager forward passes per batch,
-  ``hgkeras.codec.heatmaps_with_flip``) against the compiled one-batch predictor that the PCKh
-  callback and ``hgkeras evaluate`` use now (``hgkeras.evaluation.evaluate.flip_test_predictor``).
+* validation images/s with the flip test (``hgkeras.codec.HeatmapCodec.heatmap_function``): the
+  eager call that ``PosePredictor`` makes against the compiled one-batch predictor that the PCKh
+  callback and ``hgkeras evaluate`` use (``compiled=True``). (The committed figures' eager rows
+  were measured with the earlier eager path, two forward passes per batch.)
 
 Usage::
 
@@ -90,8 +91,7 @@ def _validation_rates(args) -> list[dict]:
     import keras
     import numpy as np
 
-    from hgkeras.codec import heatmaps_with_flip
-    from hgkeras.evaluation.evaluate import flip_test_predictor
+    from hgkeras.codec import codec_of
     from hgkeras.spec import pose_of
 
     network = _network(args)
@@ -100,10 +100,12 @@ def _validation_rates(args) -> list[dict]:
     for batch in args.val_batches:
         images = np.random.default_rng(1).random((batch, args.input_size, args.input_size, 3))
         images = images.astype("float32")
-        predictor = flip_test_predictor(network, perm, flip=True)
+        codec = codec_of(network)
+        predictor = codec.heatmap_function(network, perm, flip=True, compiled=True)
+        eager = codec.heatmap_function(network, perm, flip=True)
         ways = {
-            "eager, two passes (before)": lambda x=images: keras.ops.convert_to_numpy(
-                heatmaps_with_flip(network, x, perm)
+            "eager, one batch (predictor)": lambda x=images, e=eager: keras.ops.convert_to_numpy(
+                e(x)
             ),
             "compiled, one batch (now)": lambda x=images, p=predictor: np.asarray(p(x)),
         }

@@ -58,7 +58,9 @@ def small_model(seed: int = 0, features: int = 32, depth: int = 2) -> StackedHou
 def exported(root: str) -> tuple[StackedHourglass, Path]:
     """The small model and its export (flip test baked in, with ONNX) under ``root`` (once per run)."""
     model = small_model()
-    result = export_model(model, Path(root) / "models", NAME, 1, flip=True, onnx=True, verify=False)
+    result = export_model(
+        model, Path(root) / "models", name=NAME, flip=True, formats="saved_model,onnx", verify=False
+    )
     return model, result.version_dir
 
 

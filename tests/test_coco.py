@@ -110,7 +110,7 @@ def test_crop_box_is_the_aspect_corrected_bbox_padded_by_1_25(shape):
 
 def test_non_square_heatmaps_decode_back_to_image_pixels():
     """256x192 input, 64x48 heatmaps: targets at known points decode to the same image points."""
-    from hgkeras.codec import decode_to_image, render_heatmaps
+    from hgkeras.codec import HeatmapCodec, render_heatmaps
 
     center, scale = coco_box_to_center_scale([200.0, 80.0, 120.0, 260.0], 192 / 256)
     rng = np.random.default_rng(0)
@@ -119,7 +119,9 @@ def test_non_square_heatmaps_decode_back_to_image_pixels():
     joints = geometry.apply_matrix(to_image, on_grid)
     heatmaps = render_heatmaps(on_grid[None], np.ones((1, 17)), (64, 48), sigma=2.0)
     assert tuple(heatmaps.shape) == (1, 64, 48, 17)
-    decoded, scores = decode_to_image(heatmaps, center[None], np.array([scale]))
+    decoded, scores = HeatmapCodec().decode_to_image(
+        heatmaps, center[None], np.array([scale]), (256, 192)
+    )
     np.testing.assert_allclose(np.asarray(decoded)[0], joints, atol=1e-3)
     np.testing.assert_allclose(np.asarray(scores), 1.0, atol=1e-6)
 

@@ -18,8 +18,9 @@ from keras import ops
 
 from hgkeras import MPII
 from hgkeras.evaluation.evaluate import from_matlab, to_matlab
-from hgkeras.codec import decode_heatmaps
-from hgkeras.codec import decode_to_image, final_heatmaps, heatmaps_with_flip
+from hgkeras.codec import HeatmapCodec, final_heatmaps
+
+codec = HeatmapCodec()  # the paper's decoder
 
 # 1. argmax + quarter pixel towards the higher neighbour, confidence = peak value (batched N=2, J=2).
 maps = np.zeros((2, 8, 8, 2), "float32")
@@ -35,7 +36,7 @@ maps[1, 2, 5, 0] = 0.3      # equal neighbours: no shift
 maps[1, 2, 4, 0] = maps[1, 2, 6, 0] = 0.1
 maps[1, 1, 1, 1] = 0.4      # left/upper neighbours higher -> (0.75, 0.75)
 maps[1, 1, 0, 1] = maps[1, 0, 1, 1] = 0.2
-coords, scores = decode_heatmaps(maps)
+coords, scores = codec.locate(maps)
 np.testing.assert_allclose(ops.convert_to_numpy(coords),
                            [[[3.25, 3.75], [0.0, 7.0]], [[5.0, 2.0], [0.75, 0.75]]], atol=1e-6)
 np.testing.assert_allclose(ops.convert_to_numpy(scores), [[1.0, 0.9], [0.3, 0.4]], atol=1e-6)
@@ -48,7 +49,7 @@ center1 = np.array([[966.0, 410.7773184]])
 scale = np.array([5.89810987])
 peak = np.zeros((1, 64, 64, 1), "float32")
 peak[0, 32, 32, 0] = 1.0
-image_points, _ = decode_to_image(peak, from_matlab(center1), scale)
+image_points, _ = codec.decode_to_image(peak, from_matlab(center1), scale, (256, 256))
 expected = center1[0] + 1.5625 * scale[0]
 np.testing.assert_allclose(to_matlab(ops.convert_to_numpy(image_points))[0, 0], expected, atol=1e-3)
 
@@ -61,9 +62,17 @@ images = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
 plain = ops.convert_to_numpy(final_heatmaps(model(images)))
 mirrored = ops.convert_to_numpy(final_heatmaps(model(images[:, :, ::-1].copy())))
 reference = (plain + mirrored[:, :, ::-1, :][..., MPII.flip_permutation]) / 2
-np.testing.assert_allclose(ops.convert_to_numpy(heatmaps_with_flip(model, images, MPII.flip_permutation)),
+np.testing.assert_allclose(ops.convert_to_numpy(codec.heatmap_function(model, MPII.flip_permutation)(images)),
                            reference,
                            rtol=1e-5, atol=1e-6)
+
+# 4. DARK and UDP recover Gaussians' sub-pixel centres: their blur, log and Taylor step run here too.
+from hgkeras.codec import render_heatmaps
+centres = np.array([[[20.3, 31.7], [40.8, 12.2]]], "float32")
+maps = render_heatmaps(centres, np.ones((1, 2)), 64, 1.5)
+for name in ("dark", "udp"):
+    coords, _ = HeatmapCodec(name, 1.5).locate(maps)
+    np.testing.assert_allclose(ops.convert_to_numpy(coords), centres, atol=0.01)
 print("DECODE_OK")
 """
 
@@ -75,7 +84,7 @@ def test_decoding_conventions_tensorflow():
 def test_matlab_round_trip_on_real_mpii_annotations(real_data):
     """1-based annot joints -> 0-based -> heatmap -> rendered -> decoded -> 1-based lands within a heatmap px."""
     from hgkeras import geometry
-    from hgkeras.codec import decode_to_image, render_heatmaps
+    from hgkeras.codec import HeatmapCodec, render_heatmaps
     from hgkeras.evaluation.evaluate import from_matlab, to_matlab
 
     with h5py.File(real_data / "mpii" / "valid.h5", "r") as f:
@@ -85,7 +94,7 @@ def test_matlab_round_trip_on_real_mpii_annotations(real_data):
     centers0 = from_matlab(center)
     hm = ops.convert_to_numpy(geometry.image_to_heatmap(joints0, centers0, scale, 64))
     maps = render_heatmaps(hm, visible, 64)
-    decoded, _ = decode_to_image(maps, centers0, scale)
+    decoded, _ = HeatmapCodec().decode_to_image(maps, centers0, scale, (256, 256))
     decoded1 = to_matlab(ops.convert_to_numpy(decoded))
     inside = visible & (hm >= 0).all(-1) & (hm <= 63).all(-1)
     pixel = 200 * scale[:, None] / 64  # one heatmap pixel in image pixels

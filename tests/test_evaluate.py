@@ -121,17 +121,39 @@ def _tiny_model(path):
     StackedHourglass(num_stacks=1, num_features=16, image_shape=(64, 64, 3)).save(path)
 
 
-def test_model_on_annotation_file_with_images(real_data, repo_root, tmp_path, capsys):
+def test_model_on_annotation_file_with_images(real_data, repo_root, tmp_path, capsys, monkeypatch):
+    import hgkeras.codec
+    import hgkeras.evaluation.evaluate
+    import hgkeras.models.loading
+
     model = tmp_path / "m.keras"
     _tiny_model(model)
     samples = repo_root / "hgkeras" / "data" / "samples" / "mpii" / "samples.json"
     out = tmp_path / "r.json"
+    calls = {"load_model": 0, "pose_of": 0, "codec_of": 0}
+
+    def counting(name, original):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return counted
+
+    for module, name in (
+        (hgkeras.models.loading, "load_model"),
+        (hgkeras.evaluation.evaluate, "pose_of"),
+        (hgkeras.codec, "codec_of"),
+    ):
+        monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
     argv = ["evaluate", "--model", str(model), "--data", str(samples),
             "--images", str(real_data / "mpii" / "images"), "--out", str(out),
-            "--write-predictions", str(tmp_path / "p.h5"), "--protocol", "hrnet"]  # fmt: skip
+            "--write-predictions", str(tmp_path / "p.h5"), "--protocol", "hrnet",
+            "--decoder", "dark"]  # fmt: skip
     assert main(argv) == 0
+    assert calls == {"load_model": 1, "pose_of": 1, "codec_of": 1}  # the model once, looked up once
     result = json.loads(out.read_text())
     assert result["num_people"] == 5 and 0.0 <= result["results"]["Mean"] <= 100.0
+    assert result["codec"] == {"decoder": "dark", "sigma": 1.0}
     assert read_predictions(tmp_path / "p.h5").shape == (5, 16, 2)
     assert "Mean" in capsys.readouterr().out
 

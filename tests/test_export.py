@@ -13,7 +13,7 @@ from keras import ops
 from serving_loopback import NAME, exported
 
 from hgkeras import MPII, geometry
-from hgkeras.codec import decode_to_image, decode_to_input, final_heatmaps, heatmaps_with_flip
+from hgkeras.codec import HeatmapCodec, final_heatmaps
 from hgkeras.crop import crop_numpy, crop_tf
 from hgkeras.deploy.export import (
     PREDICT_IMAGE,
@@ -47,9 +47,12 @@ def loaded(export):
     return tf.saved_model.load(str(export[1]))
 
 
+CODEC = HeatmapCodec()  # the paper's, the small model's own
+
+
 def keras_reference(model, images):
-    heatmaps = heatmaps_with_flip(model, images, MPII.flip_permutation, flip=True)
-    keypoints, scores = decode_to_input(heatmaps, (64, 64))
+    heatmaps = CODEC.heatmap_function(model, MPII.flip_permutation, flip=True)(images)
+    keypoints, scores = CODEC.decode(heatmaps, (64, 64))
     return [ops.convert_to_numpy(t) for t in (heatmaps, keypoints, scores)]
 
 
@@ -93,7 +96,7 @@ def test_saved_model_matches_keras_float_and_uint8(export, loaded):
         np.testing.assert_array_equal(got["keypoints"].numpy(), want[1])
         np.testing.assert_allclose(got["scores"].numpy(), want[2], atol=1e-5)
     # the flip test is baked in: it differs from the plain prediction
-    plain = ops.convert_to_numpy(heatmaps_with_flip(model, floats, None, flip=False))
+    plain = ops.convert_to_numpy(CODEC.heatmap_function(model, None, flip=False)(floats))
     assert np.abs(plain - want[0]).max() > 1e-4
 
 
@@ -155,8 +158,8 @@ def test_predict_image_crops_like_cv2_and_returns_original_pixels(export, loaded
     tf_crop = crop_tf(
         tf.cast(tf.constant(decoded), tf.float32) / 255, center, scale, (size, size)
     ).numpy()
-    heatmaps = heatmaps_with_flip(model, tf_crop[None], MPII.flip_permutation, flip=True)
-    keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
+    heatmaps = CODEC.heatmap_function(model, MPII.flip_permutation, flip=True)(tf_crop[None])
+    keypoints, scores = CODEC.decode_to_image(heatmaps, center[None], scale[None], (size, size))
     np.testing.assert_allclose(
         out["keypoints"].numpy(), ops.convert_to_numpy(keypoints)[0], atol=1e-3
     )
@@ -169,11 +172,11 @@ def test_predict_image_crops_like_cv2_and_returns_original_pixels(export, loaded
 def test_export_refuses_to_overwrite_and_validates_arguments(export, tmp_path):
     model, version_dir = export
     with pytest.raises(FileExistsError, match="--force"):
-        export_model(model, version_dir.parents[1], NAME, 1)
+        export_model(model, version_dir.parents[1], name=NAME)
     with pytest.raises(ValueError, match="version"):
-        export_model(model, tmp_path, NAME, 0)
+        export_model(model, tmp_path, name=NAME, version=0)
     with pytest.raises(ValueError, match="name"):
-        export_model(model, tmp_path, "../x", 1)
+        export_model(model, tmp_path, name="../x")
     with pytest.raises(ValueError, match="no exported model"):
         write_models_config(tmp_path)
 
@@ -257,8 +260,8 @@ def test_models_config_round_trip_keeps_models_versions_and_labels(export, tmp_p
 }
 """
     )
-    export_model(model, out, "pose", 2, verify=False, warmup=False)
-    export_model(model, out, "fresh", 1, verify=False, warmup=False)
+    export_model(model, out, name="pose", version=2, verify=False, warmup=False)
+    export_model(model, out, name="fresh", verify=False, warmup=False)
     config = read_models_config(out / "models.config")
     entries = {c.name: c for c in config.model_config_list.config}
     assert set(entries) == {"pose", "elsewhere", "fresh"}
@@ -312,7 +315,7 @@ def test_export_removes_the_temporary_folder_of_a_killed_export(export, tmp_path
     (leftover / "saved_model.pb").write_bytes(b"half")
     assert io.is_temporary(leftover.name)
     lines: list[str] = []
-    export_model(model, tmp_path, NAME, 2, verify=False, warmup=False, models_config=False,
-                 log=lines.append)  # fmt: skip
+    export_model(model, tmp_path, name=NAME, version=2, verify=False, warmup=False,
+                 models_config=False, log=lines.append)  # fmt: skip
     assert sorted(p.name for p in (tmp_path / NAME).iterdir()) == ["2"]
     assert any("interrupted export" in line for line in lines)

@@ -7,7 +7,9 @@ import pytest
 from keras import ops
 
 from hgkeras import MPII
-from hgkeras.codec import decode_heatmaps, flip_heatmaps, render_heatmaps
+from hgkeras.codec import HeatmapCodec, flip_heatmaps, render_heatmaps
+
+decode_heatmaps = HeatmapCodec().locate  # the paper's decoder
 
 
 def test_render_gaussian_peak_sigma_and_zeroed_joints():

@@ -247,11 +247,10 @@ def test_evaluate_refuses_a_truncated_image(predictor, repo_root, real_data, tmp
 def test_exported_pixel_limit_is_an_option(predictor, tmp_path):
     import tensorflow as tf
 
-    from hgkeras.deploy.export import PREDICT_IMAGE, export_argv, export_model
+    from hgkeras.deploy.export import PREDICT_IMAGE, ExportOptions, export_model
 
-    result = export_model(
-        predictor.model, tmp_path, "tiny", max_pixels=2000, verify=False, models_config=False
-    )
+    options = ExportOptions(name="tiny", max_pixels=2000, verify=False, models_config=False)
+    result = export_model(predictor.model, tmp_path, options)
     predict_image = tf.saved_model.load(str(result.version_dir)).signatures[PREDICT_IMAGE]
     for size, ok in ((40, True), (50, False)):  # 1600 and 2500 pixels
         request = dict(
@@ -263,4 +262,5 @@ def test_exported_pixel_limit_is_an_option(predictor, tmp_path):
         else:
             with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 2000"):
                 predict_image(**request)
-    assert "--max-pixels" in export_argv("m.keras", tmp_path, "tiny", 1, max_pixels=2000)
+    # the options travel to a TensorFlow subprocess as JSON (exports under jax and torch)
+    assert ExportOptions.from_json(options.to_json()) == options

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hgkeras import geometry
+from hgkeras.codec import DECODERS
 
 pytestmark = pytest.mark.slow
 
@@ -72,9 +73,7 @@ def predictions(trained, tmp_path_factory):
     predictor = PosePredictor(path, flip=False)
     keypoints = []
     for p in people:
-        half = geometry.PIXELS_PER_SCALE * p.scale / 2.0 / 1.25
-        box = (p.center[0] - half, p.center[1] - half, p.center[0] + half, p.center[1] + half)
-        (person,) = predictor.predict(samples / "images" / p.image, boxes=[box])
+        (person,) = predictor.predict(samples / "images" / p.image, boxes=[_box(p)])
         np.testing.assert_allclose(person.center, p.center, atol=1e-4)
         keypoints.append(person.keypoints)
     results["predictor"] = np.stack(keypoints)
@@ -108,9 +107,7 @@ def predictions(trained, tmp_path_factory):
     onnx_predictor = PosePredictor(version / "model.onnx", flip=False)
     onnx_keypoints = []
     for p in people:
-        half = geometry.PIXELS_PER_SCALE * p.scale / 2.0 / 1.25
-        box = (p.center[0] - half, p.center[1] - half, p.center[0] + half, p.center[1] + half)
-        (person,) = onnx_predictor.predict(samples / "images" / p.image, boxes=[box])
+        (person,) = onnx_predictor.predict(samples / "images" / p.image, boxes=[_box(p)])
         onnx_keypoints.append(person.keypoints)
     results["onnx"] = np.stack(onnx_keypoints)
 
@@ -187,3 +184,96 @@ def test_pckh_tables_agree_within_one_joint(predictions):
         for k in ("evaluate_tfrecords", "evaluate_images")
     ]
     assert np.nanmax(np.abs(tables[0] - tables[1])) <= 100 / 5 + 1e-6, tables
+
+
+# ---------------------------------------------------------------------------------- per decoder
+
+
+@pytest.fixture(scope="module")
+def onnx_network(trained, tmp_path_factory):
+    """The trained network as ONNX (the bare network: the same file serves every decoder)."""
+    from hgkeras.deploy.formats import write_onnx
+    from hgkeras.inference.runtimes import heatmap_model
+    from hgkeras.models.loading import load_model
+
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return write_onnx(heatmap_model(load_model(trained[0], fold_batch_norms=True)), path)
+
+
+@pytest.mark.parametrize("decoder", [d for d in DECODERS if d != "paper"])  # paper: above
+def test_every_entry_point_decodes_with_the_codec(trained, onnx_network, tmp_path, decoder):
+    """Per decoder: evaluate (TFRecords, --decoder), PosePredictor (Keras and ONNX with the codec of
+    its pose.json) and the SavedModel's traced serving_default agree with the Python codec. (The udp
+    model is the trained one relabelled: agreement does not need a udp-trained network.) The
+    paper's decoder goes through every entry point in the tests above."""
+    import shutil
+
+    import tensorflow as tf
+
+    from hgkeras import MPII, PosePredictor
+    from hgkeras.codec import HeatmapCodec
+    from hgkeras.deploy.export import SERVING_DEFAULT, build_serving_functions
+    from hgkeras.evaluation.evaluate import read_predictions
+    from hgkeras.inference.runtimes import POSE_SPEC, pose_spec
+    from hgkeras.models.loading import load_model
+
+    path, records, samples = trained
+    people = _people(samples)
+    codec = HeatmapCodec(decoder)
+    options = ["--decoder", decoder]
+    if decoder == "udp":  # a model that records the udp codec decodes with it by default
+        network = load_model(path)
+        network.codec = codec
+        path = tmp_path / "udp.keras"
+        network.save(path)
+        options = []
+    # evaluate on TFRecords (crops of the tf.data pipeline), decoding on the host
+    _cli("evaluate", "--data", str(records), "--split", "valid", "--model", str(path),
+         "--no-flip", *options, "--write-predictions", str(tmp_path / "eval.h5"))  # fmt: skip
+    reference = read_predictions(tmp_path / "eval.h5")
+    # PosePredictor (OpenCV crops) on the Keras model and on ONNX with this codec in its pose.json
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    shutil.copy(onnx_network, folder / "model.onnx")
+    (folder / POSE_SPEC).write_text(json.dumps(pose_spec(MPII, (SIZE, SIZE), codec)))
+    predictors = {
+        "predictor": PosePredictor(path, flip=False, decoder=None if options == [] else decoder),
+        "onnx": PosePredictor(folder / "model.onnx", flip=False),
+    }
+    assert all(p.codec == codec for p in predictors.values())
+    boxes = [_box(p) for p in people]
+    results = {
+        name: np.stack([
+            predictor.predict(samples / "images" / p.image, boxes=[box])[0].keypoints
+            for p, box in zip(people, boxes, strict=True)
+        ])
+        for name, predictor in predictors.items()
+    }  # fmt: skip
+    # the SavedModel's serving_default (traced as exported): in-graph decoding = the host codec's
+    # (decode_to_image, predict_image's last step, in tests/test_codec.py)
+    crops = np.stack([predictors["predictor"].predict(samples / "images" / p.image,
+                                                      boxes=[box], return_heatmaps=True)[0].crop
+                      for p, box in zip(people, boxes, strict=True)])  # fmt: skip
+    served = build_serving_functions(load_model(path, fold_batch_norms=True), codec)[
+        SERVING_DEFAULT
+    ](tf.constant(crops))
+    host, _ = codec.decode(served["heatmaps"], (SIZE, SIZE))
+    np.testing.assert_allclose(served["keypoints"].numpy(), np.asarray(host), atol=1e-3)
+    report = {name: _agreement(k, reference, people) for name, k in results.items()}
+    for name in ("predictor", "onnx"):  # as evaluate (on tf.data crops): within the crops' noise
+        share, worst = report[name]
+        assert share >= WITHIN_1PX and worst <= MAX_HEAD_SIZES, (decoder, name, report)
+    # the same crops and network (Keras / ONNX Runtime): the same keypoints
+    assert _heatmap_pixels(results["onnx"] - results["predictor"], people) <= 0.01
+
+
+def _heatmap_pixels(difference: np.ndarray, people) -> float:
+    """The largest of keypoint differences (N, J, 2) in image pixels, in heatmap pixels."""
+    pixel = np.array([geometry.PIXELS_PER_SCALE * p.scale / (SIZE // 4) for p in people])
+    return float(np.max(np.abs(difference) / pixel[:, None, None]))
+
+
+def _box(p) -> tuple[float, float, float, float]:
+    """The user box that pads (x 1.25) into the record's crop box."""
+    half = geometry.PIXELS_PER_SCALE * p.scale / 2.0 / 1.25
+    return (p.center[0] - half, p.center[1] - half, p.center[0] + half, p.center[1] + half)

@@ -21,7 +21,7 @@ from serving_loopback import (
     start_rest_server,
 )
 
-from hgkeras.codec import decode_to_input
+from hgkeras.codec import HeatmapCodec
 from hgkeras.deploy.client import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -93,7 +93,7 @@ def test_eight_concurrent_clients_get_local_answers(service, grpc_target):
                 # Concurrent oneDNN convolutions may round differently (~1e-7), which can flip a
                 # near-tie in the untrained model's flat heatmaps; so the answer must be this
                 # request's heatmaps, decoded exactly as the graph decodes them.
-                decoded, _ = decode_to_input(got["heatmaps"], (64, 64))
+                decoded, _ = HeatmapCodec().decode(got["heatmaps"], (64, 64))
                 if not (
                     np.allclose(got["heatmaps"], expected[i]["heatmaps"], atol=1e-6)
                     and np.array_equal(got["keypoints"], np.asarray(decoded))

@@ -18,6 +18,10 @@ beside it, then renamed) and has three signatures:
   person box (:func:`hgkeras.geometry.crop_matrix` convention, bilinear, zeros outside the image) and
   the inverse transform all run inside the graph.
 
+The graph decodes with the model's heatmap codec (:class:`hgkeras.codec.HeatmapCodec`: the one it
+was trained with, or the decoder named in :class:`ExportOptions`), recorded in ``pose.json`` so that
+the host decodes the other formats' heatmaps the same way.
+
 Bad requests (empty batch, values outside [0, 1], non-finite numbers, undecodable bytes, images above
 the decoded-size limit ``max_pixels`` (default 100 MP, read from the header before decoding), crop
 boxes outside the image or not between 1 px and 10x its longer side) fail inside the graph with
@@ -28,16 +32,19 @@ SavedModel carries a TF Serving warm-up file (``assets.extra/tf_serving_warmup_r
 labels already there are kept).
 
 TensorFlow is imported lazily: the module imports under every Keras backend, and a model loaded under
-jax or torch is exported by re-running the export in a TensorFlow subprocess.
+jax or torch is exported by re-running the export in a TensorFlow subprocess (the options travel as
+:class:`ExportOptions` in a JSON file, :func:`run_export_job`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +53,14 @@ import numpy as np
 from keras import ops
 
 from hgkeras import io
-from hgkeras.codec import final_heatmaps
+from hgkeras.codec import HeatmapCodec, codec_for, codec_of, final_heatmaps
 from hgkeras.data.images import DEFAULT_MAX_PIXELS
 from hgkeras.deploy import serving_config
 from hgkeras.deploy.formats import (
     FILENAMES,
     PRECISION,
     SAVED_MODEL,
+    FormatCheck,
     calibration_people,
     check_format,
     default_calibration,
@@ -71,10 +79,69 @@ SIGNATURES = (SERVING_DEFAULT, SERVING_UINT8, PREDICT_IMAGE)
 ONNX_FILENAME = FILENAMES["onnx"]
 #: Parity limits of the exported graphs against Keras (issue 6): heatmaps max abs difference.
 HEATMAP_TOLERANCE = 1e-4
+#: Largest difference (input pixels) between the graph's keypoints and the host codec's decoding of
+#: the graph's own heatmaps.
+KEYPOINT_TOLERANCE = 1e-3
 
 
 class ExportError(ValueError):
     """The export cannot proceed or the exported graph disagrees with the Keras model."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything :func:`export_model` can be told, as one object (also the ``hgkeras export`` flags
+    and what the TensorFlow subprocess receives, as JSON).
+
+    Attributes:
+        name, version: the served model's folder ``OUT/name/version`` (TF Serving's layout).
+        formats: any of :data:`hgkeras.deploy.formats.FORMATS` (a list or "a,b").
+        flip: bake the flip test into the SavedModel's signatures (the other formats hold the bare
+            network; the host runs the flip test).
+        decoder: how the SavedModel's graph decodes and ``pose.json`` tells the host to decode:
+            ``"paper"``, ``"dark"`` or ``"udp"``; None: the codec the model was trained with.
+        calibration, calibration_images: real people for int8 calibration and the checks (a
+            TFRecords folder or an annotation file and its images; default the shipped samples).
+        force: replace an existing version.
+        verify: check every file against Keras on real person crops.
+        models_config: (re)write ``OUT/models.config``; ``base_path`` is OUT inside the server.
+        fold: export the graphs with batch norms folded into the convolutions.
+        max_pixels: ``predict_image``'s decoded-size limit (None = no limit).
+        warmup: write a TF Serving warm-up file into the SavedModel.
+    """
+
+    name: str = "hourglass"
+    version: int = 1
+    formats: tuple[str, ...] = (SAVED_MODEL,)
+    flip: bool = False
+    decoder: str | None = None
+    calibration: str | None = None
+    calibration_images: str | None = None
+    force: bool = False
+    verify: bool = True
+    models_config: bool = True
+    base_path: str = "/models"
+    fold: bool = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", parse_formats(self.formats))
+        for name in ("calibration", "calibration_images"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else str(value))
+        if self.decoder is not None:
+            HeatmapCodec(self.decoder)  # a clear error for an unknown name
+        if self.max_pixels is not None and int(self.max_pixels) <= 0:
+            object.__setattr__(self, "max_pixels", None)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly dict (:meth:`from_json` reads it back)."""
+        return {**dataclasses.asdict(self), "formats": list(self.formats)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExportOptions:
+        return cls(**data)
 
 
 @dataclass
@@ -174,27 +241,31 @@ def decode_image_bytes(image_bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
 
 def build_serving_functions(
-    model, flip: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    model,
+    codec: HeatmapCodec | None = None,
+    flip: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Callable]:
-    """The ``tf.function``s of the three signatures for ``model`` (a Keras model under TensorFlow).
+    """The ``tf.function``s of the three signatures for ``model`` (a Keras model under TensorFlow),
+    decoding with ``codec`` (default: the model's own).
 
     ``max_pixels`` is ``predict_image``'s decoded-size limit (None = no limit).
     """
     _require_tensorflow_backend()
     import tensorflow as tf
 
-    from hgkeras.codec import decode_to_image, decode_to_input, heatmaps_with_flip
     from hgkeras.crop import crop_tf
     from hgkeras.data.images import encoded_image_size_tf
     from hgkeras.inference.boxes import crop_box_checks_tf
     from hgkeras.spec import pose_of
 
     height, width = model_input_size(model)
-    perm = pose_of(model).flip_permutation
+    codec = codec if codec is not None else codec_of(model)
+    heatmaps_of = codec.heatmap_function(model, pose_of(model).flip_permutation, flip)
 
     def predict(images):
-        heatmaps = heatmaps_with_flip(model, images, perm, flip=flip)
-        keypoints, scores = decode_to_input(heatmaps, (height, width))
+        heatmaps = heatmaps_of(images)
+        keypoints, scores = codec.decode(heatmaps, (height, width))
         return {"heatmaps": heatmaps, "keypoints": keypoints, "scores": scores}
 
     @tf.function(
@@ -235,8 +306,10 @@ def build_serving_functions(
         with tf.control_dependencies(checks):
             image = decode_image_bytes(image_bytes, max_pixels)
         crop = crop_tf(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))
-        heatmaps = heatmaps_with_flip(model, crop[None], perm, flip=flip)
-        keypoints, scores = decode_to_image(heatmaps, center[None], scale[None])
+        heatmaps = heatmaps_of(crop[None])
+        keypoints, scores = codec.decode_to_image(
+            heatmaps, center[None], scale[None], (height, width)
+        )
         return {"keypoints": keypoints[0], "scores": scores[0]}
 
     return {
@@ -260,12 +333,17 @@ def version_path(out_dir: Path, name: str, version: int) -> Path:
 
 
 def save_signatures(
-    model, path: Path, flip: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    model,
+    path: Path,
+    codec: HeatmapCodec | None = None,
+    flip: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """Write the SavedModel with the three signatures to ``path`` (which must not exist)."""
+    """Write the SavedModel with the three signatures (decoding with ``codec``, default the
+    model's) to ``path`` (which must not exist)."""
     import keras
 
-    functions = build_serving_functions(model, flip=flip, max_pixels=max_pixels)
+    functions = build_serving_functions(model, codec, flip=flip, max_pixels=max_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)
     for signature, function in functions.items():
@@ -339,47 +417,52 @@ def format_signature_summary(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _reference_outputs(model, images: np.ndarray, flip: bool) -> dict[str, np.ndarray]:
-    from keras import ops
-
-    from hgkeras.codec import decode_to_input, heatmaps_with_flip
+def _reference_heatmaps(model, images: np.ndarray, flip: bool, codec: HeatmapCodec) -> np.ndarray:
+    """The Keras model's final heatmaps of ``images`` (with the flip test when ``flip``)."""
     from hgkeras.spec import pose_of
 
-    heatmaps = heatmaps_with_flip(model, images, pose_of(model).flip_permutation, flip=flip)
-    keypoints, scores = decode_to_input(heatmaps, model_input_size(model))
-    return {
-        "heatmaps": ops.convert_to_numpy(heatmaps),
-        "keypoints": ops.convert_to_numpy(keypoints),
-        "scores": ops.convert_to_numpy(scores),
-    }
+    heatmaps_of = codec.heatmap_function(model, pose_of(model).flip_permutation, flip)
+    return ops.convert_to_numpy(heatmaps_of(images))
 
 
-def _compare(name: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
-    """Max abs heatmap difference; raises ExportError beyond tolerance or on differing keypoints."""
-    diff = float(np.max(np.abs(got["heatmaps"] - want["heatmaps"])))
+def _compare(
+    name: str, got: dict[str, np.ndarray], want: np.ndarray, codec: HeatmapCodec, input_size
+) -> float:
+    """Max abs heatmap difference from the Keras heatmaps ``want``; raises ExportError beyond
+    :data:`HEATMAP_TOLERANCE`, or when the graph's keypoints and scores differ from ``codec``'s
+    decoding of the graph's own heatmaps (the in-graph decoder is the host's)."""
+    diff = float(np.max(np.abs(got["heatmaps"] - want)))
     if diff > HEATMAP_TOLERANCE:
         raise ExportError(
             f"{name}: heatmaps differ from Keras by {diff:.3g} (> {HEATMAP_TOLERANCE:g})"
         )
-    if not np.array_equal(got["keypoints"], want["keypoints"]):
-        raise ExportError(f"{name}: decoded keypoints differ from Keras")
+    keypoints, scores = (ops.convert_to_numpy(t) for t in codec.decode(got["heatmaps"], input_size))
+    moved = float(np.max(np.abs(got["keypoints"] - keypoints)))
+    if not moved <= KEYPOINT_TOLERANCE or not np.allclose(got["scores"], scores, atol=1e-6):
+        raise ExportError(
+            f"{name}: the graph's {codec.decoder} decoding differs from the host's by "
+            f"{moved:.3g} input pixels (> {KEYPOINT_TOLERANCE:g})"
+        )
     return diff
 
 
-def check_saved_model(model, version_dir: Path, flip: bool, images: np.ndarray) -> float:
-    """Run the SavedModel's ``serving_default`` on ``images`` (real crops) and compare with Keras.
+def check_saved_model(
+    model, version_dir: Path, flip: bool, images: np.ndarray, codec: HeatmapCodec
+) -> float:
+    """Run the SavedModel's ``serving_default`` on ``images`` (real crops) and compare with Keras
+    (heatmaps) and with ``codec`` on the host (keypoints, scores).
 
     Returns the max abs heatmap difference; raises :class:`ExportError` on a mismatch.
     """
     import tensorflow as tf
 
-    want = _reference_outputs(model, images, flip)
+    want = _reference_heatmaps(model, images, flip, codec)
     loaded = tf.saved_model.load(str(version_dir))
     got = {
         k: v.numpy()
         for k, v in loaded.signatures[SERVING_DEFAULT](images=tf.constant(images)).items()
     }
-    return _compare("SavedModel serving_default", got, want)
+    return _compare("SavedModel serving_default", got, want, codec, model_input_size(model))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,104 +472,96 @@ def check_saved_model(model, version_dir: Path, flip: bool, images: np.ndarray) 
 def export_model(
     model: Any,
     out_dir: str | Path,
-    name: str = "hourglass",
-    version: int = 1,
+    options: ExportOptions | None = None,
     *,
-    formats: Sequence[str] | str = (SAVED_MODEL,),
-    flip: bool = False,
-    onnx: bool = False,
-    calibration: str | Path | None = None,
-    calibration_images: str | Path | None = None,
-    force: bool = False,
-    verify: bool = True,
-    models_config: bool = True,
-    base_path: str = "/models",
-    fold: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    warmup: bool = True,
     log: Callable[[str], None] | None = None,
+    **changes: Any,
 ) -> ExportResult:
     """Export ``model`` (anything :func:`hgkeras.models.loading.load_model` takes: a model, a
-    ``PoseTrainer`` or a ``.keras`` path) to ``out_dir/name/version``.
+    ``PoseTrainer`` or a ``.keras`` path) to ``out_dir/name/version`` as ``options`` say
+    (:class:`ExportOptions`; keyword ``changes`` replace its fields, e.g. ``flip=True``).
 
-    ``formats``: any of :data:`hgkeras.deploy.formats.FORMATS` (``onnx=True`` adds ``onnx``). Every
-    file is written into a temporary folder, checked against Keras on real person crops
+    Every file is written into a temporary folder, checked against Keras on real person crops
     (``verify``; the crops of ``calibration``, default the shipped samples, which also calibrate the
     int8 formats), then the folder is renamed into place with a ``pose.json`` (joint names, flip
-    pairs, input size). An existing version is an error unless ``force``. The SavedModel gets a
-    TF Serving warm-up file (``warmup``) and ``models.config`` is updated (``models_config``).
-    ``flip`` bakes the flip test into the SavedModel's signatures; the other formats hold the bare
-    network (the predictor runs the flip test). With ``fold`` (the default) the exported graphs are
-    those of :func:`hgkeras.models.fold.fold_batch_norms` (same outputs, faster). Under a jax or
-    torch backend the export re-runs in a TensorFlow subprocess (the ``.keras`` file is backend
-    independent). ``max_pixels`` is the decoded-size limit of ``predict_image`` (None = no
-    limit). ``log`` receives progress lines (calibration size, checks).
+    pairs, input size, the codec). An existing version is an error unless ``force``. The
+    SavedModel gets a TF Serving warm-up file (``warmup``) and ``models.config`` is updated
+    (``models_config``). With ``fold`` (the default) the exported graphs are those of
+    :func:`hgkeras.models.fold.fold_batch_norms` (same outputs, faster). Under a jax or torch
+    backend the export re-runs in a TensorFlow subprocess (the ``.keras`` file is backend
+    independent). ``log`` receives progress lines (calibration size, checks).
     """
     import keras
 
-    chosen = list(parse_formats(formats))
-    if onnx and "onnx" not in chosen:
-        chosen = list(parse_formats([*chosen, "onnx"]))
+    options = dataclasses.replace(options or ExportOptions(), **changes)
+    chosen = list(options.formats)
     out_dir = Path(out_dir)
-    final = version_path(out_dir, name, version)
-    if final.exists() and not force:
+    final = version_path(out_dir, options.name, options.version)
+    if final.exists() and not options.force:
         raise FileExistsError(
             f"{final} already exists; choose another --version or pass --force to replace it"
         )
-    # An export killed mid-way leaves its temporary version folder (hgkeras.io names): remove it.
-    leftovers = io.remove_temporaries(final.parent)
-    options = dict(
-        formats=chosen, flip=flip, calibration=calibration, calibration_images=calibration_images,
-        force=force, verify=verify, models_config=models_config, base_path=base_path, fold=fold,
-        warmup=warmup, max_pixels=max_pixels,
-    )  # fmt: skip
-    if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow(model, out_dir, name, version, **options)
     log = log or (lambda line: None)
-    for leftover in leftovers:
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_tensorflow(model, out_dir, options, log)
+    # An export killed mid-way leaves its temporary version folder (hgkeras.io names): remove it.
+    for leftover in io.remove_temporaries(final.parent):
         log(f"removed {final.parent / leftover}, left by an interrupted export")
     from hgkeras.models.loading import load_model
 
     model = load_model(model)  # a trainer (PoseTrainer) gives its .hourglass
-    network = load_model(model, fold_batch_norms=True) if fold else model
+    codec = codec_for(model, options.decoder)
+    if options.flip and not pose_of(model).flip:  # no left/right pairs: no mirrored training
+        options = dataclasses.replace(options, flip=False)
+    network = load_model(model, fold_batch_norms=True) if options.fold else model
     size = model_input_size(model)
-    needs_crops = verify or warmup or any(PRECISION[f] == "int8" for f in chosen)
-    people = calibration_people(calibration, size, calibration_images) if needs_crops else None
+    needs_crops = options.verify or options.warmup or any(PRECISION[f] == "int8" for f in chosen)
+    people = None
+    if needs_crops:
+        people = calibration_people(options.calibration, size, options.calibration_images)
     crops = None if people is None else people.crops
     if crops is not None:
         log(f"calibration and checks: {len(crops)} real person crops ({len(crops) // 2} people "
-            f"and their mirror images) from {calibration or default_calibration()}")  # fmt: skip
+            f"and their mirror images) from {options.calibration or default_calibration()}")  # fmt: skip
     final.parent.mkdir(parents=True, exist_ok=True)
     checks: dict[str, Any] = {}
     with io.atomic_path(final) as tmp:
         tmp = Path(tmp)
         tmp.mkdir()
         if SAVED_MODEL in chosen:
-            save_signatures(network, tmp, flip=flip, max_pixels=max_pixels)
-            if warmup:
-                logs = serving_config.warmup_requests(name, crops[0])
+            save_signatures(network, tmp, codec, options.flip, options.max_pixels)
+            if options.warmup:
+                logs = serving_config.warmup_requests(options.name, crops[0])
                 serving_config.write_warmup_file(tmp, logs)
-            if verify:
-                checks[SAVED_MODEL] = check_saved_model(model, tmp, flip, crops)
+            if options.verify:
+                checks[SAVED_MODEL] = check_saved_model(model, tmp, options.flip, crops, codec)
         others = [f for f in chosen if f != SAVED_MODEL]
         files = write_formats(heatmap_model(network), tmp, others, crops)
         io.atomic_write_json(
             tmp / POSE_SPEC,
             pose_spec(
-                pose_of(model), size, formats={f: FILENAMES[f] for f in chosen},
-                flip_in_graph=bool(flip and SAVED_MODEL in chosen),
+                pose_of(model), size, codec, formats={f: FILENAMES[f] for f in chosen},
+                flip_in_graph=bool(options.flip and SAVED_MODEL in chosen),
             ),
         )  # fmt: skip
-        if verify and others:
+        if options.verify and others:
             reference = ops.convert_to_numpy(final_heatmaps(model(crops, training=False)))
             for fmt, file in files.items():
                 try:
-                    checks[fmt] = check_format(fmt, file, crops, reference, people)
+                    checks[fmt] = check_format(fmt, file, crops, reference, people, codec)
                 except ValueError as error:
                     raise ExportError(str(error)) from None
     config_path = None
-    if models_config and SAVED_MODEL in chosen:
-        config_path = serving_config.write_models_config(out_dir, base_path=base_path)
+    if options.models_config and SAVED_MODEL in chosen:
+        config_path = serving_config.write_models_config(out_dir, base_path=options.base_path)
+    return _result(out_dir, options, config_path, checks, 0 if crops is None else len(crops))
+
+
+def _result(
+    out_dir: Path, options: ExportOptions, config_path: Path | None, checks: dict, crops: int
+) -> ExportResult:
+    final = version_path(out_dir, options.name, options.version)
+    chosen = options.formats
     return ExportResult(
         version_dir=final,
         signatures=signature_summary(final) if SAVED_MODEL in chosen else {},
@@ -494,77 +569,63 @@ def export_model(
         onnx_path=final / FILENAMES["onnx"] if "onnx" in chosen else None,
         models_config=config_path,
         checks=checks,
-        calibration_crops=0 if crops is None else len(crops),
+        calibration_crops=crops,
     )
 
 
-def _export_in_tensorflow(model, out_dir: Path, name: str, version: int, **options) -> ExportResult:
-    """Re-run :func:`export_model` in a ``KERAS_BACKEND=tensorflow`` subprocess."""
+def _export_in_tensorflow(
+    model, out_dir: Path, options: ExportOptions, log: Callable[[str], None]
+) -> ExportResult:
+    """Re-run :func:`export_model` in a ``KERAS_BACKEND=tensorflow`` subprocess
+    (:func:`run_export_job`); its progress lines go to ``log``."""
     with tempfile.TemporaryDirectory(prefix="hgkeras-export-") as tmp:
-        if isinstance(model, (str, Path)):
+        if isinstance(model, (str, os.PathLike)):
             model_path = Path(model)
             if not model_path.is_file():
                 raise FileNotFoundError(f"model file not found: {model_path}")
         else:
             model_path = Path(tmp) / "model.keras"
             model.save(model_path)
-        argv = export_argv(model_path, out_dir, name, version, **options)
+        job = Path(tmp) / "job.json"
+        answer = Path(tmp) / "result.json"
+        io.atomic_write_json(job, {
+            "model": str(model_path), "out_dir": str(out_dir), "options": options.to_json(),
+            "result": str(answer),
+        })  # fmt: skip
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        code = "import sys; from hgkeras.deploy.export import run_export_job; run_export_job(sys.argv[1])"
         result = subprocess.run(
-            [sys.executable, "-m", "hgkeras", *argv], env=env, capture_output=True, text=True
+            [sys.executable, "-c", code, str(job)], env=env, capture_output=True, text=True
         )
-    if result.returncode != 0:
-        raise ExportError(
-            f"export under TensorFlow failed (exit {result.returncode}): "
-            + (result.stderr.strip().splitlines() or ["no message"])[-1]
-        )
-    final = version_path(out_dir, name, version)
-    chosen = options["formats"]
-    return ExportResult(
-        version_dir=final,
-        signatures=signature_summary(final) if SAVED_MODEL in chosen else {},
-        files={f: final / FILENAMES[f] for f in chosen},
-        onnx_path=final / FILENAMES["onnx"] if "onnx" in chosen else None,
-        models_config=out_dir / "models.config"
-        if options.get("models_config", True) and SAVED_MODEL in chosen
-        else None,
-    )
+        for line in result.stdout.splitlines():
+            log(line)
+        if result.returncode != 0:
+            raise ExportError(
+                f"export under TensorFlow failed (exit {result.returncode}): "
+                + (result.stderr.strip().splitlines() or ["no message"])[-1]
+            )
+        done = json.loads(io.read_text(answer))
+    checks = {
+        fmt: value if fmt == SAVED_MODEL else FormatCheck(**value)
+        for fmt, value in done["checks"].items()
+    }
+    config_path = None if done["models_config"] is None else Path(done["models_config"])
+    return _result(out_dir, options, config_path, checks, done["calibration_crops"])
 
 
-def export_argv(
-    model_path: str | Path,
-    out_dir: str | Path,
-    name: str,
-    version: int,
-    *,
-    formats: Sequence[str] = (SAVED_MODEL,),
-    flip: bool = False,
-    calibration: str | Path | None = None,
-    calibration_images: str | Path | None = None,
-    force: bool = False,
-    verify: bool = True,
-    models_config: bool = True,
-    base_path: str = "/models",
-    fold: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    warmup: bool = True,
-) -> list[str]:
-    """The ``hgkeras export`` arguments equivalent to :func:`export_model`'s."""
-    argv = ["export", "--model", str(model_path), "--out", str(out_dir), "--name", name]
-    argv += ["--version", str(int(version)), "--base-path", base_path]
-    argv += ["--max-pixels", str(0 if max_pixels is None else int(max_pixels))]
-    argv += ["--formats", ",".join(formats)]
-    if calibration is not None:
-        argv += ["--calibration", str(calibration)]
-    if calibration_images is not None:
-        argv += ["--calibration-images", str(calibration_images)]
-    flags: Iterable[tuple[bool, str]] = (
-        (flip, "--flip"),
-        (force, "--force"),
-        (not verify, "--no-verify"),
-        (not models_config, "--no-models-config"),
-        (not fold, "--no-fold"),
-        (not warmup, "--no-warmup"),
+def run_export_job(job_path: str | os.PathLike) -> None:
+    """Run the export described by a job file of :func:`export_model`'s subprocess (model path,
+    output folder, :class:`ExportOptions` as JSON) and write its result beside it."""
+    job = json.loads(io.read_text(job_path))
+    result = export_model(
+        job["model"], job["out_dir"], ExportOptions.from_json(job["options"]), log=print
     )
-    return argv + [flag for on, flag in flags if on]
+    checks = {
+        fmt: check if fmt == SAVED_MODEL else dataclasses.asdict(check)
+        for fmt, check in result.checks.items()
+    }
+    io.atomic_write_json(job["result"], {
+        "checks": checks, "calibration_crops": result.calibration_crops,
+        "models_config": None if result.models_config is None else str(result.models_config),
+    })  # fmt: skip

@@ -2,7 +2,8 @@
 
 Every file holds the bare network: ``images`` float32 (N, H, W, 3) RGB in [0, 1] -> ``heatmaps``
 float32 (N, H/4, W/4, J) of the last stack, with a dynamic batch. Decoding and the flip test run on
-the host (:mod:`hgkeras.inference.runtimes`, :class:`~hgkeras.inference.predictor.PosePredictor`).
+the host with the codec recorded in ``pose.json`` (:mod:`hgkeras.inference.runtimes`,
+:class:`~hgkeras.inference.predictor.PosePredictor`).
 
 =================  =======================  ===================================================
 format             file                     made with
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from hgkeras import io
+from hgkeras.codec import HeatmapCodec
 
 SAVED_MODEL = "saved_model"
 #: Format -> file name inside the version folder (the SavedModel is the folder itself).
@@ -398,26 +400,37 @@ class FormatCheck:
         return text
 
 
-def keypoint_agreement(heatmaps: np.ndarray, reference: np.ndarray) -> float:
-    """Share of joints whose decoded position lies within 1 heatmap pixel of the reference's."""
-    return float(np.mean(_heatmap_distances(heatmaps, reference) <= 1.0))
+def keypoint_agreement(
+    heatmaps: np.ndarray, reference: np.ndarray, codec: HeatmapCodec | None = None
+) -> float:
+    """Share of joints whose position decoded by ``codec`` (default the paper's) lies within 1
+    heatmap pixel of the reference's."""
+    return float(np.mean(_heatmap_distances(heatmaps, reference, codec) <= 1.0))
 
 
-def head_agreement(heatmaps: np.ndarray, reference: np.ndarray, people: CalibrationCrops) -> float:
-    """Share of ``people``'s annotated joints decoded within 0.1 head sizes of the reference's."""
+def head_agreement(
+    heatmaps: np.ndarray,
+    reference: np.ndarray,
+    people: CalibrationCrops,
+    codec: HeatmapCodec | None = None,
+) -> float:
+    """Share of ``people``'s annotated joints decoded (by ``codec``, default the paper's) within
+    0.1 head sizes of the reference's."""
     # the crop height is the box height: heatmap pixels -> shares of the box
-    distance = _heatmap_distances(heatmaps, reference) / heatmaps.shape[1]
+    distance = _heatmap_distances(heatmaps, reference, codec) / heatmaps.shape[1]
     return float(np.mean((distance <= people.tenth_head[:, None])[people.visible]))
 
 
-def _heatmap_distances(heatmaps: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(N, J) distances in heatmap pixels between the decoded keypoints of two heatmap batches."""
+def _heatmap_distances(
+    heatmaps: np.ndarray, reference: np.ndarray, codec: HeatmapCodec | None
+) -> np.ndarray:
+    """(N, J) distances in heatmap pixels between the keypoints ``codec`` (default the paper's)
+    decodes from two batches."""
     from keras import ops
 
-    from hgkeras.codec import decode_heatmaps
-
-    got = ops.convert_to_numpy(decode_heatmaps(heatmaps)[0])
-    want = ops.convert_to_numpy(decode_heatmaps(reference)[0])
+    codec = codec if codec is not None else HeatmapCodec()
+    got = ops.convert_to_numpy(codec.locate(heatmaps)[0])
+    want = ops.convert_to_numpy(codec.locate(reference)[0])
     return np.linalg.norm(got - want, axis=-1)
 
 
@@ -427,9 +440,11 @@ def check_format(
     crops: np.ndarray,
     reference: np.ndarray,
     people: CalibrationCrops | None = None,
+    codec: HeatmapCodec | None = None,
 ) -> FormatCheck:
-    """Run ``path`` on ``crops`` and compare with the Keras heatmaps ``reference``; with
-    ``people`` (the crops' annotations) also the share of joints within 0.1 head sizes.
+    """Run ``path`` on ``crops`` and compare with the Keras heatmaps ``reference``, both decoded
+    by ``codec`` (default the paper's); with ``people`` (the crops' annotations) also the share of
+    joints within 0.1 head sizes.
 
     Float formats beyond :data:`TOLERANCE` raise ValueError; int8 results are only measured (see
     :attr:`FormatCheck.warning`).
@@ -445,11 +460,11 @@ def check_format(
         precision=precision,
         crops=len(crops),
         max_abs=float(np.max(np.abs(heatmaps - reference))),
-        agreement=keypoint_agreement(heatmaps, reference),
+        agreement=keypoint_agreement(heatmaps, reference, codec),
         tolerance=TOLERANCE.get(precision),
     )
     if people is not None and people.tenth_head is not None:
-        check.within_tenth_head = head_agreement(heatmaps, reference, people)
+        check.within_tenth_head = head_agreement(heatmaps, reference, people, codec)
     if check.tolerance is not None and not check.max_abs <= check.tolerance:
         raise ValueError(
             f"{fmt} ({Path(path).name}): heatmaps differ from Keras by {check.max_abs:.3g} "

@@ -33,6 +33,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from hgkeras.codec import HeatmapCodec, codec_for, codec_of
 from hgkeras.data.coco import (
     PERSON_CATEGORY,
     choose_category,
@@ -253,14 +254,14 @@ def predict_people(
     flip: bool = True,
     batch_size: int = 16,
     pose: str | PoseSpec | None = None,
+    codec: HeatmapCodec | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints (N, K, 2) in image pixels and confidences (N, K) for every box of ``boxes``.
 
     Each box is cropped as top-down COCO methods do (aspect ratio of the model input, 1.25 padding),
-    run with the flip test (where ``pose``, default the model's, has pairs) and decoded through the
-    inverse crop transform.
+    run with the flip test (where ``pose``, default the model's, has pairs) and decoded by ``codec``
+    (default the model's own) through the inverse crop transform.
     """
-    from hgkeras.codec import predict_keypoints
     from hgkeras.crop import crop_numpy
     from hgkeras.evaluation.evaluate import read_image_rgb
 
@@ -271,6 +272,7 @@ def predict_people(
         raise ValueError(
             f"the model predicts {joints} keypoints; pose {spec.name!r} has {spec.num_joints}"
         )
+    codec = codec if codec is not None else codec_of(model)
     files = {image["id"]: image["file_name"] for image in data["images"]}
     images_dir = Path(images_dir)
     order = sorted(range(len(boxes)), key=lambda k: str(boxes[k]["image_id"]))
@@ -289,9 +291,9 @@ def predict_people(
             crops.append(crop.astype(np.float32) / 255.0)
             centers.append(center)
             scales.append(scale)
-        predicted = predict_keypoints(
+        predicted = codec.predict_keypoints(
             model, np.stack(crops), np.stack(centers), np.array(scales), spec.flip_permutation,
-            flip, batch_size,
+            flip and spec.flip, batch_size, compiled=True,
         )  # fmt: skip
         keypoints[chunk], scores[chunk] = predicted["keypoints"], predicted["scores"]
     return keypoints, scores
@@ -422,12 +424,14 @@ def evaluate_model(
     nms: bool | None = None,
     nms_threshold: float = OKS_NMS_THRESHOLD,
     category: int | str | None = None,
+    decoder: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Run ``model`` on ground-truth boxes (or ``detections``) of the keypoint ``category`` (None:
     the file's only one) and score it; (metrics, results). The model's pose spec gives the flip
     pairs and OKS sigmas and must have the category's keypoints.
 
     ``nms`` (default: on with detections) applies :func:`oks_nms`. Results carry ``box``.
+    ``decoder`` decodes the heatmaps (default: the model's codec, :func:`hgkeras.codec.codec_for`).
     """
 
     data = load_coco_annotations(annotations, category)
@@ -443,8 +447,9 @@ def evaluate_model(
     if not boxes:
         raise ValueError(f"{detections or annotations}: no boxes on the images of {annotations}")
     keypoints, scores = predict_people(
-        model, data, images_dir, boxes, flip=flip, batch_size=batch_size, pose=spec
-    )
+        model, data, images_dir, boxes, flip=flip, batch_size=batch_size, pose=spec,
+        codec=codec_for(model, decoder),
+    )  # fmt: skip
     results = results_from_predictions(
         [b["image_id"] for b in boxes], keypoints, scores, [b["score"] for b in boxes],
         [b["bbox"] for b in boxes], category_id=chosen["id"],
@@ -535,13 +540,14 @@ class OKSAPCallback(keras.callbacks.Callback):
     ``dataset`` is the evaluation dict of ``pose_dataset(..., training=False)`` over COCO-format
     records (``normalizer`` = the annotation area, ``image_id``) of the model's pose spec, whose OKS
     sigmas apply. Instances are cropped on their ground-truth boxes and scored with the usual
-    rescoring (mean confidence above 0.2). List it before
+    rescoring (mean confidence above 0.2). ``decoder`` decodes the heatmaps (default: the
+    model's codec). List it before
     ``ModelCheckpoint(monitor="val_ap", mode="max")``.
     """
 
     def __init__(
         self, dataset, every_n_epochs: int = 1, flip: bool = True, prefix: str = "val_ap",
-        verbose: int = 0,
+        verbose: int = 0, decoder: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if int(every_n_epochs) < 1:
@@ -551,6 +557,7 @@ class OKSAPCallback(keras.callbacks.Callback):
         self.flip = bool(flip)
         self.prefix = prefix
         self.verbose = int(verbose)
+        self.decoder = decoder
         self.last_result: dict | None = None
 
     def evaluate(self) -> dict:
@@ -558,8 +565,10 @@ class OKSAPCallback(keras.callbacks.Callback):
         from hgkeras.evaluation.evaluate import predict_eval_dataset
 
         network = getattr(self.model, "hourglass", self.model)
-        out = predict_eval_dataset(network, self.dataset, flip=self.flip)
-        return oks_ap(out, pose_of(network))
+        codec = codec_for(network, self.decoder)
+        spec = pose_of(network)
+        out = predict_eval_dataset(network, self.dataset, self.flip and spec.flip, spec, codec)
+        return oks_ap(out, spec)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_n_epochs != 0:

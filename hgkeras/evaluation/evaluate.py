@@ -7,7 +7,6 @@ readers here subtract :data:`~hgkeras.geometry.MATLAB_OFFSET` and the writers ad
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hgkeras import io
+from hgkeras.codec import HeatmapCodec, codec_of
 from hgkeras.evaluation import metrics
 from hgkeras.geometry import MATLAB_OFFSET
 from hgkeras.spec import POSES, PoseSpec, get_pose, pose_of
@@ -349,73 +349,30 @@ def summary_key(result: dict[str, object]) -> str:
 # -------------------------------------------------------------------------------------- prediction
 
 
-def flip_test_predictor(network, flip_permutation: Sequence[int], flip: bool = True):
-    """A compiled ``images (B, H, W, 3) -> final-stack heatmaps`` (``predict_on_batch`` of a model).
-
-    With ``flip`` the images and their mirrors go through the network as one batch of 2B and the
-    mirrored half's heatmaps are mirrored back (left/right swapped) and averaged with the plain half,
-    as :func:`hgkeras.codec.heatmaps_with_flip` does in two eager passes.
-    """
-    import keras
-    from keras import ops
-
-    from hgkeras.codec import final_heatmaps, flip_heatmaps
-
-    perm = [int(i) for i in flip_permutation]
-    key = (flip, tuple(perm))
-    cached = _PREDICTORS.get(network, {}).get(key)
-    if cached is not None:
-        return cached
-
-    class FlipTest(keras.Model):
-        def __init__(self):
-            super().__init__(name="flip_test")
-            self.network = network  # tracked: compiled steps read its current weights
-
-        def call(self, images):
-            if not flip:
-                return final_heatmaps(self.network(images, training=False))
-            count = ops.shape(images)[0]
-            both = ops.concatenate([images, ops.flip(images, axis=2)], axis=0)
-            heatmaps = final_heatmaps(self.network(both, training=False))
-            return (heatmaps[:count] + flip_heatmaps(heatmaps[count:], perm)) / 2.0
-
-    predictor = FlipTest().predict_on_batch
-    _PREDICTORS.setdefault(network, {})[key] = predictor
-    return predictor
-
-
-#: Compiled predictors by network (weakly held), so that validation compiles once per run.
-_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def predict_eval_dataset(
-    model, dataset, flip: bool = True, pose: str | PoseSpec | None = None
+    network,
+    dataset,
+    flip: bool = True,
+    pose: str | PoseSpec | None = None,
+    codec: HeatmapCodec | None = None,
 ) -> dict[str, np.ndarray]:
     """Predict every batch of an evaluation dataset and decode to original image pixels.
 
     ``dataset`` yields the evaluation dict of :func:`hgkeras.data.pose_dataset` (``training=False``):
     ``image`` (B, H, W, 3) model input crops in [0, 1], ``center`` (B, 2), ``scale`` (B,),
     ``joints`` (B, J, 2) original 0-based pixels, ``visible`` (B, J), ``normalizer`` (B,), and optional
-    ``image_id``/``person_id``. ``model`` is anything :func:`hgkeras.models.loading.load_model`
-    takes; ``pose`` defaults to the model's. Returns numpy arrays ``pred``, ``scores``, ``joints``,
+    ``image_id``/``person_id``. ``network`` is a loaded model (a Keras model, run as one compiled
+    step, or an exported runtime; :func:`hgkeras.models.loading.load_model`); ``pose`` and
+    ``codec`` default to the network's. Returns numpy arrays ``pred``, ``scores``, ``joints``,
     ``visible``, ``normalizer`` (+ ids).
     """
-    import keras
     from keras import ops
 
-    from hgkeras.codec import decode_to_image, heatmaps_with_flip
-    from hgkeras.models.loading import load_model
-
-    network = load_model(model)
-    perm = (get_pose(pose) if pose is not None else pose_of(network)).flip_permutation
-    if isinstance(network, keras.Model):  # one compiled step, image and mirror in one batch
-        predict = flip_test_predictor(network, perm, flip)
-    else:  # an exported-model runtime: its own compiled graph, two passes for the flip
-
-        def predict(images):
-            return heatmaps_with_flip(network, images, perm, flip=flip)
-
+    spec = get_pose(pose) if pose is not None else pose_of(network)
+    codec = codec if codec is not None else codec_of(network)
+    # The flip test needs a set trained with mirrored samples: one with left/right pairs.
+    predict = codec.heatmap_function(network, spec.flip_permutation, flip and spec.flip, True)
+    input_size = _input_size(network)
     out: dict[str, list] = {}
     for batch in dataset:
         if not isinstance(batch, dict):
@@ -429,10 +386,10 @@ def predict_eval_dataset(
                     f"evaluation dataset element has no {key!r} (keys: {sorted(batch)})"
                 )
         images = np.asarray(batch["image"], np.float32)
-        heatmaps = predict(images)
+        heatmaps = ops.convert_to_tensor(predict(images))
         center = np.asarray(batch["center"], np.float32).reshape(-1, 2)
         scale = np.asarray(batch["scale"], np.float32).reshape(-1)
-        keypoints, scores = decode_to_image(heatmaps, center, scale)
+        keypoints, scores = codec.decode_to_image(heatmaps, center, scale, input_size)
         out.setdefault("pred", []).append(ops.convert_to_numpy(keypoints))
         out.setdefault("scores", []).append(ops.convert_to_numpy(scores))
         for key in ("joints", "visible", "normalizer", "box", "image_id", "person_id"):
@@ -441,6 +398,12 @@ def predict_eval_dataset(
     if not out:
         raise ValueError("the evaluation dataset is empty")
     return {key: np.concatenate(values) for key, values in out.items()}
+
+
+def _input_size(network) -> tuple[int, int]:
+    """(height, width) of a loaded network's input crops."""
+    height, width = (int(v) for v in network.inputs[0].shape[1:3])
+    return height, width
 
 
 def read_image_rgb(path: Path) -> np.ndarray:
@@ -452,24 +415,25 @@ def read_image_rgb(path: Path) -> np.ndarray:
 
 
 def predict_records(
-    model,
+    network,
     records: Sequence,
     images_dir: str | Path,
     flip: bool = True,
     batch_size: int = 16,
     pose: str | PoseSpec | None = None,
+    codec: HeatmapCodec | None = None,
 ) -> dict[str, np.ndarray]:
     """Crop every record's person box from its image file (:func:`hgkeras.crop.crop_numpy`), predict
-    and decode to original 0-based pixels. Returns ``pred`` (N, J, 2) and ``scores`` (N, J)."""
+    and decode to original 0-based pixels. ``network`` is a loaded model (as in
+    :func:`predict_eval_dataset`); ``pose`` and ``codec`` default to its own. Returns ``pred``
+    (N, J, 2) and ``scores`` (N, J)."""
     from tqdm import tqdm
 
-    from hgkeras.codec import predict_keypoints
     from hgkeras.crop import crop_numpy
-    from hgkeras.models.loading import load_model
 
-    network = load_model(model)
     spec = get_pose(pose) if pose is not None else pose_of(network)
-    height, width = (int(v) for v in network.inputs[0].shape[1:3])
+    codec = codec if codec is not None else codec_of(network)
+    height, width = _input_size(network)
     images_dir = Path(images_dir)
     keypoints, scores, cache = [], [], {}
     for start in tqdm(range(0, len(records), batch_size), desc="evaluate", leave=False):
@@ -481,14 +445,15 @@ def predict_records(
                 cache[record.image] = read_image_rgb(images_dir / record.image)
             crop = crop_numpy(cache[record.image], record.center, record.scale, (height, width))
             crops.append(crop.astype(np.float32) / 255.0)
-        predicted = predict_keypoints(
+        predicted = codec.predict_keypoints(
             network,
             np.stack(crops),
             np.stack([r.center for r in batch]),
             np.array([r.scale for r in batch]),
             spec.flip_permutation,
-            flip,
+            flip and spec.flip,
             batch_size,
+            compiled=True,
         )
         keypoints.append(predicted["keypoints"])
         scores.append(predicted["scores"])
@@ -519,29 +484,35 @@ def gather_predictions(
     flip: bool = True,
     batch_size: int = 16,
     pose: str | PoseSpec | None = None,
+    decoder: str | None = None,
 ) -> dict[str, Any]:
     """Predictions and ground truth of an evaluation set, ready for :func:`score_for_pose`.
 
     ``data`` is an annotation file (then ``predictions`` is read from a file, or ``model`` runs on
     the records' crops of the image files in ``images``) or TFRecords (``model`` runs on
     :func:`hgkeras.data.pose_dataset` evaluation crops). ``model`` is anything
-    :func:`hgkeras.models.loading.load_model` takes. ``pose`` names the set an annotation file holds
-    where its layout does not say (Torch ``.h5``, HRNet ``.json``: default the model's, else MPII).
-    Returns numpy ``pred``, ``joints``, ``visible``, ``normalizer``, ``box``, ``image_id``,
-    ``person_id`` and the data's ``pose`` spec.
+    :func:`hgkeras.models.loading.load_model` takes (loaded once, its pose spec and codec looked up
+    once); ``decoder`` decodes its heatmaps (default: the codec it was trained with,
+    :func:`hgkeras.codec.codec_for`). ``pose`` names the set an annotation file holds where its
+    layout does not say (Torch ``.h5``, HRNet ``.json``: default the model's, else MPII). Returns
+    numpy ``pred``, ``joints``, ``visible``, ``normalizer``, ``box``, ``image_id``, ``person_id``,
+    the data's ``pose`` spec and the ``codec`` used (None for a predictions file).
     """
     if (model is None) == (predictions is None):
         raise ValueError("give exactly one of a model or a predictions file")
-    network = None
+    network = model_pose = codec = None
     if model is not None:  # keras (and its backend) only when a model runs
+        from hgkeras.codec import codec_for
         from hgkeras.models.loading import load_model
 
         network = load_model(model, fold_batch_norms=True)
+        model_pose = pose_of(network)
+        codec = codec_for(network, decoder)
     if is_annotation_file(data):
         from hgkeras.data import read_annotations
 
-        if pose is None and network is not None:
-            pose = pose_of(network)
+        if pose is None:
+            pose = model_pose
         records = read_annotations(data, pose, split=split)
         if not records:
             raise ValueError(f"{data}: no records" + (f" in split {split!r}" if split else ""))
@@ -553,8 +524,10 @@ def gather_predictions(
                 raise ValueError(
                     "an image directory is needed to run a model on an annotation file"
                 )
-            _check_same_pose(pose_of(network), data_pose, data)
-            pred = predict_records(network, records, images, flip, batch_size)["pred"]
+            _check_same_pose(model_pose, data_pose, data)
+            pred = predict_records(network, records, images, flip, batch_size, model_pose, codec)[
+                "pred"
+            ]
         if pred.shape[0] != len(records):
             raise ValueError(
                 f"predictions have {pred.shape[0]} people but {data} has {len(records)} records "
@@ -578,15 +551,15 @@ def gather_predictions(
         from hgkeras.data.pipeline import read_pose
 
         data_pose = read_pose(data, split)
-        _check_same_pose(pose_of(network), data_pose, data)
-        height, width = (int(v) for v in network.inputs[0].shape[1:3])
+        _check_same_pose(model_pose, data_pose, data)
         dataset = pose_dataset(
-            data, batch_size, training=False, split=split, input_size=(height, width)
+            data, batch_size, training=False, split=split, input_size=_input_size(network)
         )
-        out = predict_eval_dataset(network, dataset, flip=flip)
+        out = predict_eval_dataset(network, dataset, flip, model_pose, codec)
     if out["joints"].shape != out["pred"].shape:
         raise ValueError(
             f"predictions {out['pred'].shape} and ground truth {out['joints'].shape} of {data} differ"
         )
     out["pose"] = data_pose
+    out["codec"] = codec
     return out

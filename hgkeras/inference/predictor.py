@@ -8,8 +8,9 @@
 
 Models are read by :func:`hgkeras.models.loading.load_model` (a ``StackedHourglass``, a
 ``PoseTrainer`` or their ``.keras`` files) and carry their pose spec. Crops follow the one crop
-policy (:func:`hgkeras.crop.crop_numpy`, ``docs/architecture.md``); the network runs through
-:func:`hgkeras.codec.predict_keypoints` (flip test, decoding to original image pixels).
+policy (:func:`hgkeras.crop.crop_numpy`, ``docs/architecture.md``); the network runs through the
+model's heatmap codec (:meth:`hgkeras.codec.HeatmapCodec.predict_keypoints`: flip test, decoding
+to original image pixels), or the one named by ``decoder``.
 :meth:`PosePredictor.from_network` takes any callable from crops to heatmaps instead of a Keras
 model (the seam for exported runtimes).
 """
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from hgkeras import geometry
+from hgkeras.codec import HeatmapCodec, codec_for, get_codec
 from hgkeras.crop import crop_numpy
 from hgkeras.data.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_float, to_uint8_bgr
 from hgkeras.inference.boxes import Detector, check_boxes, check_crop_box, run_detector
@@ -103,6 +105,8 @@ class PosePredictor:
             into one conv (:func:`hgkeras.models.fold.fold_batch_norms`: same outputs, faster). The copy is
             made here: weights changed on ``model`` later are not seen by this predictor.
         pose: the joint set, when the model carries none (default: the model's own pose spec).
+        decoder: ``"paper"``, ``"dark"`` or ``"udp"`` (default: the codec the model was trained
+            or exported with; :func:`hgkeras.codec.codec_for` refuses decoders of another encoding).
         detector: person boxes for images given without ``boxes``: any callable
             ``detector(image_bgr uint8 (H, W, 3)) -> (boxes (N, 4) x1, y1, x2, y2, scores (N,))``
             (:mod:`hgkeras.inference.boxes`); None: OpenCV's HOG with ``detect=True``, else the
@@ -125,6 +129,7 @@ class PosePredictor:
         detector: Detector | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         allow_truncated: bool = False,
+        decoder: str | None = None,
     ) -> None:
         from hgkeras.models.loading import load_model
 
@@ -149,7 +154,8 @@ class PosePredictor:
             spec = get_pose(pose) if pose is not None else model_or_path.pose
             # a SavedModel exported with --flip already averages the mirrored pass in its graph
             flip = bool(flip) and not model_or_path.flip_in_graph
-            self._setup(model_or_path, spec, model_or_path.input_size, flip, batch_size)
+            codec = codec_for(model_or_path, decoder)
+            self._setup(model_or_path, spec, model_or_path.input_size, flip, batch_size, codec)
             self.model = model_or_path
             return
         model = load_model(model_or_path)
@@ -165,7 +171,8 @@ class PosePredictor:
                 network = load_model(model, fold_batch_norms=True)
             except TypeError:  # not a functional model: run it as it is
                 network = model
-        self._setup(network, spec, _input_size(model), flip, batch_size)
+        codec = codec_for(model, decoder)
+        self._setup(network, spec, _input_size(model), flip, batch_size, codec)
         self.model = model
 
     @classmethod
@@ -176,23 +183,28 @@ class PosePredictor:
         input_size: Sequence[int],
         flip: bool = True,
         batch_size: int = 16,
+        codec: HeatmapCodec | dict | str | None = None,
     ) -> PosePredictor:
         """A predictor around ``network``: any callable from crops (N, H, W, 3) float32 RGB in [0, 1]
         to heatmaps (N, H/4, W/4, J) (numpy or tensors; a list of stacks is fine), for runtimes
-        other than Keras. ``input_size`` is (H, W)."""
+        other than Keras. ``input_size`` is (H, W); ``codec`` decodes the heatmaps (default the
+        paper's)."""
         predictor = cls.__new__(cls)
-        predictor._setup(network, get_pose(pose), input_size, flip, batch_size)
+        predictor._setup(network, get_pose(pose), input_size, flip, batch_size, get_codec(codec))
         predictor.model = None
         return predictor
 
-    def _setup(self, network, pose: PoseSpec, input_size, flip: bool, batch_size: int) -> None:
+    def _setup(
+        self, network, pose: PoseSpec, input_size, flip: bool, batch_size: int, codec: HeatmapCodec
+    ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.network = network
         self.pose = pose
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.flip = bool(flip)
+        self.flip = bool(flip) and pose.flip  # sets without left/right pairs train unmirrored
         self.batch_size = int(batch_size)
+        self.codec = codec
 
     @property
     def _aspect_ratio(self) -> float:
@@ -299,9 +311,7 @@ class PosePredictor:
                 for c, s in zip(centers, scales, strict=True)
             ]
         )
-        from hgkeras.codec import predict_keypoints
-
-        out = predict_keypoints(
+        out = self.codec.predict_keypoints(
             self.network,
             crops,
             np.asarray(centers, np.float32),

@@ -13,11 +13,13 @@ SavedModel folder      ``tf.saved_model`` serving_default  (core)
 =====================  =================================  ==========================
 
 Every runtime takes person crops float32 (N, H, W, 3) RGB in [0, 1] and returns the last stack's
-heatmaps float32 (N, H/4, W/4, J). The pose spec (joint names, flip pairs) of a non-Keras file comes
-from the ``pose.json`` written beside it by ``hgkeras export``. A runtime also looks enough like a
-Keras model (``image_shape``, ``inputs``, ``outputs``, ``runtime(images, training=False)``) for
-:mod:`hgkeras.codec`'s flip test and decoding, so :class:`~hgkeras.inference.predictor.PosePredictor`
-and ``hgkeras evaluate`` run any format.
+heatmaps float32 (N, H/4, W/4, J). The pose spec (joint names, flip pairs) and the heatmap codec (the
+decoder the model was exported with, :class:`hgkeras.codec.HeatmapCodec`) of a non-Keras file come
+from the ``pose.json`` written beside it by ``hgkeras export``; the host decodes the heatmaps of
+ONNX, LiteRT and OpenVINO files with that codec, as the SavedModel's graph does. A runtime also
+looks enough like a Keras model (``image_shape``, ``inputs``, ``outputs``, ``pose``, ``codec``,
+``runtime(images, training=False)``) for the codec's flip test and decoding, so
+:class:`~hgkeras.inference.predictor.PosePredictor` and ``hgkeras evaluate`` run any format.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hgkeras import io
+from hgkeras.codec import HeatmapCodec, get_codec
 from hgkeras.spec import PoseSpec, get_pose
 
 #: File name of the pose spec written beside exported models.
@@ -69,10 +72,14 @@ def runtime_kind(path: str | os.PathLike) -> str:
     return kinds[suffix]
 
 
-def pose_spec(pose: PoseSpec, input_size: tuple[int, int], **extra: Any) -> dict[str, Any]:
-    """The ``pose.json`` contents for a model of pose spec ``pose`` (the model's own)."""
+def pose_spec(
+    pose: PoseSpec, input_size: tuple[int, int], codec: HeatmapCodec, **extra: Any
+) -> dict[str, Any]:
+    """The ``pose.json`` contents for a model of pose spec ``pose`` (the model's own) whose heatmaps
+    decode with ``codec``."""
     return {
         **pose.to_config(),
+        "codec": codec.to_config(),
         "input_size": [int(input_size[0]), int(input_size[1])],
         "input": "images float32 (N, H, W, 3) RGB in [0, 1]",
         "output": "heatmaps float32 (N, H/4, W/4, J), the last stack",
@@ -81,7 +88,10 @@ def pose_spec(pose: PoseSpec, input_size: tuple[int, int], **extra: Any) -> dict
 
 
 def read_pose_spec(model_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``pose.json`` beside (or inside, for a SavedModel) ``model_path``, or None."""
+    """The ``pose.json`` beside (or inside, for a SavedModel) ``model_path``, or None.
+
+    Its ``codec`` is returned as a :class:`~hgkeras.codec.HeatmapCodec` (the default codec when the
+    file names none)."""
     path = Path(model_path)
     sidecar = (path if path.is_dir() else path.parent) / POSE_SPEC
     if not sidecar.is_file():
@@ -90,6 +100,7 @@ def read_pose_spec(model_path: str | os.PathLike) -> dict[str, Any] | None:
         spec = json.loads(io.read_text(sidecar))
         for key in ("joint_names", "flip_pairs", "input_size"):
             spec[key]  # noqa: B018 - presence check
+        spec["codec"] = get_codec(spec.get("codec"))
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{sidecar}: not a valid pose spec ({error})") from None
     return spec
@@ -126,6 +137,7 @@ class Runtime:
         spec = read_pose_spec(path)
         self.flip_in_graph = bool(spec and self.kind == "saved_model" and spec.get("flip_in_graph"))
         self.pose = self._pose(spec)
+        self.codec: HeatmapCodec | None = None if spec is None else spec["codec"]
 
     def _pose(self, spec: dict | None) -> PoseSpec | None:
         """The pose spec of ``pose.json`` (None without one: then the caller must name the pose)."""
@@ -170,6 +182,7 @@ class KerasRuntime(Runtime):
     kind = "keras"
 
     def __init__(self, path: str | os.PathLike) -> None:
+        from hgkeras.codec import codec_of
         from hgkeras.models.loading import load_model
         from hgkeras.spec import pose_of
 
@@ -177,6 +190,7 @@ class KerasRuntime(Runtime):
         self.model = heatmap_model(model)
         super().__init__(path, self.model.inputs[0].shape, self.model.outputs[0].shape)
         self.pose = self.pose or pose_of(model)
+        self.codec = self.codec or codec_of(model)
 
     def _run(self, crops):
         from keras import ops

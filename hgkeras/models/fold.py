@@ -133,7 +133,7 @@ def fold_batch_norms(model) -> keras.Model:
     same inputs, outputs and layer names, holds its own weights, and returns the same values as
     ``model(x, training=False)`` to float rounding. Batch norms that follow something other than a
     lone convolution are kept. A model with nothing to fold is still copied. The copy keeps the
-    model's pose spec (``model.pose``) when it has one.
+    model's pose spec (``model.pose``) and heatmap codec (``model.codec``) when it has them.
     """
     if not isinstance(model, keras.Model):
         raise TypeError(
@@ -162,6 +162,7 @@ def fold_batch_norms(model) -> keras.Model:
             new.set_weights(list(folded_conv_weights(old, pairs[new.name])))
         else:
             new.set_weights(old.get_weights())
-    if getattr(model, "pose", None) is not None:
-        copy.pose = model.pose
+    for attribute in ("pose", "codec"):
+        if getattr(model, attribute, None) is not None:
+            setattr(copy, attribute, getattr(model, attribute))
     return copy

@@ -19,6 +19,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from hgkeras.codec import HeatmapCodec, get_codec
 from hgkeras.models.layers import BatchNorm, Conv2D, MaxPooling2D, NearestUpsample2x, UpsampleAdd
 from hgkeras.spec import PoseSpec, get_pose, pose_config
 
@@ -158,6 +159,10 @@ class StackedHourglass(keras.Model):
         pose: the joint set (:class:`hgkeras.spec.PoseSpec` or its name: "mpii", "flic"), saved in
             the config so that evaluation, prediction and export know the joints' names, flip pairs
             and normaliser.
+        codec: the heatmap codec its targets are rendered with and its heatmaps decoded with
+            (:class:`hgkeras.codec.HeatmapCodec`, its config or a decoder name; default the
+            paper's), saved in the config so that an evaluated or exported model decodes as it was
+            trained. :class:`hgkeras.PoseTrainer` records the codec it trains with here.
 
     Outputs are named ``stack_1`` ... ``stack_N``, each (batch, height/4, width/4, J); the last one is
     the final prediction. Input images are float RGB scaled to [0, 1] (the PyTorch convention).
@@ -172,9 +177,11 @@ class StackedHourglass(keras.Model):
         depth: int = 4,
         image_shape: Sequence[int] = (256, 256, 3),
         pose: str | PoseSpec | dict = "mpii",
+        codec: HeatmapCodec | dict | str | None = None,
         **kwargs: Any,
     ) -> None:
         spec = get_pose(pose)
+        codec = get_codec(codec)
         if num_joints is None:
             num_joints = spec.num_joints
         elif num_joints != spec.num_joints:
@@ -212,6 +219,7 @@ class StackedHourglass(keras.Model):
         self.depth = depth
         self.image_shape = shape
         self.pose = spec
+        self.codec = codec
 
     @property
     def heatmap_shape(self) -> tuple[int, int, int]:
@@ -230,6 +238,7 @@ class StackedHourglass(keras.Model):
             "depth": self.depth,
             "image_shape": list(self.image_shape),
             "pose": pose_config(self.pose),
+            "codec": self.codec.to_config(),
         }
 
     @classmethod

@@ -7,8 +7,9 @@ and takes the training elements of :func:`hgkeras.data.pose_dataset`::
      "visible": float32 (B, J)}
 
 In ``call`` it draws augmentation parameters, warps and colour-jitters the images to the hourglass
-input size, renders Gaussian targets at the heatmap size with the same parameters (one target for every
-stack), and runs the hourglass. ``compute_loss`` sums the per-stack MSE (weighted) and logs
+input size, moves the joints with the same map and renders their targets through the heatmap codec
+(:meth:`hgkeras.codec.HeatmapCodec.encode`; one target for every stack), and runs the hourglass.
+``compute_loss`` sums the per-stack MSE (weighted) and logs
 ``stack_1_loss`` ... next to ``loss``. Everything is ``keras.ops``, so ``fit`` works under TensorFlow,
 JAX and PyTorch.
 
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from hgkeras.codec import DEFAULT_SIGMA, render_heatmaps
+from hgkeras.codec import HeatmapCodec, codec_of, get_codec
 from hgkeras.data import augment
 from hgkeras.data.pipeline import SOURCE_MARGIN
 from hgkeras.spec import pose_of
@@ -55,7 +56,10 @@ class PoseTrainer(keras.Model):
     Args:
         hourglass: a model mapping (B, H, W, 3) images in [0, 1] to a list of per-stack heatmaps.
         augment: apply random rotation/scale/flip/colour in training; otherwise only the centre crop.
-        sigma: target Gaussian standard deviation in heatmap pixels.
+        codec: the heatmap codec that renders the targets (:class:`hgkeras.codec.HeatmapCodec`, its
+            config or a decoder name); default the hourglass' own. The hourglass records it (its
+            ``codec``, saved in its config), so the trained model decodes as it was trained.
+        sigma: if given, the codec's target Gaussian standard deviation in heatmap pixels.
         flip_permutation: left/right joint swap; default from the hourglass' pose spec.
         source_margin: person-box sides shown by the source crop (must match ``pose_dataset``).
         seed: seed of the augmentation random stream.
@@ -68,7 +72,8 @@ class PoseTrainer(keras.Model):
         hourglass: keras.Model,
         *,
         augment: bool = True,
-        sigma: float = DEFAULT_SIGMA,
+        codec: HeatmapCodec | dict | str | None = None,
+        sigma: float | None = None,
         flip_permutation: Sequence[int] | None = None,
         source_margin: float = SOURCE_MARGIN,
         seed: int | None = None,
@@ -91,7 +96,11 @@ class PoseTrainer(keras.Model):
         self.num_joints = int(outputs[0][-1])
         self.num_stacks = len(outputs)
         self.augment = bool(augment)
-        self.sigma = float(sigma)
+        codec = codec_of(hourglass) if codec is None else get_codec(codec)
+        if sigma is not None:
+            codec = HeatmapCodec(codec.decoder, sigma)
+        self.codec = codec
+        hourglass.codec = codec  # the model records the targets it is trained on
         self.source_margin = float(source_margin)
         if flip_permutation is None:
             flip_permutation = pose_of(hourglass).flip_permutation
@@ -158,16 +167,13 @@ class PoseTrainer(keras.Model):
         m_in = augment.augmentation_matrices(
             params, source_size, self.source_margin, self.input_size
         )
-        m_hm = augment.augmentation_matrices(
-            params, source_size, self.source_margin, self.heatmap_size
-        )
         x = augment.warp_images(images, m_in, self.input_size) / 255.0
         if training and self.augment:
             x = augment.color_jitter(x, params["color"])
         joints, visible = augment.transform_joints(
-            inputs["joints"], inputs["visible"], m_hm, params["flip"], self.flip_permutation
+            inputs["joints"], inputs["visible"], m_in, params["flip"], self.flip_permutation
         )
-        targets = render_heatmaps(joints, visible, self.heatmap_size, self.sigma)
+        targets = self.codec.encode(joints, visible, self.input_size, self.heatmap_size)
         return x, targets
 
     def _sample_params(self, batch) -> dict:
@@ -237,7 +243,7 @@ class PoseTrainer(keras.Model):
             "name": self.name,
             "hourglass": keras.saving.serialize_keras_object(self.hourglass),
             "augment": self.augment,
-            "sigma": self.sigma,
+            "codec": self.codec.to_config(),
             "flip_permutation": self.flip_permutation,
             "source_margin": self.source_margin,
             "seed": self.seed,

@@ -58,7 +58,8 @@ class PCKhCallback(keras.callbacks.Callback):
     metric, the groups and the names. Every ``every_n_epochs`` epochs the callback predicts
     ``dataset`` (the evaluation dict of ``pose_dataset(..., training=False)``: model-input crops,
     ``center``, ``scale``, original-pixel ``joints``, ``visible``, ``normalizer``, ``box``,
-    ``image_id``), optionally with the flip test, decodes to original image pixels, scores it
+    ``image_id``), optionally with the flip test, decodes to original image pixels (with ``decoder``,
+    default the codec the model is trained with: :func:`hgkeras.codec.codec_for`), scores it
     (:func:`hgkeras.evaluation.evaluate.score_for_pose`) and adds :func:`log_values` to ``logs``:
 
     * MPII: ``val_pckh`` = PCKh@0.5 ``Total`` (official) or ``Mean`` (``protocol="hrnet"``),
@@ -81,6 +82,7 @@ class PCKhCallback(keras.callbacks.Callback):
         protocol: str = "official",
         prefix: str | None = None,
         verbose: int = 0,
+        decoder: str | None = None,
     ) -> None:
         super().__init__()
         if int(every_n_epochs) < 1:
@@ -93,6 +95,7 @@ class PCKhCallback(keras.callbacks.Callback):
         self.protocol = protocol
         self.prefix = prefix
         self.verbose = int(verbose)
+        self.decoder = decoder
         self.last_result: dict[str, object] | None = None
 
     def _pose(self):
@@ -102,11 +105,14 @@ class PCKhCallback(keras.callbacks.Callback):
 
     def evaluate(self) -> dict[str, object]:
         """Predict and score the dataset now; returns the full metrics dict."""
+        from hgkeras.codec import codec_for
         from hgkeras.evaluation.evaluate import predict_eval_dataset, score_for_pose
 
         network = getattr(self.model, "hourglass", self.model)
-        out = predict_eval_dataset(network, self.dataset, flip=self.flip)
-        return score_for_pose(out, self._pose(), protocol=self.protocol)
+        pose = self._pose()
+        codec = codec_for(network, self.decoder)
+        out = predict_eval_dataset(network, self.dataset, self.flip, pose, codec)
+        return score_for_pose(out, pose, protocol=self.protocol)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every_n_epochs != 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hgkeras.codec import DECODERS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -43,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True,
         help="flip test: average with the mirrored image's heatmaps (default on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decoder", choices=DECODERS,
+        help="heatmap decoder (--model): paper (argmax + quarter pixel), dark (Taylor step on the "
+        "blurred log-heatmap) or udp (for udp-trained models); default: the model's own codec",
     )  # fmt: skip
     parser.add_argument(
         "--protocol", choices=("official", "hrnet"), default="official",
@@ -97,7 +104,7 @@ def _run_coco(args: argparse.Namespace) -> int:
             raise ValueError("--images DIR is needed to run --model on a COCO annotation file")
         metrics, results = coco.evaluate_model(
             load_model(args.model, fold_batch_norms=True), args.data, args.images, args.detections, flip=args.flip,
-            batch_size=args.batch_size, nms=args.oks_nms,
+            batch_size=args.batch_size, nms=args.oks_nms, decoder=args.decoder,
         )  # fmt: skip
         if args.write_predictions:
             coco.write_results(args.write_predictions, [
@@ -146,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.model) == bool(args.predictions):
         raise ValueError("give exactly one of --model or --predictions")
+    if args.decoder and not args.model:
+        raise ValueError("--decoder applies to --model (a predictions file is already decoded)")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if _is_coco_file(args.data):
@@ -171,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         flip=args.flip,
         batch_size=args.batch_size,
         pose=args.pose,
+        decoder=args.decoder,
     )
     pred, pose = out["pred"], out["pose"]
 
@@ -194,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = score_for_pose(dict(out, visible=visible), pose, protocol=args.protocol)
     title, table = format_result(result, pose)
-    print(f"{title}, {pred.shape[0]} people, {int(visible.sum())} annotated joints")
+    decoded = "" if out["codec"] is None else f", {out['codec'].decoder} decoder"
+    print(f"{title}, {pred.shape[0]} people, {int(visible.sum())} annotated joints{decoded}")
     print(table)
     if "AUC" in result:
         print(f"AUC (PCKh 0..{result['threshold']:g}): {result['AUC']:.1f}")
@@ -205,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "predictions": args.predictions,
             "flip": bool(args.flip) if args.model else None,
+            "codec": None if out["codec"] is None else out["codec"].to_config(),
             "num_people": int(pred.shape[0]),
             "num_joints_scored": int(visible.sum()),
             "summary": summary_key(result),

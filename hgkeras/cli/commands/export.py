@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-from pathlib import Path
 
+from hgkeras.codec import DECODERS
 from hgkeras.deploy.formats import FORMATS
 
 
@@ -28,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", default="hourglass", help="served model name (hourglass)")
     parser.add_argument("--version", type=int, default=1, help="model version, an integer >= 1")
     parser.add_argument("--flip", action="store_true", help="bake the flip test into the graphs")
+    parser.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        help="how the SavedModel decodes heatmaps and pose.json tells the host to decode the other "
+        "formats' (default: the codec the model was trained with; docs/evaluation.md)",
+    )
     parser.add_argument(
         "--formats",
         default="saved_model",
@@ -75,35 +79,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import keras
-
     from hgkeras.deploy import export
     from hgkeras.deploy.formats import parse_formats
 
     formats = list(parse_formats(args.formats))
     if args.onnx and "onnx" not in formats:
-        formats = list(parse_formats([*formats, "onnx"]))
-    target = export.version_path(Path(args.out), args.name, args.version)
-    if target.exists() and not args.force:
-        raise FileExistsError(
-            f"{target} already exists; choose another --version or pass --force to replace it"
-        )
-    positional = (args.model, args.out, args.name, args.version)
-    options = dict(
-        formats=formats, flip=args.flip, calibration=args.calibration,
+        formats.append("onnx")
+    options = export.ExportOptions(
+        name=args.name, version=args.version, formats=formats, flip=args.flip,
+        decoder=args.decoder, calibration=args.calibration,
         calibration_images=args.calibration_images, force=args.force, verify=not args.no_verify,
         models_config=not args.no_models_config, base_path=args.base_path, fold=not args.no_fold,
         max_pixels=int(args.max_pixels) if args.max_pixels > 0 else None,
         warmup=not args.no_warmup,
     )  # fmt: skip
-    if keras.backend.backend() != "tensorflow":
-        # The .keras file is backend independent: export it from a TensorFlow process.
-        argv = export.export_argv(*positional, **options)
-        print(f"backend is {keras.backend.backend()}: exporting under TensorFlow", file=sys.stderr)
-        env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        return subprocess.run([sys.executable, "-m", "hgkeras", *argv], env=env).returncode
-
-    result = export.export_model(*positional, **options, log=print)
+    # Under jax or torch the export re-runs in a TensorFlow process (the .keras file is backend
+    # independent); its progress lines come back through log.
+    result = export.export_model(args.model, args.out, options, log=print)
     print(f"version folder: {result.version_dir}")
     for fmt, path in result.files.items():
         print(f"  {fmt:12s} {path.relative_to(result.version_dir.parent)}")
@@ -111,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"config:         {result.models_config}")
     for name, check in result.checks.items():
         if name == "saved_model":
-            print(f"check saved_model  max |heatmap - Keras| = {check:.2e}, keypoints equal")
+            print(f"check saved_model  max |heatmap - Keras| = {check:.2e}, decoding = host's")
         else:
             print(f"check {check.describe()}")
     warnings = [c.warning for c in result.checks.values() if getattr(c, "warning", None)]

@@ -8,6 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from hgkeras.codec import DECODERS
+
 #: File name endings read as still images (others in a folder are skipped).
 IMAGE_SUFFIXES = (
     ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2",
@@ -74,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="--boxes: drop boxes overlapping a better one by more than IOU (default: keep all)",
     )
     parser.add_argument("--no-flip", action="store_true", help="skip the flip test (2x faster)")
+    parser.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        help="heatmap decoder: paper, dark or udp (default: the codec the model was trained or "
+        "exported with; docs/predict.md)",
+    )
     parser.add_argument(
         "--heatmaps",
         action="store_true",
@@ -243,6 +251,7 @@ def predict_image(
         "width": int(pixels.shape[1]),
         "height": int(pixels.shape[0]),
         "flip": predictor.flip,
+        "decoder": predictor.codec.decoder,
         "people": [p.to_dict() for p in people],
     }
     written = [out / f"{stem}.json"]
@@ -322,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = PosePredictor(
         args.model, flip=not args.no_flip, batch_size=args.batch_size, detector=detector,
         max_pixels=int(args.max_pixels) if args.max_pixels > 0 else None,
-        allow_truncated=args.allow_truncated,
+        allow_truncated=args.allow_truncated, decoder=args.decoder,
     )  # fmt: skip
     whole_image = not (args.box or args.boxes or args.detect)
     if whole_image and not args.quiet:
