@@ -30,6 +30,7 @@ from keras import ops
 from hgkeras.codec import DEFAULT_SIGMA, render_heatmaps
 from hgkeras.data import augment
 from hgkeras.data.pipeline import SOURCE_MARGIN
+from hgkeras.optimizers import make_optimizer
 from hgkeras.spec import pose_of
 
 
@@ -120,7 +121,11 @@ class PoseTrainer(keras.Model):
         jit_compile: bool | str = "auto",
         **kwargs,
     ) -> None:
-        """Compile with the paper's RMSprop (lr 2.5e-4, rho 0.99, eps 1e-8) unless told otherwise."""
+        """Compile; by default with Torch's RMSprop (lr 2.5e-4, rho 0.99, eps 1e-8), the paper's.
+
+        When the hourglass computes in float16 (``mixed_float16``) the optimizer is wrapped in
+        Keras' ``LossScaleOptimizer`` (the trainer itself stays float32, so Keras would not do it).
+        """
         if stack_weights is not None:
             if len(stack_weights) != self.num_stacks:
                 raise ValueError(
@@ -129,7 +134,12 @@ class PoseTrainer(keras.Model):
                 )
             self.stack_weights = [float(w) for w in stack_weights]
         if optimizer is None:
-            optimizer = keras.optimizers.RMSprop(learning_rate=2.5e-4, rho=0.99, epsilon=1e-8)
+            optimizer = make_optimizer()
+        elif isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.hourglass.dtype_policy.name == "mixed_float16" and not scaled:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def _check_inputs(self, inputs) -> None:
