@@ -558,7 +558,7 @@ def resolve_data(config: TrainConfig, out: Path) -> DataSources:
 
 def source_crop_size(input_size: int) -> int:
     """Side of the training source crop: the pipeline's margin around the box at the input resolution
-    (384 for the paper's 256 input), so augmentation never samples below the model's resolution."""
+    (512 for the paper's 256 input), so augmentation never samples below the model's resolution."""
     from hgkeras.data.pipeline import SOURCE_MARGIN
 
     return int(round(input_size * SOURCE_MARGIN))
@@ -665,9 +665,10 @@ def build_trainer(config: TrainConfig, dist: Distribution | None = None):
         from hgkeras.training._keras_internals import multi_worker_trainer_class
 
         trainer_class = multi_worker_trainer_class(PoseTrainer)
-    from hgkeras.data.coco import AUGMENTATION
-
-    options = AUGMENTATION if config.dataset == "coco" else {}
+    # COCO's clipped law (the recipe module to come holds it as data)
+    coco = dict(rotation=40.0, rotation_limit=40.0, rotation_probability=0.6, scale=0.3,
+                scale_limit=0.3, scale_law="linear")  # fmt: skip
+    options = coco if config.dataset == "coco" else {}
     trainer = trainer_class(
         hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed, **options
     )

@@ -21,6 +21,7 @@ the global batch, so a resumed run draws what the uninterrupted run would have d
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 
@@ -29,6 +30,7 @@ from keras import ops
 
 from hgkeras.codec import DEFAULT_SIGMA, render_heatmaps
 from hgkeras.data import augment
+from hgkeras.data.augment import Augmentation
 from hgkeras.data.pipeline import SOURCE_MARGIN
 from hgkeras.optimizers import make_optimizer
 from hgkeras.spec import pose_of
@@ -60,8 +62,8 @@ class PoseTrainer(keras.Model):
         flip_permutation: left/right joint swap; default from the hourglass' pose spec.
         source_margin: person-box sides shown by the source crop (must match ``pose_dataset``).
         seed: seed of the augmentation random stream.
-        **augment_options: ``rotation``, ``rotation_probability``, ``scale_sigma``, ``scale_range``,
-            ``flip_probability``, ``color_range`` (see :func:`hgkeras.data.augment.sample_params`).
+        **augment_options: fields of :class:`hgkeras.data.augment.Augmentation` (``rotation``,
+            ``rotation_limit``, ``scale``, ...); the others keep the Torch code's law.
     """
 
     def __init__(
@@ -97,13 +99,11 @@ class PoseTrainer(keras.Model):
         if flip_permutation is None:
             flip_permutation = pose_of(hourglass).flip_permutation
         self.flip_permutation = [int(i) for i in flip_permutation]
-        unknown = set(augment_options) - {
-            "rotation", "rotation_probability", "scale_sigma", "scale_range",
-            "flip_probability", "color_range",
-        }  # fmt: skip
+        unknown = set(augment_options) - {f.name for f in dataclasses.fields(Augmentation)}
         if unknown:
             raise TypeError(f"unknown augmentation options: {sorted(unknown)}")
-        self.augment_options = augment_options
+        #: The law of the random augmentation (:class:`hgkeras.data.augment.Augmentation`).
+        self.augmentation = Augmentation(**augment_options)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.augment_step = self.add_weight(
             shape=(), dtype="int32", initializer="zeros", trainable=False,
@@ -192,12 +192,10 @@ class PoseTrainer(keras.Model):
         state.assign(ops.cast(ops.stack([base, step * 8]), state.dtype))
         replica, replicas = _replica_position()
         if replicas == 1:
-            return augment.sample_params(batch, self.seed_generator, **self.augment_options)
+            return augment.sample_params(batch, self.seed_generator, self.augmentation)
         # Every replica draws the global batch's parameters from the same seed and keeps its slice,
         # so replicas differ and the global batch is augmented as on one device.
-        params = augment.sample_params(
-            batch * replicas, self.seed_generator, **self.augment_options
-        )
+        params = augment.sample_params(batch * replicas, self.seed_generator, self.augmentation)
         index = ops.arange(batch, dtype="int32") + replica * ops.cast(batch, "int32")
         return {key: ops.take(value, index, axis=0) for key, value in params.items()}
 
@@ -251,7 +249,7 @@ class PoseTrainer(keras.Model):
             "flip_permutation": self.flip_permutation,
             "source_margin": self.source_margin,
             "seed": self.seed,
-            **self.augment_options,
+            **self.augmentation.to_dict(),
         }
 
     def build_from_config(self, config: dict) -> None:
