@@ -18,7 +18,7 @@ from keras import ops
 
 from hgkeras import geometry
 
-#: Default Gaussian standard deviation in heatmap pixels (docs/method.md: sigma = 1 at 64x64).
+#: Default Gaussian sigma in heatmap pixels: the paper's text's 1 at 64x64 (the Torch code's is 1.75).
 DEFAULT_SIGMA = 1.0
 
 

@@ -14,12 +14,7 @@ import pytest
 
 from hgkeras import geometry
 from hgkeras.cli import main
-from hgkeras.data.coco import (
-    AUGMENTATION,
-    TRAINING_DEFAULTS,
-    coco_box_to_center_scale,
-    read_coco_keypoints,
-)
+from hgkeras.data.coco import coco_box_to_center_scale, read_coco_keypoints
 from hgkeras.data.readers import read_annotations
 from hgkeras.evaluation import coco
 from hgkeras.spec import COCO, get_skeleton
@@ -352,25 +347,30 @@ def test_predict_format_coco_needs_coco_image_names(tiny_coco_model, real_data, 
 
 def test_train_dataset_coco_uses_the_top_down_defaults(tmp_path):
     from hgkeras.cli.commands.train import parse_config
-    from hgkeras.training.run import build_callbacks, build_trainer
+    from hgkeras.training.build import build_trainer
+    from hgkeras.training.recipes import RECIPES
+    from hgkeras.training.run_callbacks import build_callbacks
 
-    mpii = parse_config(["--dataset", "mpii", "--data-dir", str(tmp_path)])
-    assert (mpii.sigma, mpii.batch_size, mpii.epochs, mpii.lr_drops) == (1.0, 6, 100, [60, 90])
     config = parse_config(["--dataset", "coco", "--data-dir", str(tmp_path)])
-    assert config.joints == 17
-    for key, value in TRAINING_DEFAULTS.items():
-        assert getattr(config, key) == value, key
+    assert config.joints == 17 and config.recipe == "coco"
+    coco_recipe = RECIPES["coco"]
+    assert (config.sigma, config.batch_size, config.epochs, config.lr_drops) == (
+        2.0,
+        32,
+        210,
+        [170, 200],
+    )
+    assert config.input_size == 256 and config.augmentation == coco_recipe.augmentation.to_dict()
     small = parse_config(
         ["--dataset", "coco", "--data-dir", str(tmp_path), "--stacks", "1", "--features", "16",
          "--depth", "1", "--input-size", "32", "--sigma", "1.5"]
     )  # fmt: skip
     assert small.sigma == 1.5
     _, trainer = build_trainer(small)
-    assert trainer.augment_options == AUGMENTATION and trainer.flip_permutation == list(
-        COCO.flip_permutation
-    )
+    assert trainer.augmentation == coco_recipe.augmentation
+    assert trainer.flip_permutation == list(COCO.flip_permutation)
     callbacks = build_callbacks(small, tmp_path, val_dataset=[], steps_per_epoch=1)
-    assert isinstance(callbacks["pckh"], coco.OKSAPCallback)
+    assert isinstance(callbacks["validation"], coco.OKSAPCallback)
     assert callbacks["best"].monitor == "val_ap"
 
 

@@ -63,7 +63,8 @@ a, b = (np.asarray(t) for t in two.experimental_local_results(targets))
 result["replica_target_diff"] = float(np.max(np.abs(a - b)))
 
 # What train.py refuses under tf.distribute, and whether Keras still fails there (a Dense model).
-from hgkeras.training.run import Distribution, TrainConfig, check_distribution_settings
+from hgkeras.training.distribution import Distribution, check_distribution_settings
+from hgkeras.training.recipes import TrainConfig
 
 dist = Distribution("MirroredStrategy (2 devices)", two, 2)
 result["refusals"], result["keras_fails"] = {}, {}
@@ -98,7 +99,7 @@ result["rmsprop_weight_diff"] = max(float(np.max(np.abs(a - b)))
                                     for a, b in zip(steps["one"], steps["two"]))
 
 # The chief-to-all broadcast that resumes multi-worker runs is exact for bytes and floats.
-from hgkeras.training.run import _tf_broadcast_from_chief
+from hgkeras.training.distribution import _tf_broadcast_from_chief
 
 sent = [np.frombuffer(rng.bytes(4096), np.int32), np.asarray([-1, 7, 2**30 - 1], np.int32),
         rng.normal(size=(3, 5)).astype("float32")]
@@ -210,7 +211,7 @@ def test_mixed_precision_keeps_coordinates_targets_and_heatmaps_float32(
 TORCH_CODE = """
 import os
 os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"] = "2"
-from hgkeras.training.run import select_distribution
+from hgkeras.training.distribution import select_distribution
 try:
     select_distribution(4)
 except ValueError as error:
