@@ -141,13 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                 entry = run(name, optimizer, args.steps, Path(temp) / f"{name}-{optimizer}")
                 result["runs"].append(entry)
                 atomic_write_json(args.out, result)
-    print(f"\nRecipes on the shipped MPII samples ({result['machine']}, TensorFlow)")
-    print(f"{'recipe':11s} {'optimizer':14s} {'steps':>5s} {'first loss':>10s} {'last loss':>10s} "
-          f"{'PCKh':>6s} {'wall s':>7s}")  # fmt: skip
-    for r in result["runs"]:
-        losses = r["loss_per_epoch"]
-        print(f"{r['recipe']:11s} {r['optimizer']:14s} {r['steps']:5d} {losses[0]:10.5f} "
-              f"{losses[-1]:10.5f} {r['val_pckh']:6.1f} {r['wall_seconds']:7.1f}")  # fmt: skip
+    result["load_average_after"] = list(os.getloadavg())
+    atomic_write_json(args.out, result)
+    print(f"\nRecipes on the shipped MPII samples ({result['machine']}, TensorFlow, load average "
+          f"{result['load_average_after'][0]:.1f})")  # fmt: skip
+    table = [("recipe", "optimizer", "steps", "first loss", "last loss", "PCKh", "wall s")]
+    table += [
+        (r["recipe"], r["optimizer"], r["steps"], f"{r['loss_per_epoch'][0]:.5f}",
+         f"{r['loss_per_epoch'][-1]:.5f}", f"{r['val_pckh']:.1f}", r["wall_seconds"])
+        for r in result["runs"]
+    ]  # fmt: skip
+    for row in table:
+        print("  ".join(f"{cell!s:>13}" for cell in row))
     print(f"\nwrote {args.out}")
     return 0
 

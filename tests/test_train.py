@@ -76,6 +76,26 @@ def test_a_recipe_gives_what_flags_do_not():
         )
 
 
+def test_source_crops_hold_what_the_augmentation_law_draws():
+    """2 box sides for the Torch law (1.414 x the box turned 45 degrees), 1.25 x 1.414 for bearpaw's,
+    the model input's box alone without augmentation; the trainer warps with the same margin."""
+    from hgkeras.training.build import build_trainer
+    from hgkeras.training.datasets import source_crop_size, source_margin
+
+    base = ["--dataset", "mpii", "--data-dir", "d", "--input-size", "64"]
+    torch_law = parse_config(base)
+    assert source_margin(torch_law) == pytest.approx(2.0) and source_crop_size(torch_law) == 128
+    assert source_margin(parse_config([*base, "--recipe", "bearpaw"])) == pytest.approx(
+        1.25 * 2**0.5
+    )
+    plain = parse_config(
+        [*base, "--no-augment", "--stacks", "1", "--features", "16", "--depth", "1"]
+    )
+    assert source_margin(plain) == 1.0
+    _, trainer = build_trainer(plain)
+    assert trainer.source_margin == 1.0 and source_crop_size(plain) == 64
+
+
 def test_every_flag_overrides_and_is_documented():
     argv = (
         "--dataset mpii --data-dir d --stacks 2 --features 32 --modules 2 --depth 3 --input-size 64 "
@@ -639,16 +659,17 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
     """From scratch, a 2-stack, 64-feature network at 128x128 input trained on the 5 shipped real MPII
     people reaches PCKh@0.5 >= 90 (official protocol) on those people, scored in ORIGINAL image pixels
     through the full chain: evaluation crops -> network -> argmax + quarter-pixel decode -> inverse crop
-    transform. Augmentation is OFF (and with it the flip test, since a network that never saw mirrored
-    people cannot be averaged with its mirror), to fit a CI budget; the learning rate (1.5e-3, /10
-    for the last 100 of 700 steps) is raised from the paper's 2.5e-4 for the same reason (PCKh 95.5
-    on a 2-core Xeon). Every stack's loss must
+    transform. The embedded recipe (Torch's RMSprop, Keras initialisation, sigma 1): augmentation is
+    OFF (and with it the flip test, since a network that never saw mirrored people cannot be
+    averaged with its mirror), to fit a CI budget; the learning rate (1.5e-3, /10 for the last 100
+    of 700 steps) is raised from the paper's 2.5e-4 for the same reason. Every stack's loss must
     decrease. Together this shows targets, crop geometry, decoding and inverse transform agree."""
     from hgkeras.training.run import train
 
     config = parse_config(
         ["--dataset", "mpii", "--data-dir", str(sample_records), "--out", str(tmp_path / "learn"),
-         "--stacks", "2", "--features", "64", "--input-size", "128", "--batch-size", "5",
+         "--recipe", "embedded", "--stacks", "2", "--features", "64", "--input-size", "128",
+         "--batch-size", "5",
          "--epochs", "7", "--steps-per-epoch", "100", "--lr", "1.5e-3", "--lr-drops", "6",
          "--no-augment", "--no-flip-eval", "--val-every", "7", "--no-export", "--verbose", "0"]
     )  # fmt: skip

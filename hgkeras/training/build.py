@@ -22,7 +22,7 @@ def build_trainer(config: TrainConfig, dist: Distribution | None = None):
     """(hourglass, trainer): the StackedHourglass and its PoseTrainer, built and compiled."""
     from hgkeras.models.hourglass import StackedHourglass
     from hgkeras.optimizers import make_optimizer
-    from hgkeras.training.datasets import source_crop_size
+    from hgkeras.training.datasets import source_crop_size, source_margin
     from hgkeras.training.trainer import PoseTrainer
 
     hourglass = StackedHourglass(
@@ -43,10 +43,10 @@ def build_trainer(config: TrainConfig, dist: Distribution | None = None):
         trainer_class = multi_worker_trainer_class(PoseTrainer)
     trainer = trainer_class(
         hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed,
-        **config.augmentation,
+        source_margin=source_margin(config), **config.augmentation,
     )  # fmt: skip
     # Built up front so that a resumed run can load its backup before the first step.
-    source = source_crop_size(config.input_size)
+    source = source_crop_size(config)
     trainer.build(
         {
             "image": (None, source, source, 3),

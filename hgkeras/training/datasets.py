@@ -68,12 +68,21 @@ def resolve_data(config: TrainConfig, out: Path) -> DataSources:
     )
 
 
-def source_crop_size(input_size: int) -> int:
-    """Side of the training source crop: the pipeline's margin around the box at the input resolution
-    (512 for the paper's 256 input), so augmentation never samples below the model's resolution."""
-    from hgkeras.data.pipeline import SOURCE_MARGIN
+def source_margin(config: TrainConfig) -> float:
+    """Person-box sides the training source crops show: what the augmentation law can draw
+    (:meth:`~hgkeras.data.augment.Augmentation.required_margin`; 2 for the Torch code's), 1
+    without augmentation (the crop is then the model input's box)."""
+    from hgkeras.data.augment import Augmentation
 
-    return int(round(input_size * SOURCE_MARGIN))
+    if not config.augment:
+        return 1.0
+    return Augmentation.from_dict(config.augmentation).required_margin()
+
+
+def source_crop_size(config: TrainConfig) -> int:
+    """Side of the training source crop: :func:`source_margin` boxes at the input's resolution
+    (512 for the paper's 256 input and the Torch law), so augmentation never samples below it."""
+    return int(round(config.input_size * source_margin(config)))
 
 
 def default_val_batch_size() -> int:
@@ -115,7 +124,8 @@ def build_datasets(
             batch_size,
             training=True,
             split=sources.train_split,
-            source_size=source_crop_size(config.input_size),
+            source_size=source_crop_size(config),
+            source_margin=source_margin(config),
             repeat=True,
             seed=config.seed,
             start=start_step * config.batch_size,
