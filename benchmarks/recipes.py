@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -73,9 +74,12 @@ def run(name: str, optimizer: str, steps: int, out: Path) -> dict:
             "--verbose", "2", *recipe_arguments(name, steps)]  # fmt: skip
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{name}/{optimizer} failed:\n{done.stderr[-3000:]}")
     results = json.loads((out / "results.json").read_text())
@@ -109,6 +113,8 @@ def run(name: str, optimizer: str, steps: int, out: Path) -> dict:
         "pckh": {k: v for k, v in results["pckh"].items() if isinstance(v, (int, float))},
         "train_seconds": results["train_seconds_this_session"],
         "wall_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),  # user + system, all cores: less sensitive to the load
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 
@@ -145,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(args.out, result)
     print(f"\nRecipes on the shipped MPII samples ({result['machine']}, TensorFlow, load average "
           f"{result['load_average_after'][0]:.1f})")  # fmt: skip
-    table = [("recipe", "optimizer", "steps", "first loss", "last loss", "PCKh", "wall s")]
+    table = [("recipe", "optimizer", "steps", "first loss", "last loss", "PCKh", "wall s", "cpu s")]
     table += [
         (r["recipe"], r["optimizer"], r["steps"], f"{r['loss_per_epoch'][0]:.5f}",
-         f"{r['loss_per_epoch'][-1]:.5f}", f"{r['val_pckh']:.1f}", r["wall_seconds"])
+         f"{r['loss_per_epoch'][-1]:.5f}", f"{r['val_pckh']:.1f}", r["wall_seconds"],
+         r["cpu_seconds"])
         for r in result["runs"]
     ]  # fmt: skip
     for row in table:
