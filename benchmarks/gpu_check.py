@@ -11,7 +11,7 @@ the output and the JSON), and with TensorFlow unimportable (the GPU machine has 
   uint8 source crops and joints, ``mixed_bfloat16``) per batch size: first-step (compile) seconds,
   images/s, peak device memory, and ``3 x 2 x MACs x images/s`` as a fraction of the bf16 rate;
 * ``inference``: images/s of the folded network (as PosePredictor and the exports run it) per batch;
-* ``validation``: predict + flip + decode images/s (``predict_eval_dataset``, as PCKhCallback runs it);
+* ``validation``: predict + flip + decode images/s (``predict_eval_dataset``, as ValidationCallback runs it);
 * ``host_syncs``: host synchronisations per training step (torch on CUDA:
   ``torch.cuda.set_sync_debug_mode``; elsewhere recorded as not available);
 * ``host_decode``: JPEG decode (OpenCV) + person crop (``crop_person``) images/s on all cores.
@@ -21,10 +21,16 @@ total budget; the JSON is rewritten after every stage, so a stage that fails or 
 keeps the others and records its error. ``--tiny`` runs the same stages with 1 stack, 32 features,
 a 64x64 input and batch 2 (a few minutes on a CPU).
 
+``--recipe NAME`` (``docs/training.md`` "Recipes", e.g. ``newell2016``, the paper's Torch code) trains
+with that recipe's initialisation, optimiser, learning rate, sigma and augmentation law, at its batch
+size first (full sizes: also its network), and records the recipe and, for its batch size, the hours
+its full length (epochs x steps per epoch) would take on the device at the measured step time.
+
 Usage::
 
     python benchmarks/gpu_check.py                  # full sizes, writes benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --tiny --cpu     # the same stages, tiny, on the CPU
+    python benchmarks/gpu_check.py --recipe newell2016 --stages device,train   # the paper's recipe
     bash benchmarks/gpu_check.sh OUTDIR             # on the GPU machine (installs the carried wheels)
 """
 
@@ -49,8 +55,8 @@ from _workers import TIMED_OUT, emit, spawn_worker, timed  # noqa: E402
 SCHEMA_VERSION = 1
 BACKENDS = ("jax", "torch")
 POLICY = "mixed_bfloat16"
-#: Sizes per mode. The source crop is 1.5x the input side (pose_dataset's 384 for 256); the layer
-#: checks run on (layer_batch, layer_size, layer_size, layer_channels) maps (full: the hourglass'
+#: Sizes per mode. The source crop is SOURCE_MARGIN (2) input sides (pose_dataset's 512 for 256); the
+#: layer checks run on (layer_batch, layer_size, layer_size, layer_channels) maps (full: the hourglass'
 #: 64x64x128 maps and its 7x7/2 stem convolution of a 256x256 image to 64 channels).
 SIZES = {
     "full": {
@@ -414,9 +420,28 @@ def _hourglass(config: dict):
 
     keras.mixed_precision.set_global_policy(POLICY)
     size = config["input_size"]
+    recipe = config.get("recipe") or {}
     return StackedHourglass(
-        num_stacks=config["stacks"], num_features=config["features"], image_shape=(size, size, 3)
-    )
+        num_stacks=config["stacks"], num_features=config["features"], image_shape=(size, size, 3),
+        init=recipe.get("init", "keras"),
+    )  # fmt: skip
+
+
+def _trainer(config: dict):
+    """(hourglass, compiled PoseTrainer): the recipe's sigma, augmentation law, optimiser and rate
+    with ``--recipe``, the trainer's defaults otherwise."""
+    from hgkeras import PoseTrainer
+    from hgkeras.optimizers import make_optimizer
+
+    model = _hourglass(config)
+    recipe = config.get("recipe")
+    if recipe is None:
+        trainer = PoseTrainer(model, seed=0)
+        trainer.compile()
+        return model, trainer
+    trainer = PoseTrainer(model, sigma=recipe["sigma"], seed=0, **recipe["augmentation"])
+    trainer.compile(optimizer=make_optimizer(recipe["optimizer"], recipe["lr"]))
+    return model, trainer
 
 
 def _source_batch(batch: int, config: dict, seed: int = 0) -> dict:
@@ -424,8 +449,10 @@ def _source_batch(batch: int, config: dict, seed: int = 0) -> dict:
     import numpy as np
     from keras import ops
 
+    from hgkeras.data.pipeline import SOURCE_MARGIN
+
     rng = np.random.default_rng(seed)
-    side = config["input_size"] * 3 // 2
+    side = int(round(config["input_size"] * SOURCE_MARGIN))
     visible = (rng.random((batch, 16)) < 0.9).astype("float32")
     elements = {
         "image": rng.integers(0, 256, (batch, side, side, 3), dtype=np.uint8),
@@ -439,11 +466,9 @@ def stage_train(config: dict, batch: int) -> None:
     """Seconds of the first (compiling) step, then images/s of PoseTrainer.train_on_batch."""
     import math
 
-    from hgkeras import PoseTrainer, count_macs
+    from hgkeras import count_macs
 
-    model = _hourglass(config)
-    trainer = PoseTrainer(model, seed=0)
-    trainer.compile()
+    model, trainer = _trainer(config)
     data = _source_batch(batch, config)
     start = time.perf_counter()
     logs = trainer.train_on_batch(data, return_dict=True)  # returns floats: a host sync
@@ -497,7 +522,7 @@ def stage_inference(config: dict) -> None:
 
 
 def stage_validation(config: dict) -> None:
-    """images/s of predict + flip + decode to image pixels (predict_eval_dataset, as PCKhCallback)."""
+    """images/s of predict + flip + decode to image pixels (predict_eval_dataset, as ValidationCallback)."""
     import numpy as np
 
     from hgkeras.evaluation.evaluate import predict_eval_dataset
@@ -525,7 +550,7 @@ def stage_validation(config: dict) -> None:
     seconds = time.perf_counter() - start
     emit({"row": {
         "kind": "validation", "batch": batch, "policy": POLICY, "flip": True,
-        "network": "hourglass as trained (PCKhCallback)", "first_batch_s": first,
+        "network": "hourglass as trained (ValidationCallback)", "first_batch_s": first,
         "batches_timed": len(elements), "images_per_s": len(out["pred"]) / seconds,
         "predictions_finite": bool(np.isfinite(out["pred"]).all()),
     }})  # fmt: skip
@@ -546,11 +571,7 @@ def stage_host_syncs(config: dict) -> None:
 
     import torch
 
-    from hgkeras import PoseTrainer
-
-    model = _hourglass(config)
-    trainer = PoseTrainer(model, seed=0)
-    trainer.compile()
+    model, trainer = _trainer(config)
     data = _source_batch(config["train_batches"][0], config)
     images = torch.rand(
         (config["infer_batches"][0], config["input_size"], config["input_size"], 3), device="cuda"
@@ -692,6 +713,7 @@ def derive(result: dict) -> None:
             ceiling[f"{dtype}_from"] = backend
     result["ceiling"] = ceiling
     limit = ceiling.get("bfloat16_flops")
+    recipe = result["config"].get("recipe")
     for stage in result["stages"]:
         for row in stage["rows"]:
             passes = {"train": 3, "inference": 1}.get(row["kind"])
@@ -699,6 +721,10 @@ def derive(result: dict) -> None:
                 row["fraction_of_bf16_matmul"] = (
                     passes * 2 * row["macs"] * row["images_per_s"] / limit
                 )
+            if recipe and row["kind"] == "train" and row["batch"] == recipe["batch_size"]:
+                steps = recipe["steps_per_epoch"] and recipe["epochs"] * recipe["steps_per_epoch"]
+                row["recipe_steps"] = steps or None  # None: one pass per epoch, data-dependent
+                row["recipe_hours"] = steps * row["step_s"] / 3600 if steps else None
 
 
 def _run_stage(name: str, backend: str, params: dict, config: dict, timeout: float, cpu: bool):
@@ -745,8 +771,10 @@ def _summary(row: dict) -> str:
             text += f"; vs float32: ours {ours:.1e}, stock {stock:.1e}"
         return text + (" ok" if row["passed"] else f" FAILED (tolerance {row['tolerance']:.0e})")
     if kind == "train":
+        hours = row.get("recipe_hours")
+        hours = f", the recipe's {row['recipe_steps']} steps: {hours:.1f} h" if hours else ""
         return (f"batch {row['batch']}: first step {row['first_step_s']:.1f} s, "
-                f"{row['images_per_s']:.1f} img/s{fraction}{memory}")  # fmt: skip
+                f"{row['images_per_s']:.1f} img/s{fraction}{memory}{hours}")  # fmt: skip
     if kind == "inference":
         return f"batch {row['batch']}: {row['images_per_s']:.1f} img/s{fraction}{memory}"
     if kind == "validation":
@@ -785,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a stage's time limit (repeatable)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="JSON output")
+    parser.add_argument(
+        "--recipe",
+        help="train with a training recipe's settings (docs/training.md 'Recipes'), e.g. newell2016",
+    )
     parser.add_argument("--worker-spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_spec:
@@ -813,13 +845,26 @@ def main(argv: list[str] | None = None) -> int:
 
     from hgkeras.io import atomic_write_json
 
-    config = SIZES[mode]
+    config = dict(SIZES[mode])
+    if args.recipe:
+        from hgkeras.training.recipes import RECIPES
+
+        if args.recipe not in RECIPES:
+            parser.error(f"--recipe: choose from {', '.join(RECIPES)}, got {args.recipe!r}")
+        recipe = RECIPES[args.recipe]
+        config["recipe"] = {"name": recipe.name, **recipe.settings()}
+        if mode == "full":  # the recipe's network, its batch size measured first
+            config.update(stacks=recipe.stacks, features=recipe.features,
+                          input_size=recipe.input_size)  # fmt: skip
+            others = [b for b in config["train_batches"] if b != recipe.batch_size]
+            config["train_batches"] = [recipe.batch_size, *others]
     budget = args.budget if args.budget is not None else BUDGETS[mode]
     out = args.out or RESULTS / ("gpu_check_tiny.json" if args.tiny else "gpu_check.json")
     result = {
         "benchmark": "gpu_check", "schema": SCHEMA_VERSION, "mode": mode, "policy": POLICY,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished": None,
         "host": cpu_description(), "backends": backends, "config": config,
+        "recipe": args.recipe,
         "budget_s": budget, "limits_s": limits, "tolerances": TOLERANCES,
         "gpu_found": None, "device": "unknown (no device stage finished)", "ceiling": {},
         "stages": [],

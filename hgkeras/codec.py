@@ -42,7 +42,7 @@ from hgkeras import geometry
 
 #: Decoders (the codec's name): the Torch code's, DARK's and UDP's.
 DECODERS = ("paper", "dark", "udp")
-#: Default Gaussian standard deviation in heatmap pixels (docs/method.md: sigma = 1 at 64x64).
+#: Default Gaussian sigma in heatmap pixels: the paper's text's 1 at 64x64 (the Torch code's is 1.75).
 DEFAULT_SIGMA = 1.0
 #: Largest Taylor step in heatmap pixels (the true peak of a smooth heatmap lies within one pixel of
 #: its grid maximum; a longer step comes from a flat or noisy neighbourhood).

@@ -50,11 +50,11 @@ def overfit_mpii_trainer(tmp_path_factory) -> tuple[Path, Path, Path]:
     import tensorflow as tf
 
     from hgkeras import PoseTrainer, StackedHourglass, pose_dataset
-    from hgkeras.training.run import default_samples_dir, prepare_embedded_data
+    from hgkeras.data.samples import SAMPLES_DIR, write_sample_records
 
     root = tmp_path_factory.mktemp("overfit_mpii")
-    samples = default_samples_dir()
-    records = prepare_embedded_data(samples, root / "records")
+    samples = SAMPLES_DIR
+    records = write_sample_records(root / "records")
     keras.utils.set_random_seed(0)
     hourglass = StackedHourglass(
         num_stacks=1, num_features=32, depth=2, image_shape=(64, 64, 3), pose="mpii"

@@ -1,4 +1,4 @@
-"""PCKhCallback: known-answer scoring through the real decode path, and integration with fit/ModelCheckpoint."""
+"""ValidationCallback: known-answer scoring through the real decode path, and integration with fit/ModelCheckpoint."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from hgkeras import MPII, geometry
-from hgkeras.training.validation import PCKhCallback
+from hgkeras.training.validation import ValidationCallback
 from hgkeras.codec import render_heatmaps
 
 
@@ -50,7 +50,7 @@ def eval_dataset():
 
 
 model = pooling_model()
-callback = PCKhCallback(eval_dataset(), flip=False)
+callback = ValidationCallback(eval_dataset(), flip=False)
 callback.set_model(model)
 logs = {"loss": 1.0}
 callback.on_epoch_end(0, logs)
@@ -65,13 +65,13 @@ class Wrapper:  # a training wrapper (e.g. PoseTrainer) is evaluated through its
     hourglass = model
 
 
-wrapped = PCKhCallback(eval_dataset(), flip=False)
+wrapped = ValidationCallback(eval_dataset(), flip=False)
 wrapped.set_model(Wrapper())
 logs = {}
 wrapped.on_epoch_end(0, logs)
 assert abs(logs["val_pckh"] - 100.0 * 53 / 55) < 1e-9, logs
 
-skipping = PCKhCallback(eval_dataset(), every_n_epochs=2, flip=False)
+skipping = ValidationCallback(eval_dataset(), every_n_epochs=2, flip=False)
 skipping.set_model(model)
 logs = {}
 skipping.on_epoch_end(0, logs)
@@ -88,7 +88,7 @@ import keras
 import tensorflow as tf
 
 from hgkeras import MPII
-from hgkeras.training.validation import PCKhCallback
+from hgkeras.training.validation import ValidationCallback
 
 keras.utils.set_random_seed(0)
 # A tiny trainable stand-in for the hourglass (same input/output contract, fast to compile).
@@ -109,7 +109,7 @@ evaluation = tf.data.Dataset.from_tensor_slices({
 path = sys.argv[1]
 checkpoint = keras.callbacks.ModelCheckpoint(path, monitor="val_pckh", mode="max", save_best_only=True)
 history = model.fit(x, y, epochs=2, batch_size=2, verbose=0,
-                    callbacks=[PCKhCallback(evaluation, flip=True), checkpoint])
+                    callbacks=[ValidationCallback(evaluation, flip=True), checkpoint])
 values = history.history["val_pckh"]
 assert len(values) == 2 and all(0.0 <= v <= 100.0 for v in values), values
 assert "val_pckh_ankle" in history.history
@@ -134,12 +134,12 @@ def test_callback_feeds_model_checkpoint_during_fit(tmp_path, recwarn):
 
 
 def test_callback_rejects_bad_arguments():
-    from hgkeras.training.validation import PCKhCallback
+    from hgkeras.training.validation import ValidationCallback
 
     with pytest.raises(ValueError, match="every_n_epochs"):
-        PCKhCallback([], every_n_epochs=0)
+        ValidationCallback([], every_n_epochs=0)
     with pytest.raises(ValueError, match="protocol"):
-        PCKhCallback([], protocol="pck")
+        ValidationCallback([], protocol="pck")
 
 
 def _decode_checks() -> str:
@@ -167,7 +167,7 @@ def test_flic_model_logs_pck_against_torso(tmp_path):
 
     from hgkeras import FLIC, geometry
     from hgkeras.codec import render_heatmaps
-    from hgkeras.training.validation import PCKhCallback
+    from hgkeras.training.validation import ValidationCallback
 
     inputs = keras.Input((32, 32, 11))
     model = keras.Model(inputs, [keras.layers.AveragePooling2D(4)(inputs)])
@@ -188,7 +188,7 @@ def test_flic_model_logs_pck_against_torso(tmp_path):
         "visible": np.ones((2, 11), "float32"),
         "normalizer": np.full(2, np.nan, "float32"),  # ignored for FLIC: torso from the joints
     }
-    callback = PCKhCallback(tf.data.Dataset.from_tensor_slices(data).batch(2), flip=False)
+    callback = ValidationCallback(tf.data.Dataset.from_tensor_slices(data).batch(2), flip=False)
     callback.set_model(model)
     logs: dict = {}
     callback.on_epoch_end(0, logs)

@@ -14,15 +14,11 @@ import pytest
 
 from hgkeras import geometry
 from hgkeras.cli import main
-from hgkeras.data.coco import (
-    AUGMENTATION,
-    TRAINING_DEFAULTS,
-    coco_box_to_center_scale,
-    read_coco_keypoints,
-)
+from hgkeras.data.coco import coco_box_to_center_scale, read_coco_keypoints
 from hgkeras.data.readers import read_annotations
 from hgkeras.evaluation import coco
 from hgkeras.spec import COCO, get_skeleton
+from hgkeras.training.validation import ValidationCallback
 
 
 @pytest.fixture(scope="module")
@@ -354,25 +350,30 @@ def test_predict_format_coco_needs_coco_image_names(tiny_coco_model, real_data, 
 
 def test_train_dataset_coco_uses_the_top_down_defaults(tmp_path):
     from hgkeras.cli.commands.train import parse_config
-    from hgkeras.training.run import build_callbacks, build_trainer
+    from hgkeras.training.build import build_trainer
+    from hgkeras.training.recipes import RECIPES
+    from hgkeras.training.run_callbacks import build_callbacks
 
-    mpii = parse_config(["--dataset", "mpii", "--data-dir", str(tmp_path)])
-    assert (mpii.sigma, mpii.batch_size, mpii.epochs, mpii.lr_drops) == (1.0, 6, 100, [60, 90])
     config = parse_config(["--dataset", "coco", "--data-dir", str(tmp_path)])
-    assert config.joints == 17
-    for key, value in TRAINING_DEFAULTS.items():
-        assert getattr(config, key) == value, key
+    assert config.joints == 17 and config.recipe == "coco"
+    coco_recipe = RECIPES["coco"]
+    assert (config.sigma, config.batch_size, config.epochs, config.lr_drops) == (
+        2.0,
+        32,
+        210,
+        [170, 200],
+    )
+    assert config.input_size == 256 and config.augmentation == coco_recipe.augmentation.to_dict()
     small = parse_config(
         ["--dataset", "coco", "--data-dir", str(tmp_path), "--stacks", "1", "--features", "16",
          "--depth", "1", "--input-size", "32", "--sigma", "1.5"]
     )  # fmt: skip
     assert small.sigma == 1.5
     _, trainer = build_trainer(small)
-    assert trainer.augment_options == AUGMENTATION and trainer.flip_permutation == list(
-        COCO.flip_permutation
-    )
+    assert trainer.augmentation == coco_recipe.augmentation
+    assert trainer.flip_permutation == list(COCO.flip_permutation)
     callbacks = build_callbacks(small, tmp_path, val_dataset=[], steps_per_epoch=1)
-    assert isinstance(callbacks["pckh"], coco.OKSAPCallback)
+    assert isinstance(callbacks["validation"], ValidationCallback)
     assert callbacks["best"].monitor == "val_ap"
 
 
@@ -408,7 +409,7 @@ def test_small_model_overfits_the_12_people_to_ap50_0_9(sample, tmp_path):
     pycocotools in ORIGINAL image pixels through the full chain: the pipeline's source crops, the
     trainer's warp and targets, the model, decoding and the inverse crop transform. Scored twice: on
     the ground-truth boxes from the annotation file (cv2 crops, `evaluate_model`) and through the
-    training callback (the pipeline's evaluation crops, `OKSAPCallback`)."""
+    training callback (the pipeline's evaluation crops, `ValidationCallback`)."""
     import keras
 
     from hgkeras.data import pose_dataset
@@ -442,11 +443,13 @@ def test_small_model_overfits_the_12_people_to_ap50_0_9(sample, tmp_path):
     assert len(results) == 12
     assert metrics["AP50"] >= 0.9, metrics
 
-    callback = coco.OKSAPCallback(
+    callback = ValidationCallback(
         pose_dataset(tmp_path, 12, training=False, split="train", input_size=size), flip=False
     )
     callback.set_model(trainer)
     logs: dict = {}
     callback.on_epoch_end(0, logs)
-    assert set(logs) == {"val_ap", "val_ap50", "val_ap75", "val_apm", "val_apl", "val_ar"}
+    assert set(logs) == {
+        "val_ap", "val_ap50", "val_ap75", "val_apm", "val_apl", "val_ar", "val_error_px"
+    }  # fmt: skip
     assert logs["val_ap50"] >= 0.9, logs

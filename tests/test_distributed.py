@@ -63,7 +63,8 @@ a, b = (np.asarray(t) for t in two.experimental_local_results(targets))
 result["replica_target_diff"] = float(np.max(np.abs(a - b)))
 
 # What train.py refuses under tf.distribute, and whether Keras still fails there (a Dense model).
-from hgkeras.training.run import Distribution, TrainConfig, check_distribution_settings
+from hgkeras.training.distribution import Distribution, check_distribution_settings
+from hgkeras.training.recipes import TrainConfig
 
 dist = Distribution("MirroredStrategy (2 devices)", two, 2)
 result["refusals"], result["keras_fails"] = {}, {}
@@ -83,8 +84,22 @@ for name, setting in (("jit_compile", {"jit_compile": True}),
         result["keras_fails"][name] = True
 check_distribution_settings(TrainConfig(), dist)  # the defaults pass
 
+# Torch's RMSprop under the strategy: the same steps as on one device (a Dense model).
+from hgkeras.optimizers import TorchRMSprop
+
+steps, x = {}, rng.normal(size=(8, 4)).astype("float32")
+for name, strategy in (("one", one), ("two", two)):
+    with strategy.scope():
+        keras.utils.set_random_seed(2)
+        dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        dense.compile(TorchRMSprop(1e-2), "mse", jit_compile=False)
+    dense.fit(x, x[:, :2] * 0.5, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    steps[name] = dense.get_weights()
+result["rmsprop_weight_diff"] = max(float(np.max(np.abs(a - b)))
+                                    for a, b in zip(steps["one"], steps["two"]))
+
 # The chief-to-all broadcast that resumes multi-worker runs is exact for bytes and floats.
-from hgkeras.training.run import _tf_broadcast_from_chief
+from hgkeras.training.distribution import _tf_broadcast_from_chief
 
 sent = [np.frombuffer(rng.bytes(4096), np.int32), np.asarray([-1, 7, 2**30 - 1], np.int32),
         rng.normal(size=(3, 5)).astype("float32")]
@@ -133,6 +148,10 @@ def test_chief_broadcast_under_tf_distribute_is_exact(mirrored):
     assert mirrored["broadcast_exact"] is True
 
 
+def test_torch_rmsprop_under_mirrored_strategy_matches_one_device(mirrored):
+    assert mirrored["rmsprop_weight_diff"] < 1e-6, mirrored
+
+
 MIXED_CODE = """
 import json, sys
 import numpy as np
@@ -150,7 +169,7 @@ for policy in ("float32", sys.argv[1]):
     hourglass = StackedHourglass(num_stacks=1, num_features=16, num_joints=16, depth=1,
                                  image_shape=(64, 64, 3))
     trainer = PoseTrainer(hourglass, augment=False)
-    trainer.compile(optimizer="sgd")
+    trainer.compile()  # Torch's RMSprop, loss-scaled under mixed_float16
     step = trainer(data, training=True)
     logs = trainer.fit(data, epochs=1, batch_size=2, verbose=0).history
     out[policy] = {
@@ -159,11 +178,14 @@ for policy in ("float32", sys.argv[1]):
         + [str(keras.backend.standardize_dtype(step["targets"].dtype))],
         "predict": str(hourglass.predict(data["image"][:, :64, :64] / 255.0, verbose=0).dtype),
         "loss": logs["loss"][-1],
+        "optimizer": [type(trainer.optimizer).__name__,
+                      type(getattr(trainer.optimizer, "inner_optimizer", None)).__name__],
     }
 print(json.dumps({
     "target_diff": float(np.max(np.abs(out["float32"]["targets"] - out[sys.argv[1]]["targets"]))),
     "dtypes": out[sys.argv[1]]["dtypes"] + [out[sys.argv[1]]["predict"]],
     "loss": out[sys.argv[1]]["loss"],
+    "optimizer": out[sys.argv[1]]["optimizer"],
 }))
 """
 
@@ -180,12 +202,16 @@ def test_mixed_precision_keeps_coordinates_targets_and_heatmaps_float32(
     assert result["target_diff"] == 0.0, result
     assert result["dtypes"] == ["float32"] * 3, result
     assert result["loss"] > 0 and result["loss"] < 10, result
+    if policy == "mixed_float16":
+        assert result["optimizer"] == ["LossScaleOptimizer", "TorchRMSprop"], result
+    else:
+        assert result["optimizer"] == ["TorchRMSprop", "NoneType"], result
 
 
 TORCH_CODE = """
 import os
 os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"] = "2"
-from hgkeras.training.run import select_distribution
+from hgkeras.training.distribution import select_distribution
 try:
     select_distribution(4)
 except ValueError as error:

@@ -81,8 +81,10 @@ def _run(tmp_path, *args: str, timeout: float) -> dict:
 def test_a_stage_out_of_time_records_its_error_and_the_next_stage_runs(tmp_path):
     result = _run(
         tmp_path, "--tiny", "--backends", "torch", "--stages", "device,host_syncs",
-        "--limit", "device=0.5", timeout=240,
+        "--limit", "device=0.5", "--recipe", "princeton", timeout=240,
     )  # fmt: skip
+    recipe = result["config"]["recipe"]
+    assert result["recipe"] == recipe["name"] == "princeton" and recipe["optimizer"] == "adam"
     device, syncs = result["stages"]
     assert device["stage"] == "device" and device["status"] == "timeout"
     assert "time limit" in device["error"] and device["rows"] == []
@@ -94,7 +96,8 @@ def test_tiny_check_runs_every_stage_and_the_layers_match_on_cpu(tmp_path):
     # every stage under JAX (the GPU machine's main backend), the layer equivalence under torch too;
     # torch's other stages are the same code (test_a_stage_out_of_time... and the shell test run
     # torch stages); about 80 s on an idle 2-core machine, the budget leaves room for a loaded one
-    result = _run(tmp_path, "--tiny", "--backends", "jax", "--budget", "600", timeout=720)
+    result = _run(tmp_path, "--tiny", "--backends", "jax", "--budget", "600", "--recipe",
+                  "newell2016", timeout=720)  # fmt: skip
     assert result["mode"] == "tiny" and result["device"] == "cpu (no GPU found)"
     planned = {(s, "jax") for s in ("device", "equivalence", "train", "inference", "validation",
                                     "host_syncs", "host_decode")}  # fmt: skip
@@ -120,7 +123,7 @@ def test_tiny_check_runs_every_stage_and_the_layers_match_on_cpu(tmp_path):
         assert rows.get((kind, "jax")), kind
         for row in rows[(kind, "jax")]:
             assert row["images_per_s"] > 0, row
-    for row in rows[("train", "jax")]:
+    for row in rows[("train", "jax")]:  # the newell2016 recipe's trainer (tiny sizes)
         assert row["loss_finite"] and 0 < row["fraction_of_bf16_matmul"], row
     assert rows[("host_decode", "jax")][0]["images_per_s"] > 0
     assert result["ceiling"]["bfloat16_flops"] > 0

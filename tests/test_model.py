@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hgkeras import StackedHourglass, compile_model, count_macs, count_params
+from hgkeras.optimizers import TorchRMSprop
 
 # docs/method.md: trainable / non-trainable parameters at f=256, m=1, J=16.
 PAPER_PARAMS = {
@@ -71,10 +72,41 @@ def test_modules_per_resolution_repeat_residuals():
 
 
 def test_config_round_trips():
-    model = small_model(num_modules=2, depth=3)
+    model = small_model(num_modules=2, depth=3, init="torch")
     clone = StackedHourglass.from_config(model.get_config())
-    assert clone.get_config() == model.get_config()
+    assert clone.get_config() == model.get_config() and clone.init == "torch"
     assert count_params(clone) == count_params(model)
+
+
+def _weights(model, kind: type, index: int) -> np.ndarray:
+    """The ``index``-th weight (0 kernel or scale, 1 bias or offset) of every layer of ``kind``."""
+    found = [
+        layer.get_weights()[index].ravel() for layer in model.layers if isinstance(layer, kind)
+    ]
+    return np.concatenate(found)
+
+
+def test_initialisations():
+    """Torch7 nn: conv weights and biases U(+-1/sqrt(fan_in)), BatchNorm scale U(0, 1), offset 0;
+    PyTorch: the same convolutions, scale 1; Keras: Glorot kernels, zero biases, scale 1."""
+    batch_norm = keras.layers.BatchNormalization
+    for init in ("keras", "torch", "pytorch"):
+        keras.utils.set_random_seed(0)
+        model = small_model(num_stacks=1, depth=1, init=init)
+        conv = model.get_layer("hg1_n1_low1_res1_conv2")  # 3x3 over half the features
+        bound = 1 / np.sqrt(np.prod(conv.kernel.shape[:3]))
+        kernel, bias = (np.asarray(w) for w in conv.get_weights())
+        gamma, beta = _weights(model, batch_norm, 0), _weights(model, batch_norm, 1)
+        assert np.all(beta == 0), init
+        if init == "keras":
+            assert np.all(bias == 0) and np.all(gamma == 1) and np.abs(kernel).max() > bound
+            continue
+        for values in (kernel, bias):
+            assert bound >= np.abs(values).max() > 0.8 * bound, init
+        if init == "torch":
+            assert gamma.min() >= 0 and gamma.max() < 1 and abs(gamma.mean() - 0.5) < 0.05
+        else:
+            assert np.all(gamma == 1)
 
 
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
@@ -95,7 +127,7 @@ def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
 def test_compile_model_defaults_to_paper_optimizer_and_one_loss_per_stack():
     model = compile_model(small_model())
     opt = model.optimizer
-    assert isinstance(opt, keras.optimizers.RMSprop)
+    assert isinstance(opt, TorchRMSprop)
     assert float(opt.learning_rate) == pytest.approx(2.5e-4)
     assert opt.rho == pytest.approx(0.99) and opt.epsilon == pytest.approx(1e-8)
     assert len(model.loss) == 2 and model._compile_loss._user_loss_weights == [1.0, 1.0]
@@ -124,6 +156,7 @@ def test_compile_model_stack_weights_weight_the_losses():
         ({"num_features": 33}, "num_features must be even"),
         ({"num_joints": 0}, "num_joints"),
         ({"depth": 0}, "depth"),
+        ({"init": "he"}, "init must be one of"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):

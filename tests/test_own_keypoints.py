@@ -377,7 +377,7 @@ def test_validation_callback_logs_the_sets_own_metric():
 
     from hgkeras import geometry
     from hgkeras.codec import render_heatmaps
-    from hgkeras.training.validation import PCKhCallback
+    from hgkeras.training.validation import ValidationCallback
 
     spec = PoseSpec("paws", ("front_paw", "back_paw", "nose"))
     inputs = keras.Input((32, 32, 3))
@@ -392,7 +392,7 @@ def test_validation_callback_logs_the_sets_own_metric():
     data = {"image": np.repeat(np.repeat(maps, 4, 1), 4, 2), "center": centers, "scale": scales,
             "joints": gt, "visible": np.ones((2, 3), "float32"),
             "normalizer": np.full(2, 100.0, "float32")}  # fmt: skip
-    callback = PCKhCallback(tf.data.Dataset.from_tensor_slices(data).batch(2), flip=False)
+    callback = ValidationCallback(tf.data.Dataset.from_tensor_slices(data).batch(2), flip=False)
     callback.set_model(model)
     logs: dict = {}
     callback.on_epoch_end(0, logs)

@@ -18,14 +18,11 @@ import pytest
 
 import hgkeras.models.hourglass  # noqa: F401  (registers StackedHourglass for load_model)
 from hgkeras.cli.commands.train import build_parser, parse_config
+from hgkeras.data.samples import write_sample_records
 from hgkeras.training import callbacks as tc
-from hgkeras.training.run import (
-    EMBEDDED_DEFAULTS,
-    PAPER_DEFAULTS,
-    default_samples_dir,
-    prepare_embedded_data,
-    resolve_config,
-)
+from hgkeras.training.recipes import RECIPES, resolve_config
+
+EMBEDDED = RECIPES["embedded"].settings()
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,22 +30,70 @@ REPO = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------ flags/config
 
 
-def test_paper_defaults_when_dataset_given():
-    config = parse_config(["--stacks", "8", "--dataset", "mpii", "--data-dir", "/data"])
+def test_torch_code_recipe_when_dataset_given():
+    """pose-hg-train (docs/training.md "Recipes"): its network, RMSprop 2.5e-4 (epsilon after the
+    root), batch 6, 100 epochs of 8000 steps at a constant rate, sigma 1.75, Torch7 initialisation,
+    its augmentation law."""
+    config = parse_config(["--dataset", "mpii", "--data-dir", "/data"])
+    assert config.recipe == "newell2016" and not config.embedded
     assert (config.stacks, config.features, config.modules, config.depth) == (8, 256, 1, 4)
-    assert config.batch_size == 6 and config.epochs == 100 and config.lr == 2.5e-4
-    assert config.lr_drops == [60, 90] and config.lr_factor == 0.1
-    assert config.stack_weights == [1.0] * 8
-    assert config.sigma == 1.0 and config.augment and config.flip_eval and config.val_every == 1
-    assert config.input_size == 256 and config.joints == 16 and not config.embedded
-    assert parse_config(["--dataset", "flic", "--data-dir", "d"]).joints == 11
+    assert (config.optimizer, config.lr, config.batch_size) == ("rmsprop", 2.5e-4, 6)
+    assert (config.epochs, config.steps_per_epoch, config.lr_drops) == (100, 8000, [])
+    assert (config.sigma, config.init, config.stack_weights) == (1.75, "torch", [1.0] * 8)
+    assert config.augment and config.flip_eval and config.val_every == 1
+    assert config.augmentation == {
+        "rotation": 30.0, "rotation_limit": 60.0, "rotation_probability": 0.4, "scale": 0.25,
+        "scale_limit": 0.5, "scale_law": "power2", "distribution": "normal",
+        "flip_probability": 0.5, "color_range": [0.6, 1.4],
+    }  # fmt: skip
+    assert config.input_size == 256 and config.joints == 16
+    flic = parse_config(["--dataset", "flic", "--data-dir", "d"])
+    assert flic.joints == 11 and flic.recipe == "newell2016"
 
 
-def test_embedded_defaults_without_data_arguments():
+def test_embedded_recipe_without_data_arguments():
     config = parse_config([])
     assert config.embedded and config.dataset == "mpii" and config.out == "runs/embedded"
-    for key, value in EMBEDDED_DEFAULTS.items():
+    assert config.recipe == "embedded"
+    for key, value in EMBEDDED.items():
         assert getattr(config, key) == value, key
+
+
+def test_a_recipe_gives_what_flags_do_not():
+    config = parse_config(["--dataset", "mpii", "--data-dir", "d", "--recipe", "princeton",
+                           "--batch-size", "32", "--sigma", "2", "--init", "keras"])  # fmt: skip
+    princeton = RECIPES["princeton"]
+    assert (config.optimizer, config.lr, config.lr_drops, config.lr_factor) == (
+        "adam", 1e-3, [100], 0.2
+    )  # fmt: skip
+    assert (config.epochs, config.steps_per_epoch) == (princeton.epochs, 1000)
+    assert (config.batch_size, config.sigma, config.init) == (32, 2.0, "keras")  # flags win
+    assert config.augmentation == princeton.augmentation.to_dict()
+    assert parse_config(["--recipe", "bearpaw"]).embedded  # a recipe on the shipped samples
+    for name in RECIPES:  # every recipe resolves and validates
+        assert (
+            parse_config(["--dataset", "mpii", "--data-dir", "d", "--recipe", name]).recipe == name
+        )
+
+
+def test_source_crops_hold_what_the_augmentation_law_draws():
+    """2 box sides for the Torch law (1.414 x the box turned 45 degrees), 1.25 x 1.414 for bearpaw's,
+    the model input's box alone without augmentation; the trainer warps with the same margin."""
+    from hgkeras.training.build import build_trainer
+    from hgkeras.training.datasets import source_crop_size, source_margin
+
+    base = ["--dataset", "mpii", "--data-dir", "d", "--input-size", "64"]
+    torch_law = parse_config(base)
+    assert source_margin(torch_law) == pytest.approx(2.0) and source_crop_size(torch_law) == 128
+    assert source_margin(parse_config([*base, "--recipe", "bearpaw"])) == pytest.approx(
+        1.25 * 2**0.5
+    )
+    plain = parse_config(
+        [*base, "--no-augment", "--stacks", "1", "--features", "16", "--depth", "1"]
+    )
+    assert source_margin(plain) == 1.0
+    _, trainer = build_trainer(plain)
+    assert trainer.source_margin == 1.0 and source_crop_size(plain) == 64
 
 
 def test_every_flag_overrides_and_is_documented():
@@ -85,6 +130,8 @@ def test_every_flag_overrides_and_is_documented():
         (["--dataset", "mpii"], "--train-pattern"),
         (["--lr", "0"], "--lr"),
         (["--dataset", "mpii", "--data-dir", "d", "--train-pattern", "x"], "not both"),
+        (["--optimizer", "sgd"], "--optimizer must be one of rmsprop, adam"),
+        (["--init", "he"], "--init must be one of keras, torch, pytorch"),
     ],
 )
 def test_bad_flags_are_named(argv, message):
@@ -98,13 +145,13 @@ def test_lr_schedule_is_a_function_of_the_epoch():
     assert [tc.step_learning_rate(e, 2.5e-4, [60, 90]) for e in (0, 59, 60, 89, 90, 99)] == [
         pytest.approx(v) for v in (2.5e-4, 2.5e-4, 2.5e-5, 2.5e-5, 2.5e-6, 2.5e-6)
     ]
-    assert PAPER_DEFAULTS["lr_drops"] == [60, 90]
+    assert RECIPES["bearpaw"].lr_drops == (60, 90)
     warm = [tc.step_learning_rate(e, 1.0, [3], 0.1, warmup=4) for e in range(5)]
     assert warm == [pytest.approx(v) for v in (0.25, 0.5, 0.75, 0.1, 0.1)]
 
 
 def test_large_batch_options_scale_the_learning_rate():
-    from hgkeras.training.run import base_learning_rate
+    from hgkeras.training.recipes import base_learning_rate
 
     config = parse_config(
         "--dataset mpii --data-dir d --batch-size 48 --lr 2.5e-4 --scale-lr-with-batch "
@@ -112,7 +159,7 @@ def test_large_batch_options_scale_the_learning_rate():
     )
     assert base_learning_rate(config) == pytest.approx(2.5e-4 * 48 / 6)
     assert config.lr_warmup_epochs == 5 and config.steps_per_execution == 4
-    assert base_learning_rate(parse_config(["--batch-size", "48"])) == EMBEDDED_DEFAULTS["lr"]
+    assert base_learning_rate(parse_config(["--batch-size", "48"])) == EMBEDDED["lr"]
 
 
 def test_config_file_repeats_a_run_and_flags_override_it(tmp_path):
@@ -136,8 +183,9 @@ def test_config_file_repeats_a_run_and_flags_override_it(tmp_path):
 
 def test_help_tells_the_embedded_defaults():
     help_text = " ".join(build_parser().format_help().split())
-    assert "embedded run: 8)" in help_text  # --lr-drops of the embedded run
-    assert "embedded run: 1e-3)" in help_text or "embedded run: 0.001)" in help_text
+    assert "embedded: 8)" in help_text  # --lr-drops of the embedded run
+    assert "newell2016: none; embedded: 8)" in help_text
+    assert "embedded: 1e-3)" in help_text or "embedded: 0.001)" in help_text
 
 
 def test_verbosity_is_one_line_per_epoch_off_a_terminal(monkeypatch):
@@ -300,7 +348,7 @@ TINY = (
 @pytest.fixture(scope="module")
 def sample_records(tmp_path_factory) -> Path:
     """TFRecords (train and valid splits) of the shipped MPII samples."""
-    return prepare_embedded_data(default_samples_dir(), tmp_path_factory.mktemp("records"))
+    return write_sample_records(tmp_path_factory.mktemp("records"))
 
 
 def _env(backend: str = "tensorflow", **extra: str) -> dict[str, str]:
@@ -443,7 +491,8 @@ import json, sys
 import numpy as np
 from pathlib import Path
 from hgkeras.cli.commands.train import parse_config
-from hgkeras.training.run import build_datasets, resolve_data, select_distribution
+from hgkeras.training.datasets import build_datasets, resolve_data
+from hgkeras.training.distribution import select_distribution
 
 config = parse_config(["--dataset", "mpii", "--data-dir", sys.argv[1], "--batch-size", "2",
                        "--input-size", "64", "--out", sys.argv[2]])
@@ -615,16 +664,17 @@ def test_learns_real_mpii_samples_to_90_pckh(sample_records, tmp_path):
     """From scratch, a 2-stack, 64-feature network at 128x128 input trained on the 5 shipped real MPII
     people reaches PCKh@0.5 >= 90 (official protocol) on those people, scored in ORIGINAL image pixels
     through the full chain: evaluation crops -> network -> argmax + quarter-pixel decode -> inverse crop
-    transform. Augmentation is OFF (and with it the flip test, since a network that never saw mirrored
-    people cannot be averaged with its mirror), to fit a CI budget; the learning rate (1.5e-3, /10
-    for the last 100 of 700 steps) is raised from the paper's 2.5e-4 for the same reason (PCKh 95.5
-    on a 2-core Xeon). Every stack's loss must
+    transform. The embedded recipe (Torch's RMSprop, Keras initialisation, sigma 1): augmentation is
+    OFF (and with it the flip test, since a network that never saw mirrored people cannot be
+    averaged with its mirror), to fit a CI budget; the learning rate (1.5e-3, /10 for the last 100
+    of 700 steps) is raised from the paper's 2.5e-4 for the same reason. Every stack's loss must
     decrease. Together this shows targets, crop geometry, decoding and inverse transform agree."""
     from hgkeras.training.run import train
 
     config = parse_config(
         ["--dataset", "mpii", "--data-dir", str(sample_records), "--out", str(tmp_path / "learn"),
-         "--stacks", "2", "--features", "64", "--input-size", "128", "--batch-size", "5",
+         "--recipe", "embedded", "--stacks", "2", "--features", "64", "--input-size", "128",
+         "--batch-size", "5",
          "--epochs", "7", "--steps-per-epoch", "100", "--lr", "1.5e-3", "--lr-drops", "6",
          "--no-augment", "--no-flip-eval", "--val-every", "7", "--no-export", "--verbose", "0"]
     )  # fmt: skip
@@ -703,7 +753,7 @@ def test_nan_stop_keeps_the_last_finite_state_and_a_saner_rerun_continues(sample
 
 def test_init_weights_copies_matching_layers_and_reinitialises_the_heads(tmp_path):
     from hgkeras.models.hourglass import StackedHourglass
-    from hgkeras.training.run import load_initial_weights
+    from hgkeras.training.build import load_initial_weights
 
     def network(joints: int):
         return StackedHourglass(num_stacks=2, num_features=16, num_joints=joints, depth=1,
@@ -735,13 +785,13 @@ def test_train_takes_extra_callbacks(sample_records, tmp_path, monkeypatch):
             seen.append((epoch, sorted(logs)))
 
     scored = []
-    evaluate = validation.PCKhCallback.evaluate
+    evaluate = validation.ValidationCallback.evaluate
 
     def counting(self):
         scored.append(1)
         return evaluate(self)
 
-    monkeypatch.setattr(validation.PCKhCallback, "evaluate", counting)
+    monkeypatch.setattr(validation.ValidationCallback, "evaluate", counting)
     summary = train(
         _tiny_config(sample_records, tmp_path / "cb", "--epochs", "1"), callbacks=[Record()]
     )
@@ -755,12 +805,12 @@ def test_final_score_reuses_the_last_epoch_unless_the_weights_changed():
     weights changed after it (e.g. a callback restoring others at the end) are scored anew."""
     from hgkeras.models.hourglass import StackedHourglass
     from hgkeras.spec import MPII
-    from hgkeras.training.run import _ValidationPCKh
+    from hgkeras.training.run_callbacks import validation_callback
 
     config = parse_config(
         ["--dataset", "mpii", "--data-dir", "unused", "--epochs", "2", "--val-every", "5"]
     )
-    callback = _ValidationPCKh.make(None, config)
+    callback = validation_callback(None, config)
     network = StackedHourglass(num_stacks=1, num_features=16, num_joints=16, depth=1,
                                image_shape=(32, 32, 3))  # fmt: skip
     callback.set_model(network)

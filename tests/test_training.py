@@ -80,7 +80,7 @@ def test_trainer_rejects_bad_input(tmp_path):
         image_shape=(64, 64, 3),
         pose="flic",
     )
-    trainer = PoseTrainer(hourglass)
+    trainer = PoseTrainer(hourglass, rotation=40.0, scale_law="linear", scale_limit=0.3)
     with pytest.raises(ValueError, match="stack_weights must have 2"):
         trainer.compile(stack_weights=[1.0])
     batch = {
@@ -102,6 +102,8 @@ def test_trainer_rejects_bad_input(tmp_path):
     trainer.save(tmp_path / "trainer.keras")
     loaded = keras.models.load_model(tmp_path / "trainer.keras")
     assert isinstance(loaded, PoseTrainer) and loaded.num_joints == 11
+    assert loaded.augmentation == trainer.augmentation and loaded.augmentation.rotation == 40.0
+    assert type(loaded.optimizer).__name__ == "TorchRMSprop"
     assert loaded.stack_weights == [0.5, 1.0] and loaded.optimizer is not None
     for a, b in zip(hourglass.get_weights(), loaded.hourglass.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

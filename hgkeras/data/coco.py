@@ -39,25 +39,8 @@ from hgkeras.spec import COCO, PoseSpec, infer_flip_pairs
 PERSON_CATEGORY = 1
 #: The usual top-down COCO input sizes (height, width).
 INPUT_SHAPES = ((256, 256), (256, 192))
-#: ``train.py --dataset coco`` defaults (the other flags keep the paper's values). 256x256 input as
-#: mmpose's hourglass-52 on COCO; sigma 2 at 64x64 heatmaps; the 210-epoch COCO schedule (drops at
-#: 170 and 200) of HRNet/mmpose, with the paper's RMSprop.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "input_size": 256,
-    "sigma": 2.0,
-    "batch_size": 32,
-    "epochs": 210,
-    "lr_drops": [170, 200],
-}
-#: PoseTrainer augmentation for COCO (common top-down practice; MPII keeps the paper's): rotation
-#: N(0, 40) degrees clipped to +-40 on 60 % of samples, box scale N(1, 0.3) clipped to [0.7, 1.3],
-#: horizontal flip with probability 0.5 (COCO left/right pairs), colour x U(0.6, 1.4).
-AUGMENTATION: dict[str, Any] = {
-    "rotation": 40.0,
-    "rotation_probability": 0.6,
-    "scale_sigma": 0.3,
-    "scale_range": (0.7, 1.3),
-}
+# The training settings of ``train.py --dataset coco`` are the ``coco`` recipe
+# (hgkeras.training.recipes).
 
 
 def pixel_box(bbox: Sequence[float]) -> np.ndarray:

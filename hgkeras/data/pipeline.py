@@ -33,10 +33,13 @@ from hgkeras.geometry import PIXELS_PER_SCALE
 
 logger = logging.getLogger(__name__)
 
-#: Default side in pixels of the training source crop.
-SOURCE_SIZE = 384
-#: Default source crop side as a multiple of the person box side (200 * scale).
-SOURCE_MARGIN = 1.5
+#: Default source crop side as a multiple of the person box side (200 * scale): 2, what the Torch
+#: augmentation law's extreme sample needs (box x 1.414 turned by 45 degrees spans 2 box sides;
+#: ``hgkeras.data.augment.Augmentation().required_margin()``). The Torch code crops from the whole
+#: image, so a person well inside it never shows an empty border; neither does a source crop of 2.
+SOURCE_MARGIN = 2.0
+#: Default side in pixels of the training source crop: the margin at the 256 input's resolution.
+SOURCE_SIZE = 512
 
 
 def _manifest_shards(manifest: dict) -> dict[str, dict]:

@@ -91,8 +91,10 @@ def parse_formats(values: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def default_calibration() -> Path:
-    """The shipped real MPII samples (``hgkeras/data/samples/mpii/samples.json``)."""
-    return Path(__file__).resolve().parents[1] / "data" / "samples" / "mpii" / "samples.json"
+    """The shipped real MPII samples' annotations (:data:`hgkeras.data.samples.SAMPLES_JSON`)."""
+    from hgkeras.data.samples import SAMPLES_JSON
+
+    return SAMPLES_JSON
 
 
 @dataclass

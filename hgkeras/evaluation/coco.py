@@ -13,7 +13,7 @@ are pycocotools' ``kpt_oks_sigmas``.
   flip test, decode to image pixels; :func:`results_from_predictions` rescores (box score x mean
   confidence of the keypoints above 0.2) and :func:`oks_nms` optionally removes duplicates.
 * :func:`oks_ap` scores arrays of predictions and ground truth (an evaluation set), and
-  :class:`OKSAPCallback` logs ``val_ap`` ... for COCO training in place of PCKh.
+  :class:`hgkeras.training.validation.ValidationCallback` logs ``val_ap`` ... for OKS-scored sets.
 
 Keypoints in results files are 0-based pixel indices, the convention of the annotations.
 """
@@ -52,8 +52,6 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm",
 RESCORE_THRESHOLD = 0.2
 #: Default OKS above which OKS-NMS drops the lower-scored of two poses (HRNet / mmpose).
 OKS_NMS_THRESHOLD = 0.9
-
-_LOGGED = ("AP50", "AP75", "APm", "APl")
 
 
 def _checked_number(value: Any, source: str, where: str, key: str) -> float:
@@ -531,55 +529,3 @@ def oks_ap(out: dict, pose: str | PoseSpec) -> dict:
         scores = np.ones(out["pred"].shape[:2])
     results = results_from_predictions(out["image_id"], out["pred"], scores)
     return evaluate_results(truth, results, pose=spec)
-
-
-class OKSAPCallback(keras.callbacks.Callback):
-    """Score a COCO-format validation set at epoch end and log ``val_ap``, ``val_ap50``,
-    ``val_ap75``, ``val_apm``, ``val_apl``, ``val_ar`` (OKS, pycocotools) into ``logs``.
-
-    ``dataset`` is the evaluation dict of ``pose_dataset(..., training=False)`` over COCO-format
-    records (``normalizer`` = the annotation area, ``image_id``) of the model's pose spec, whose OKS
-    sigmas apply. Instances are cropped on their ground-truth boxes and scored with the usual
-    rescoring (mean confidence above 0.2). ``decoder`` decodes the heatmaps (default: the
-    model's codec). List it before
-    ``ModelCheckpoint(monitor="val_ap", mode="max")``.
-    """
-
-    def __init__(
-        self, dataset, every_n_epochs: int = 1, flip: bool = True, prefix: str = "val_ap",
-        verbose: int = 0, decoder: str | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        if int(every_n_epochs) < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs!r}")
-        self.dataset = dataset
-        self.every_n_epochs = int(every_n_epochs)
-        self.flip = bool(flip)
-        self.prefix = prefix
-        self.verbose = int(verbose)
-        self.decoder = decoder
-        self.last_result: dict | None = None
-
-    def evaluate(self) -> dict:
-        """Predict and score the dataset now; returns the metrics dict."""
-        from hgkeras.evaluation.evaluate import predict_eval_dataset
-
-        network = getattr(self.model, "hourglass", self.model)
-        codec = codec_for(network, self.decoder)
-        spec = pose_of(network)
-        out = predict_eval_dataset(network, self.dataset, self.flip and spec.flip, spec, codec)
-        return oks_ap(out, spec)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if (epoch + 1) % self.every_n_epochs != 0:
-            return
-        result = self.evaluate()
-        self.last_result = result
-        values = {self.prefix: result["AP"]}
-        values.update({f"{self.prefix}{name[2:].lower()}": result[name] for name in _LOGGED})
-        values[f"{self.prefix[:-2]}ar"] = result["AR"]
-        if logs is not None:
-            logs.update(values)
-        if self.verbose:
-            print(f"\nEpoch {epoch + 1}: {self.prefix} = {result['AP']:.3f}")
-        logger.info("epoch %d: %s", epoch + 1, values)

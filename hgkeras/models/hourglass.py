@@ -21,6 +21,7 @@ from keras import layers
 
 from hgkeras.codec import HeatmapCodec, get_codec
 from hgkeras.models.layers import BatchNorm, Conv2D, MaxPooling2D, NearestUpsample2x, UpsampleAdd
+from hgkeras.optimizers import make_optimizer
 from hgkeras.spec import PoseSpec, get_pose, pose_config
 
 #: BatchNorm as in Torch/PyTorch: eps 1e-5, momentum 0.1 (Keras convention: 0.9).
@@ -31,16 +32,52 @@ BN_MOMENTUM = 0.9
 STEM_STRIDE = 4
 
 
-def _batch_norm(x, name: str):
-    return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+#: Initialisations of the weights (``StackedHourglass(init=...)``, ``train.py --init``):
+#: "keras": Keras' defaults (Glorot-uniform kernels, zero biases, BatchNorm scale 1);
+#: "torch": Torch7 nn's defaults, as in the code that produced the paper (convolution weights and
+#: biases U(+-1/sqrt(fan_in)), BatchNorm scale U(0, 1), offset 0);
+#: "pytorch": PyTorch's defaults, as in both PyTorch ports (convolutions as Torch's, BatchNorm scale 1).
+INITIALISATIONS = ("keras", "torch", "pytorch")
 
 
-def _conv(x, filters: int, kernel_size: int, name: str, dtype: str | None = None):
-    """A stride-1 convolution with bias and symmetric 'same' padding."""
-    return Conv2D(filters, kernel_size, padding="same", use_bias=True, name=name, dtype=dtype)(x)
+def _batch_norm(x, name: str, init: str = "keras"):
+    options = {}
+    if init == "torch":
+        options["gamma_initializer"] = keras.initializers.RandomUniform(0.0, 1.0)
+    return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name, **options)(x)
 
 
-def apply_residual(x, out_channels: int, name: str):
+def _conv_initializers(init: str, fan_in: int) -> dict[str, Any]:
+    """Kernel and bias initialisers of a convolution with ``fan_in`` inputs per output."""
+    if init == "keras":
+        return {}
+    bound = 1.0 / fan_in**0.5
+
+    def uniform():
+        return keras.initializers.RandomUniform(-bound, bound)
+
+    return {"kernel_initializer": uniform(), "bias_initializer": uniform()}
+
+
+def _conv(
+    x,
+    filters: int,
+    kernel_size: int,
+    name: str,
+    dtype: str | None = None,
+    init: str = "keras",
+    strides: int = 1,
+    padding: str = "same",
+):
+    """A convolution with bias (stride-1 ones with symmetric 'same' padding)."""
+    fan_in = int(x.shape[-1]) * kernel_size * kernel_size
+    options = _conv_initializers(init, fan_in)
+    return Conv2D(
+        filters, kernel_size, strides, padding, use_bias=True, name=name, dtype=dtype, **options
+    )(x)
+
+
+def apply_residual(x, out_channels: int, name: str, init: str = "keras"):
     """R(cin, cout): BN-ReLU-conv1x1(cout/2)-BN-ReLU-conv3x3(cout/2)-BN-ReLU-conv1x1(cout) plus a skip.
 
     The skip is the identity when ``cin == cout`` and a 1x1 convolution otherwise.
@@ -49,55 +86,60 @@ def apply_residual(x, out_channels: int, name: str):
     if out_channels % 2:
         raise ValueError(f"{name}: out_channels must be even, got {out_channels}")
     mid = out_channels // 2
-    y = _batch_norm(x, f"{name}_bn1")
+    y = _batch_norm(x, f"{name}_bn1", init)
     y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = _conv(y, mid, 1, f"{name}_conv1")
-    y = _batch_norm(y, f"{name}_bn2")
+    y = _conv(y, mid, 1, f"{name}_conv1", init=init)
+    y = _batch_norm(y, f"{name}_bn2", init)
     y = layers.ReLU(name=f"{name}_relu2")(y)
-    y = _conv(y, mid, 3, f"{name}_conv2")
-    y = _batch_norm(y, f"{name}_bn3")
+    y = _conv(y, mid, 3, f"{name}_conv2", init=init)
+    y = _batch_norm(y, f"{name}_bn3", init)
     y = layers.ReLU(name=f"{name}_relu3")(y)
-    y = _conv(y, out_channels, 1, f"{name}_conv3")
-    skip = x if in_channels == out_channels else _conv(x, out_channels, 1, f"{name}_skip")
+    y = _conv(y, out_channels, 1, f"{name}_conv3", init=init)
+    if in_channels == out_channels:
+        skip = x
+    else:
+        skip = _conv(x, out_channels, 1, f"{name}_skip", init=init)
     return layers.Add(name=f"{name}_add")([y, skip])
 
 
-def apply_residuals(x, out_channels: int, num_modules: int, name: str):
+def apply_residuals(x, out_channels: int, num_modules: int, name: str, init: str = "keras"):
     """R(f, f)^m: ``num_modules`` residual modules in a row, named ``{name}_res1`` ... ``_resM``."""
     for k in range(1, num_modules + 1):
-        x = apply_residual(x, out_channels, name=f"{name}_res{k}")
+        x = apply_residual(x, out_channels, name=f"{name}_res{k}", init=init)
     return x
 
 
-def apply_hourglass(x, order: int, num_features: int, num_modules: int, name: str):
+def apply_hourglass(
+    x, order: int, num_features: int, num_modules: int, name: str, init: str = "keras"
+):
     """H(n, f): an upper branch at this resolution and a lower branch at half resolution, added.
 
     up1  = R^m(x);  low1 = R^m(pool(x));  low2 = H(n-1)(low1) or R^m(low1) at the bottom;
     low3 = R^m(low2);  out = up1 + upsample2x(low3).  Layers are named ``{name}_n{order}_...``.
     """
     prefix = f"{name}_n{order}"
-    up1 = apply_residuals(x, num_features, num_modules, f"{prefix}_up1")
+    up1 = apply_residuals(x, num_features, num_modules, f"{prefix}_up1", init)
     low1 = MaxPooling2D(2, strides=2, name=f"{prefix}_pool")(x)
-    low1 = apply_residuals(low1, num_features, num_modules, f"{prefix}_low1")
+    low1 = apply_residuals(low1, num_features, num_modules, f"{prefix}_low1", init)
     if order > 1:
-        low2 = apply_hourglass(low1, order - 1, num_features, num_modules, name)
+        low2 = apply_hourglass(low1, order - 1, num_features, num_modules, name, init)
     else:
-        low2 = apply_residuals(low1, num_features, num_modules, f"{prefix}_low2")
-    low3 = apply_residuals(low2, num_features, num_modules, f"{prefix}_low3")
+        low2 = apply_residuals(low1, num_features, num_modules, f"{prefix}_low2", init)
+    low3 = apply_residuals(low2, num_features, num_modules, f"{prefix}_low3", init)
     up2 = NearestUpsample2x(name=f"{prefix}_upsample")(low3)  # a broadcast view: no copy
     return UpsampleAdd(name=f"{prefix}_add")([up1, up2])
 
 
-def apply_stem(x, num_features: int):
+def apply_stem(x, num_features: int, init: str = "keras"):
     """256 -> 64 px: conv7x7/2 (Torch padding 3) -> BN -> ReLU -> R(64,128) -> pool -> R(128,128) -> R(128,f)."""
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
-    x = Conv2D(64, 7, strides=2, padding="valid", use_bias=True, name="stem_conv")(x)
-    x = _batch_norm(x, "stem_bn")
+    x = _conv(x, 64, 7, "stem_conv", init=init, strides=2, padding="valid")
+    x = _batch_norm(x, "stem_bn", init)
     x = layers.ReLU(name="stem_relu")(x)
-    x = apply_residual(x, 128, name="stem_res1")
+    x = apply_residual(x, 128, name="stem_res1", init=init)
     x = MaxPooling2D(2, strides=2, name="stem_pool")(x)
-    x = apply_residual(x, 128, name="stem_res2")
-    return apply_residual(x, num_features, name="stem_res3")
+    x = apply_residual(x, 128, name="stem_res2", init=init)
+    return apply_residual(x, num_features, name="stem_res3", init=init)
 
 
 def _check_arguments(
@@ -164,6 +206,9 @@ class StackedHourglass(keras.Model):
             paper's), saved in the config so that an evaluated or exported model decodes as it was
             trained. :class:`hgkeras.PoseTrainer` records the codec it trains with here.
 
+        init: the weights' initialisation, one of :data:`INITIALISATIONS` ("keras", "torch" as the
+            paper's Torch code, "pytorch" as the PyTorch ports).
+
     Outputs are named ``stack_1`` ... ``stack_N``, each (batch, height/4, width/4, J); the last one is
     the final prediction. Input images are float RGB scaled to [0, 1] (the PyTorch convention).
     """
@@ -178,8 +223,11 @@ class StackedHourglass(keras.Model):
         image_shape: Sequence[int] = (256, 256, 3),
         pose: str | PoseSpec | dict = "mpii",
         codec: HeatmapCodec | dict | str | None = None,
+        init: str = "keras",
         **kwargs: Any,
     ) -> None:
+        if init not in INITIALISATIONS:
+            raise ValueError(f"init must be one of {INITIALISATIONS}, got {init!r}")
         spec = get_pose(pose)
         codec = get_codec(codec)
         if num_joints is None:
@@ -194,20 +242,20 @@ class StackedHourglass(keras.Model):
         )
         # === Functional graph ===
         images = keras.Input(shape=shape, name="images")
-        inter = apply_stem(images, num_features)
+        inter = apply_stem(images, num_features, init)
         outputs = []
         for i in range(1, num_stacks + 1):
-            hg = apply_hourglass(inter, depth, num_features, num_modules, name=f"hg{i}")
-            ll = apply_residuals(hg, num_features, num_modules, name=f"hg{i}_out")
-            ll = _conv(ll, num_features, 1, f"hg{i}_lin_conv")
-            ll = _batch_norm(ll, f"hg{i}_lin_bn")
+            hg = apply_hourglass(inter, depth, num_features, num_modules, f"hg{i}", init)
+            ll = apply_residuals(hg, num_features, num_modules, f"hg{i}_out", init)
+            ll = _conv(ll, num_features, 1, f"hg{i}_lin_conv", init=init)
+            ll = _batch_norm(ll, f"hg{i}_lin_bn", init)
             ll = layers.ReLU(name=f"hg{i}_lin_relu")(ll)
             # float32 heatmap heads under any mixed-precision policy (Keras' advice for outputs).
-            heatmaps = _conv(ll, num_joints, 1, f"stack_{i}", dtype="float32")
+            heatmaps = _conv(ll, num_joints, 1, f"stack_{i}", dtype="float32", init=init)
             outputs.append(heatmaps)
             if i < num_stacks:
-                merged_features = _conv(ll, num_features, 1, f"hg{i}_merge_features")
-                merged_preds = _conv(heatmaps, num_features, 1, f"hg{i}_merge_preds")
+                merged_features = _conv(ll, num_features, 1, f"hg{i}_merge_features", init=init)
+                merged_preds = _conv(heatmaps, num_features, 1, f"hg{i}_merge_preds", init=init)
                 inter = layers.Add(name=f"hg{i}_merge")([inter, merged_features, merged_preds])
         super().__init__(inputs=images, outputs=outputs, **kwargs)
 
@@ -220,6 +268,8 @@ class StackedHourglass(keras.Model):
         self.image_shape = shape
         self.pose = spec
         self.codec = codec
+
+        self.init = init
 
     @property
     def heatmap_shape(self) -> tuple[int, int, int]:
@@ -239,6 +289,7 @@ class StackedHourglass(keras.Model):
             "image_shape": list(self.image_shape),
             "pose": pose_config(self.pose),
             "codec": self.codec.to_config(),
+            "init": self.init,
         }
 
     @classmethod
@@ -281,7 +332,8 @@ def compile_model(
 
     Args:
         model: a model whose outputs are the stacks' heatmaps (e.g. :class:`StackedHourglass`).
-        optimizer: defaults to RMSprop(lr 2.5e-4, rho 0.99, eps 1e-8), the paper's settings.
+        optimizer: defaults to :func:`hgkeras.optimizers.make_optimizer`'s: Torch's RMSprop (lr
+            2.5e-4, rho 0.99, eps 1e-8), the paper's settings.
         stack_weights: one loss weight per stack output, default all 1.0.
         jit_compile: passed to ``model.compile`` ("auto" lets Keras choose per backend).
         **compile_kwargs: further ``model.compile`` arguments (e.g. ``metrics``).
@@ -299,7 +351,7 @@ def compile_model(
             f"{output_names}), got {len(stack_weights)}"
         )
     if optimizer is None:
-        optimizer = keras.optimizers.RMSprop(learning_rate=2.5e-4, rho=0.99, epsilon=1e-8)
+        optimizer = make_optimizer()
     model.compile(
         optimizer=optimizer,
         loss=[keras.losses.MeanSquaredError(name=f"{n}_mse") for n in output_names],

@@ -22,6 +22,7 @@ the global batch, so a resumed run draws what the uninterrupted run would have d
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 
@@ -30,7 +31,9 @@ from keras import ops
 
 from hgkeras.codec import HeatmapCodec, codec_of, get_codec
 from hgkeras.data import augment
+from hgkeras.data.augment import Augmentation
 from hgkeras.data.pipeline import SOURCE_MARGIN
+from hgkeras.optimizers import make_optimizer
 from hgkeras.spec import pose_of
 
 
@@ -63,8 +66,8 @@ class PoseTrainer(keras.Model):
         flip_permutation: left/right joint swap; default from the hourglass' pose spec.
         source_margin: person-box sides shown by the source crop (must match ``pose_dataset``).
         seed: seed of the augmentation random stream.
-        **augment_options: ``rotation``, ``rotation_probability``, ``scale_sigma``, ``scale_range``,
-            ``flip_probability``, ``color_range`` (see :func:`hgkeras.data.augment.sample_params`).
+        **augment_options: fields of :class:`hgkeras.data.augment.Augmentation` (``rotation``,
+            ``rotation_limit``, ``scale``, ...); the others keep the Torch code's law.
     """
 
     def __init__(
@@ -105,13 +108,11 @@ class PoseTrainer(keras.Model):
         if flip_permutation is None:
             flip_permutation = pose_of(hourglass).flip_permutation
         self.flip_permutation = [int(i) for i in flip_permutation]
-        unknown = set(augment_options) - {
-            "rotation", "rotation_probability", "scale_sigma", "scale_range",
-            "flip_probability", "color_range",
-        }  # fmt: skip
+        unknown = set(augment_options) - {f.name for f in dataclasses.fields(Augmentation)}
         if unknown:
             raise TypeError(f"unknown augmentation options: {sorted(unknown)}")
-        self.augment_options = augment_options
+        #: The law of the random augmentation (:class:`hgkeras.data.augment.Augmentation`).
+        self.augmentation = Augmentation(**augment_options)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.augment_step = self.add_weight(
             shape=(), dtype="int32", initializer="zeros", trainable=False,
@@ -129,7 +130,11 @@ class PoseTrainer(keras.Model):
         jit_compile: bool | str = "auto",
         **kwargs,
     ) -> None:
-        """Compile with the paper's RMSprop (lr 2.5e-4, rho 0.99, eps 1e-8) unless told otherwise."""
+        """Compile; by default with Torch's RMSprop (lr 2.5e-4, rho 0.99, eps 1e-8), the paper's.
+
+        When the hourglass computes in float16 (``mixed_float16``) the optimizer is wrapped in
+        Keras' ``LossScaleOptimizer`` (the trainer itself stays float32, so Keras would not do it).
+        """
         if stack_weights is not None:
             if len(stack_weights) != self.num_stacks:
                 raise ValueError(
@@ -138,7 +143,12 @@ class PoseTrainer(keras.Model):
                 )
             self.stack_weights = [float(w) for w in stack_weights]
         if optimizer is None:
-            optimizer = keras.optimizers.RMSprop(learning_rate=2.5e-4, rho=0.99, epsilon=1e-8)
+            optimizer = make_optimizer()
+        elif isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.hourglass.dtype_policy.name == "mixed_float16" and not scaled:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def _check_inputs(self, inputs) -> None:
@@ -188,12 +198,10 @@ class PoseTrainer(keras.Model):
         state.assign(ops.cast(ops.stack([base, step * 8]), state.dtype))
         replica, replicas = _replica_position()
         if replicas == 1:
-            return augment.sample_params(batch, self.seed_generator, **self.augment_options)
+            return augment.sample_params(batch, self.seed_generator, self.augmentation)
         # Every replica draws the global batch's parameters from the same seed and keeps its slice,
         # so replicas differ and the global batch is augmented as on one device.
-        params = augment.sample_params(
-            batch * replicas, self.seed_generator, **self.augment_options
-        )
+        params = augment.sample_params(batch * replicas, self.seed_generator, self.augmentation)
         index = ops.arange(batch, dtype="int32") + replica * ops.cast(batch, "int32")
         return {key: ops.take(value, index, axis=0) for key, value in params.items()}
 
@@ -247,7 +255,7 @@ class PoseTrainer(keras.Model):
             "flip_permutation": self.flip_permutation,
             "source_margin": self.source_margin,
             "seed": self.seed,
-            **self.augment_options,
+            **self.augmentation.to_dict(),
         }
 
     def build_from_config(self, config: dict) -> None:

@@ -12,7 +12,7 @@ from hgkeras.evaluation import metrics
 
 logger = logging.getLogger(__name__)
 
-#: OKS summary numbers logged beside AP (``val_ap50`` ...), as :class:`OKSAPCallback` logs them.
+#: OKS summary numbers logged beside AP (``val_ap50`` ...).
 _AP_LOGGED = ("AP50", "AP75", "APm", "APl", "AR")
 
 
@@ -50,7 +50,7 @@ def log_values(result: dict, pose, prefix: str | None = None) -> dict[str, float
     return values
 
 
-class PCKhCallback(keras.callbacks.Callback):
+class ValidationCallback(keras.callbacks.Callback):
     """Score the validation set at epoch end and log the pose spec's metric (+ per group) in ``logs``.
 
     The model evaluated is ``getattr(self.model, "hourglass", self.model)`` (a training wrapper such as

@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="hgkeras-preview-") as temp:
         data = args.data
         if data is None:
-            from hgkeras.training.run import default_samples_dir, prepare_embedded_data
+            from hgkeras.data.samples import write_sample_records
 
-            data = str(prepare_embedded_data(default_samples_dir(), Path(temp)))
+            data = str(write_sample_records(Path(temp)))
         path = preview_grid(
             data, args.out, count=args.count, columns=args.columns, split=args.split,
             augment=not args.no_augment, seed=args.seed,

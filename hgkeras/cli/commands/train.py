@@ -1,7 +1,7 @@
 """``hgkeras train`` and ``python train.py``: the command line of :func:`hgkeras.training.run.train`.
 
-The flags map one to one onto :class:`hgkeras.training.run.TrainConfig`; this module only parses them
-(and ``--config FILE``, whose settings the flags given override) and calls the library.
+The flags map one to one onto :class:`hgkeras.training.recipes.TrainConfig`; this module only parses
+them (``--recipe NAME`` and ``--config FILE`` give the settings that flags do not) and calls the library.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 DESCRIPTION = (
     "Train a Stacked Hourglass pose network (Keras 3; set KERAS_BACKEND). "
-    "`python train.py --stacks 8 --dataset mpii --data-dir DIR` trains with the paper's settings; "
-    "`python train.py` alone runs a short training on the shipped MPII samples. A run killed at any "
-    "moment continues when the same command is started again."
+    "`python train.py --dataset mpii --data-dir DIR` trains as the Torch code that produced the "
+    "paper's numbers (recipe newell2016); `--recipe NAME` trains as another reference code; "
+    "`python train.py` alone runs a short training on the shipped MPII samples (recipe embedded). A "
+    "run killed at any moment continues when the same command is started again."
 )
 
 
@@ -48,15 +49,26 @@ def _float_list(text: str) -> list[float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add every training flag to ``parser`` (shared by ``train.py`` and ``hgkeras train``)."""
-    from hgkeras.training.run import DATASET_JOINTS, EMBEDDED_DEFAULTS, MIXED_PRECISION
-    from hgkeras.training.run import PAPER_DEFAULTS as PAPER
+    from hgkeras.training.recipes import DATASET_JOINTS, MIXED_PRECISION, RECIPES
 
-    def both(key: str, shown=None) -> str:
-        paper, embedded = PAPER[key], EMBEDDED_DEFAULTS[key]
-        if isinstance(paper, list):
-            paper, embedded = (",".join(map(str, v)) or "none" for v in (paper, embedded))
-        return f"(paper default: {paper}; embedded run: {embedded})"
+    def both(key: str) -> str:
+        """The defaults of the Torch code's recipe and of the embedded run."""
+        shown = []
+        for name in ("newell2016", "embedded"):
+            value = RECIPES[name].settings()[key]
+            if isinstance(value, list):
+                value = ",".join(map(str, value)) or "none"
+            shown.append(f"{name}: {value}")
+        return f"(default: the recipe's; {'; '.join(shown)})"
 
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="the settings that flags do not give, after a reference code (docs/training.md "
+        "'Recipes'): " + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values())
+        + ". Default: newell2016 for --dataset mpii and flic, coco for --dataset coco, embedded "
+        "without data",
+    )  # fmt: skip
     parser.add_argument(
         "--config",
         metavar="CONFIG_JSON",
@@ -68,8 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "Give --dataset with --data-dir (TFRecords of `hgkeras prepare`: train split for fit, valid "
         "split for PCKh) or with --train-pattern/--val-pattern. With no data argument the embedded "
         "run trains a small model on the shipped real MPII samples. --dataset coco starts from the "
-        "top-down COCO defaults (input 256, sigma 2, batch 32, 210 epochs, drops at 170,200; "
-        "docs/evaluation.md) instead of the paper's.",
+        "coco recipe and validates by OKS AP (docs/evaluation.md).",
     )
     data.add_argument("--dataset", choices=sorted(DATASET_JOINTS), help="dataset of the records")
     data.add_argument("--data-dir", help="directory of prepared TFRecords (manifest.json + shards)")
@@ -97,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--input-size", type=int, help="square input crop in pixels " + both("input_size")
     )
     model.add_argument(
+        "--init",
+        help="weight initialisation: keras (Keras' defaults), torch (Torch7 nn: convolutions "
+        "U(+-1/sqrt(fan_in)), BatchNorm scale U(0,1)) or pytorch (PyTorch: the same convolutions, "
+        "scale 1) " + both("init"),
+    )
+    model.add_argument(
         "--init-weights",
         metavar="CHECKPOINT",
         help="start from the weights of a saved or imported network (.keras); layers whose shapes "
@@ -110,9 +127,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     opt.add_argument(
         "--steps-per-epoch",
         type=int,
-        help="training steps per epoch (default: training people // batch size; embedded run: 100)",
+        help="training steps per epoch (default: the recipe's, or training people // batch size; "
+        "newell2016: 8000, embedded: 100)",
     )
-    opt.add_argument("--lr", type=float, help="RMSprop learning rate " + both("lr"))
+    opt.add_argument(
+        "--optimizer",
+        help="rmsprop (Torch's: epsilon after the root), adam, or keras_rmsprop (Keras' rule, "
+        "epsilon inside the root, for comparison) " + both("optimizer"),
+    )
+    opt.add_argument("--lr", type=float, help="learning rate " + both("lr"))
     opt.add_argument(
         "--lr-drops",
         type=_int_list,
@@ -120,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "'none' for a constant rate " + both("lr_drops"),
     )
     opt.add_argument(
-        "--lr-factor", type=float, help="multiplier at each learning-rate drop (default 0.1)"
+        "--lr-factor", type=float, help="multiplier at each learning-rate drop " + both("lr_factor")
     )
     opt.add_argument(
         "--lr-warmup-epochs",
@@ -141,13 +164,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="comma-separated loss weight per stack (default: 1 for every stack)",
     )
     opt.add_argument(
-        "--sigma", type=float, help="target Gaussian sigma in heatmap pixels (default 1)"
+        "--sigma", type=float, help="target Gaussian sigma in heatmap pixels " + both("sigma")
     )
     opt.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="rotation/scale/flip/colour augmentation " + both("augment"),
+        help="rotation/scale/flip/colour augmentation, by the recipe's law (config.json "
+        "'augmentation') " + both("augment"),
     )
     opt.add_argument(
         "--seed",
@@ -226,7 +250,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 def given_settings(args: argparse.Namespace) -> dict:
     """The settings of parsed flags: ``--config``'s, overridden by the flags given."""
-    from hgkeras.training.run import read_config_settings
+    from hgkeras.training.recipes import read_config_settings
 
     given = {k: v for k, v in vars(args).items() if v is not None}
     for key in ("func", "command"):
@@ -236,8 +260,8 @@ def given_settings(args: argparse.Namespace) -> dict:
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str = "train.py"):
-    """Parse command-line flags into a resolved :class:`~hgkeras.training.run.TrainConfig`."""
-    from hgkeras.training.run import resolve_config
+    """Parse command-line flags into a resolved :class:`~hgkeras.training.recipes.TrainConfig`."""
+    from hgkeras.training.recipes import resolve_config
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -258,7 +282,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hgkeras.training.run import resolve_config, run_training
+    from hgkeras.training.recipes import resolve_config
+    from hgkeras.training.run import run_training
 
     return run_training(resolve_config(given_settings(args)), "hgkeras train")
 
