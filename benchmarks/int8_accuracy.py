@@ -80,6 +80,13 @@ def score(pred: np.ndarray, records, thresholds) -> dict:
     return result
 
 
+def shown(path) -> str:
+    """``path`` relative to the repository when inside it (for the committed JSON)."""
+    root = Path(__file__).resolve().parents[1]
+    path = Path(path).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def measure(args) -> dict:
     from hgkeras.data import read_annotations
     from hgkeras.deploy.formats import calibration_people, default_calibration, write_formats
@@ -128,12 +135,12 @@ def measure(args) -> dict:
             print(f"  {line(row, args.thresholds)}", flush=True)
     return {
         "benchmark": "int8_accuracy",
-        "model": str(keras_path),
+        "model": shown(keras_path),
         "input_size": list(size),
         "pose": pose.name,
-        "data": str(data),
+        "data": shown(data),
         "people": len(records),
-        "calibration": str(args.calibration or default_calibration()),
+        "calibration": shown(args.calibration or default_calibration()),
         "calibration_crops": len(calibration.crops),
         "flip_test": bool(args.flip),
         "thresholds": list(args.thresholds),
