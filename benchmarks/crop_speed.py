@@ -1,16 +1,20 @@
 """Time of one person crop (:func:`hgkeras.crop.crop_numpy`, the host crop) on real images.
 
 Crops every person of the shipped MPII samples (1280x720 / 854x480 JPEG, uint8 RGB) at box heights of
-0.5, 1, 3 and 8 times the crop height (shrink factor 1, 1, 3, 8) into 64 and 256 px crops, the best
-of ``--rounds`` rounds of ``--repeats`` calls each. Prints a table and writes
-``benchmarks/results/crop_speed.json`` (``--out``; ``--label`` names the run, e.g. before/after).
+0.5, 1, 3 and 8 times the crop height (shrink factor 1, 1, 3, 8) into 64 and 256 px crops; each
+figure is the best of ``--rounds`` rounds of ``--repeats`` calls per person. ``--compare FILE``
+also times the ``crop_numpy`` of another version of ``hgkeras/crop.py`` (e.g. from
+``git show REV:hgkeras/crop.py``), round by round in the same process, so that load from other
+processes on a shared machine hits both alike. Prints a table and writes
+``benchmarks/results/crop_speed.json`` (``--out``).
 
-Usage: python benchmarks/crop_speed.py [--rounds 5] [--repeats 20] [--label after]
+Usage: python benchmarks/crop_speed.py [--rounds 7] [--repeats 10] [--compare old_crop.py]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
@@ -28,11 +32,20 @@ BOX_FACTORS = (0.5, 1.0, 3.0, 8.0)
 SIZES = (64, 256)
 
 
+def load_crop(path: str):
+    """``crop_numpy`` of the crop module at ``path``."""
+    spec = importlib.util.spec_from_file_location("compared_crop", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.crop_numpy
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=20, help="calls per round and person")
-    parser.add_argument("--label", default="this tree")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=10, help="calls per round and person")
+    parser.add_argument("--compare", help="another crop.py to time beside this tree's")
+    parser.add_argument("--compare-label", default="compared")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "crop_speed.json"))
     args = parser.parse_args(argv)
 
@@ -49,33 +62,33 @@ def main(argv: list[str] | None = None) -> int:
     images = {
         p.image: cv2.imread(str(samples / "images" / p.image))[..., ::-1].copy() for p in people
     }
+    versions = {"this tree": crop_numpy}
+    if args.compare:
+        versions[args.compare_label] = load_crop(args.compare)
     rows = []
     for size in SIZES:
         for factor in BOX_FACTORS:
             scale = factor * size / geometry.PIXELS_PER_SCALE
-            best = float("inf")
+            best = dict.fromkeys(versions, float("inf"))
             for _ in range(args.rounds):
-                start = time.perf_counter()
-                for _ in range(args.repeats):
-                    for p in people:
-                        crop_numpy(images[p.image], p.center, scale, size)
-                calls = args.repeats * len(people)
-                best = min(best, (time.perf_counter() - start) / calls)
-            rows.append(
-                {
-                    "crop": size,
-                    "box_factor": factor,
-                    "shrink_factor": shrink_factor(scale, size),
-                    "ms_per_crop": round(1000 * best, 4),
-                }
-            )
-    print(f"{'crop':>5s} {'box/crop':>9s} {'shrink':>7s} {'ms/crop':>9s}")
+                for name, crop in versions.items():
+                    start = time.perf_counter()
+                    for _ in range(args.repeats):
+                        for p in people:
+                            crop(images[p.image], p.center, scale, size)
+                    seconds = (time.perf_counter() - start) / (args.repeats * len(people))
+                    best[name] = min(best[name], seconds)
+            row = {"crop": size, "box_factor": factor, "shrink_factor": shrink_factor(scale, size)}
+            row.update({f"ms_per_crop ({name})": round(1000 * s, 4) for name, s in best.items()})
+            rows.append(row)
+    names = list(versions)
+    print(f"{'crop':>5s} {'box/crop':>9s} {'shrink':>7s} " + " ".join(f"{n:>14s}" for n in names))
     for row in rows:
-        print(f"{row['crop']:5d} {row['box_factor']:9.1f} {row['shrink_factor']:7d} "
-              f"{row['ms_per_crop']:9.3f}")  # fmt: skip
+        times = " ".join(f"{row[f'ms_per_crop ({n})']:11.3f} ms" for n in names)
+        print(f"{row['crop']:5d} {row['box_factor']:9.1f} {row['shrink_factor']:7d} {times}")
     report = {
         "benchmark": "crop_speed",
-        "label": args.label,
+        "compared": args.compare_label if args.compare else None,
         "runs": rows,
         "note": "best of --rounds rounds; one call crops one person of the 5 shipped MPII images "
         "(uint8 RGB) to a square crop; box_factor = box height / crop height",

@@ -14,7 +14,7 @@ and compute the same pixels:
 Integer images come back rounded half up to their own dtype, once, after shrink and warp: a crop pixel
 is ``floor(sum(w_k * S_k) / (1024 n^2) + 1/2)`` over the 4 neighbouring block sums ``S_k`` with
 integer weights ``w_k`` (the products of ``32 - t`` and ``t`` for the 1/32 fractions ``t``; they sum to
-1024). Both runtimes evaluate this exactly (integers, or float64 where every step is exact), so their
+1024). Both runtimes evaluate this exactly (integers, or floats where every step is exact), so their
 uint8 crops are equal bit for bit on every machine. The sample positions come from
 :func:`_positions`, one float64 formula for both. :func:`crop_tf` returns float32 in the image's value
 range (for integer images, those rounded values).
@@ -32,8 +32,8 @@ from hgkeras import geometry
 
 #: Sample positions are rounded to 1 / SUBPIXEL of a (shrunk) image pixel (OpenCV's INTER_TAB_SIZE).
 SUBPIXEL = 32
-#: Image values summed at a time while shrinking (bounds the memory used; int32 sums of uint8 stay exact).
-_BAND_VALUES = 1 << 22
+#: Image values summed at a time while shrinking (bounds the memory and keeps it in cache).
+_BAND_VALUES = 1 << 20
 
 
 def output_hw(output_size: int | Sequence[int]) -> tuple[int, int]:
@@ -78,10 +78,11 @@ def _offsets(out_h: int, out_w: int) -> np.ndarray:
 
 
 def _block_sums(image: np.ndarray, y0: int, x0: int, rows: int, cols: int, n: int) -> np.ndarray:
-    """Exact float64 sums of ``rows x cols`` blocks of ``n x n`` pixels from image pixel (y0, x0) >= 0.
+    """Exact sums of ``rows x cols`` blocks of ``n x n`` pixels from image pixel (y0, x0) >= 0: int32
+    for uint8 images, else float64.
 
     Pixels beyond the image's bottom/right edge count as zero. The sums are differences of OpenCV's
-    integral image (int32 for uint8, exact), taken in bands of rows so that memory stays bounded
+    integral image at the block corners, taken in bands of rows so that memory stays bounded
     whatever the image size.
     """
     import cv2
@@ -89,9 +90,10 @@ def _block_sums(image: np.ndarray, y0: int, x0: int, rows: int, cols: int, n: in
     region = image[y0 : y0 + rows * n, x0 : x0 + cols * n]
     if region.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
         region = region.astype(np.float64)
-    depth = cv2.CV_32S if region.dtype == np.uint8 else cv2.CV_64F
+    uint8 = region.dtype == np.uint8
+    depth = cv2.CV_32S if uint8 else cv2.CV_64F
     channels = region.shape[2:]
-    out = np.empty((rows, cols) + channels, np.float64)
+    out = np.empty((rows, cols) + channels, np.int32 if uint8 else np.float64)
     corner_x = np.minimum(np.arange(cols + 1) * n, region.shape[1])
     band = max(1, _BAND_VALUES // (n * n * cols * max(1, int(np.prod(channels)))))
     for r0 in range(0, rows, band):
@@ -102,7 +104,10 @@ def _block_sums(image: np.ndarray, y0: int, x0: int, rows: int, cols: int, n: in
         # the integral at the block corners; a partial last block ends at the region's edge
         corner_y = np.minimum(np.arange(r1 - r0 + 1) * n, part.shape[0])
         grid = np.take(np.take(integral, corner_y, axis=0), corner_x, axis=1)
-        out[r0:r1] = grid[1:, 1:] - grid[:-1, 1:] - grid[1:, :-1] + grid[:-1, :-1]
+        sums = out[r0:r1]  # in place: no band-sized temporaries
+        np.subtract(grid[1:, 1:], grid[:-1, 1:], out=sums)
+        sums -= grid[1:, :-1]
+        sums += grid[:-1, :-1]
     return out
 
 
@@ -139,7 +144,11 @@ def crop_numpy(
     if exact_uint8:
         region = source[y0:y1, x0:x1]
     else:
-        region = _block_sums(source, y0 * n, x0 * n, y1 - y0, x1 - x0, n)
+        # float32 holds uint8 block sums (< 2^14 for n <= 8) times the 1/1024 weights exactly, and
+        # its rounding of the final quotient stays below the quotient's distance from an integer
+        small = source.dtype == np.uint8 and n <= 8
+        sums = _block_sums(source, y0 * n, x0 * n, y1 - y0, x1 - x0, n)
+        region = sums.astype(np.float32 if small else np.float64)
     # (x, y) int16 pairs relative to the region, built as one little-endian uint32 per pixel;
     # indices are clipped where both neighbours lie outside anyway
     xs = np.minimum(np.maximum(ix - x0, -2), x1 - x0).astype("<u4") & 0xFFFF
@@ -173,6 +182,7 @@ def crop_tf(image, center, scale, output_size: int | Sequence[int]):
     import tensorflow as tf
 
     out_h, out_w = output_hw(output_size)
+    image = tf.convert_to_tensor(image)
     integer = image.dtype.is_integer or image.dtype == tf.bool
     if image.dtype == tf.bool:
         image = tf.cast(image, tf.uint8) * 255

@@ -13,8 +13,8 @@ import tensorflow as tf
 from hgkeras import crop, geometry
 
 SAMPLES = Path(crop.__file__).parent / "data" / "samples" / "mpii"
-#: Box height / crop height: smaller than the crop, about the crop, 3x and 8x larger (shrink 1, 1, 3, 8).
-BOX_FACTORS = (0.5, 1.0, 3.0, 8.0)
+#: Box height / crop height: smaller than the crop, about it, 2x, 3x and 8x larger (shrink 1, 1, 2, 3, 8).
+BOX_FACTORS = (0.5, 1.0, 2.0, 3.0, 8.0)
 
 
 def _images(real_data):
