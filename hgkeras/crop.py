@@ -164,8 +164,8 @@ def crop_numpy(
     if exact_uint8:
         return crop
     if np.issubdtype(source.dtype, np.integer):
-        # floor((V + n^2 / 2) / n^2): round half up, as OpenCV's fixed-point uint8 warp does; the
-        # sum is exact and the quotient is crop_tf's (its numerator and divisor are 1024x these)
+        # floor((V + n^2 / 2) / n^2): round half up, as OpenCV's fixed-point uint8 warp does. The
+        # sum is exact; the floor of the rounded quotient is that of the exact one (as in crop_tf)
         crop += n * n / 2.0
         np.floor(np.divide(crop, n * n, out=crop), out=crop)
     else:
