@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: timing a call, and running a measurement in a backend's process.
+"""What the benchmark scripts share: timing a call, the CPU's name, and running a measurement in a
+backend's process.
 
 Keras reads ``KERAS_BACKEND`` once, at import, so each backend is measured in its own process: the
 script re-runs itself with ``--worker``, and the worker prints one JSON object per line on stdout
@@ -9,11 +10,25 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
 
 #: The exit code ``spawn_worker`` reports for a worker it stopped at its time limit.
 TIMED_OUT = 124

@@ -34,10 +34,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from _workers import cpu_model  # noqa: E402
 
 SIGMAS = (1.0, 1.5, 2.0)
 NOISES = (0.0, 0.02, 0.05, 0.1)
@@ -80,16 +82,6 @@ PUBLISHED = [
         "after": 76.8,
     },
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synthetic_heatmaps(sigma: float, noise: float, kind: str, seed: int):

@@ -32,7 +32,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from _workers import timed  # noqa: E402
+from _workers import cpu_model, timed  # noqa: E402
 
 #: (engine, format whose file it runs, runtime) in table order.
 ENGINES = (
@@ -50,16 +50,6 @@ ENGINES = (
 #: Standard deviations of the noise that :func:`noise_sensitivity` adds to float heatmaps.
 NOISE_SIGMAS = (0.001, 0.003, 0.01)
 FORMATS = ("saved_model", "onnx", "onnx-int8", "tflite", "tflite-fp16", "tflite-int8", "openvino")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def people(size: tuple[int, int]):

@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _workers import cpu_model  # noqa: E402
 
 from hgkeras.io import atomic_write_json  # noqa: E402
 
@@ -59,17 +62,6 @@ def _tree_rss(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     return total
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synthesise(count: int, folder: Path) -> tuple[Path, Path]:

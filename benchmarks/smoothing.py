@@ -45,7 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from deploy_speed import cpu_model  # noqa: E402
+from _workers import cpu_model  # noqa: E402
 
 from hgkeras.inference.smoothing import (  # noqa: E402
     PoseSmoother,

@@ -6,6 +6,16 @@ file then goes through every entry point: ``hgkeras evaluate`` on the TFRecords 
 file with its images, ``PosePredictor`` with the equivalent box, ``hgkeras export`` and the
 SavedModel's ``predict_image`` and ``serving_default`` signatures, ONNX Runtime, and the gRPC and
 REST clients against the loopback server. All must agree with evaluate-on-TFRecords.
+
+The agreement rests on equal inputs, not on near-ties: the SavedModel's ``predict_image`` decodes
+and crops to exactly the host path's uint8 pixels (``hgkeras.crop``: one sampling arithmetic,
+exact on every CPU), so the network sees the same numbers everywhere. What may still differ is
+float rounding inside the network between Keras and the exported graph (oneDNN picks other kernels
+on Intel AMX, AVX-512 and AVX2 AMD machines): ~1e-6 on the heatmaps. A tiny model's flat heatmaps
+can have a peak and its neighbour that close, so the keypoint comparison keeps its limits (95% of
+joints within 1 px, none beyond 0.15 head sizes), while ``test_the_graph_sees_the_host_pixels``
+checks the parts exactly: the in-graph crop equals the host crop, the graph's heatmaps match
+Keras' to float rounding, and the graph decodes its heatmaps as the host decodes them.
 """
 
 from __future__ import annotations
@@ -51,13 +61,14 @@ def predictions(trained, tmp_path_factory):
     import tensorflow as tf
 
     from hgkeras import PosePredictor
+    from hgkeras.codec import network_heatmaps
     from hgkeras.crop import crop_numpy
     from hgkeras.evaluation.evaluate import read_predictions
 
     path, records, samples = trained
     out = tmp_path_factory.mktemp("entry_points")
     people = _people(samples)
-    results, pckh = {}, {}
+    results, pckh, graph = {}, {}, {}
 
     # 1-2. hgkeras evaluate on the TFRecords and on the annotation file with its images
     for name, data in (
@@ -99,9 +110,14 @@ def predictions(trained, tmp_path_factory):
         to_image.append(geometry.invert_matrix(geometry.crop_matrix(p.center, p.scale, SIZE)))
     results["predict_image"] = np.stack(image_keypoints)
     crops = np.stack(crops)
-    serving = loaded.signatures["serving_default"](images=tf.constant(crops))["keypoints"].numpy()
+    serving = loaded.signatures["serving_default"](images=tf.constant(crops))
+    graph["crops"] = crops
+    graph["heatmaps"] = serving["heatmaps"].numpy()
+    graph["keypoints"] = serving["keypoints"].numpy()  # in crop (input) pixels
+    # the host path's network (PosePredictor's) on the same crops
+    graph["keras_heatmaps"] = np.asarray(network_heatmaps(predictor.network, crops))
     results["serving_default"] = np.stack(
-        [geometry.apply_matrix(m, k) for m, k in zip(to_image, serving, strict=True)]
+        [geometry.apply_matrix(m, k) for m, k in zip(to_image, graph["keypoints"], strict=True)]
     )
     # the ONNX file (the bare network) through ONNX Runtime, as PosePredictor runs exported files
     onnx_predictor = PosePredictor(version / "model.onnx", flip=False)
@@ -135,7 +151,7 @@ def predictions(trained, tmp_path_factory):
         grpc_server.stop(grace=None)
         rest_server.shutdown()
         rest_server.server_close()
-    return results, pckh, people
+    return results, pckh, people, graph
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, people) -> tuple[float, float]:
@@ -147,7 +163,7 @@ def _agreement(a: np.ndarray, b: np.ndarray, people) -> tuple[float, float]:
 
 
 def test_every_entry_point_agrees_with_evaluate_on_tfrecords(predictions):
-    results, _, people = predictions
+    results, _, people, _ = predictions
     reference = results["evaluate_tfrecords"]
     report = {}
     for name, keypoints in results.items():
@@ -160,7 +176,7 @@ def test_every_entry_point_agrees_with_evaluate_on_tfrecords(predictions):
 
 
 def test_pckh_tables_agree_within_one_joint(predictions):
-    results, pckh, people = predictions
+    results, pckh, people, _ = predictions
     from hgkeras.evaluation.evaluate import score_for_pose
 
     truth = {
@@ -184,6 +200,35 @@ def test_pckh_tables_agree_within_one_joint(predictions):
         for k in ("evaluate_tfrecords", "evaluate_images")
     ]
     assert np.nanmax(np.abs(tables[0] - tables[1])) <= 100 / 5 + 1e-6, tables
+
+
+def test_the_graph_sees_the_host_pixels(trained, predictions):
+    """The exported graph's inputs equal the host path's; its heatmaps differ by float rounding only."""
+    import cv2
+    import tensorflow as tf
+
+    from hgkeras.codec import HeatmapCodec
+    from hgkeras.crop import crop_numpy, crop_tf
+    from hgkeras.deploy.export import decode_image_bytes
+
+    _, _, samples = trained
+    _, _, people, graph = predictions
+
+    @tf.function
+    def graph_crop(data, center, scale):  # predict_image's decoding and crop, as a graph
+        return crop_tf(decode_image_bytes(data), center, scale, SIZE)
+
+    for p in people:
+        image = samples / "images" / p.image
+        center, scale = np.float32(p.center), np.float32(p.scale)  # as the signature takes them
+        host = crop_numpy(cv2.imread(str(image))[..., ::-1], center, scale, SIZE)
+        got = graph_crop(tf.constant(image.read_bytes()), center, scale).numpy()
+        np.testing.assert_array_equal(got, host, err_msg=p.image)  # the same uint8 values
+    # the network: exported graph vs Keras on the same crops (float rounding only)
+    np.testing.assert_allclose(graph["heatmaps"], graph["keras_heatmaps"], rtol=0, atol=1e-4)
+    # decoding: the graph's keypoints are the host decoding of the graph's own heatmaps
+    host_keypoints, _ = HeatmapCodec().decode(graph["heatmaps"], (SIZE, SIZE))
+    np.testing.assert_array_equal(graph["keypoints"], np.asarray(host_keypoints))
 
 
 # ---------------------------------------------------------------------------------- per decoder

@@ -305,7 +305,8 @@ def build_serving_functions(
             checks = crop_box_checks_tf(center, scale, size, width / height)
         with tf.control_dependencies(checks):
             image = decode_image_bytes(image_bytes, max_pixels)
-        crop = crop_tf(tf.cast(image, tf.float32) / 255.0, center, scale, (height, width))
+        # the uint8 crop of crop_numpy, then / 255 as the host path (to_rgb_float) does
+        crop = crop_tf(image, center, scale, (height, width)) / 255.0
         heatmaps = heatmaps_of(crop[None])
         keypoints, scores = codec.decode_to_image(
             heatmaps, center[None], scale[None], (height, width)

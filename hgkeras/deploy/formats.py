@@ -10,9 +10,10 @@ format             file                     made with
 =================  =======================  ===================================================
 ``onnx``           ``model.onnx``           Keras ``model.export(format="onnx")`` (tf2onnx)
 ``onnx-int8``      ``model_int8.onnx``      ``onnxruntime.quantization.quantize_static`` (QDQ,
-                                            per-channel int8 weights, uint8 activations; the
-                                            first and last convolutions, the residual sums and
-                                            the pre-activation batch norms stay float)
+                                            per-channel int8 weights in the reduced 7-bit
+                                            range, uint8 activations; the first and last
+                                            convolutions, the residual sums and the
+                                            pre-activation batch norms stay float)
 ``tflite``         ``model.tflite``         Keras ``model.export(format="litert")``
 ``tflite-fp16``    ``model_fp16.tflite``    the same with float16 weights
 ``tflite-int8``    ``model_int8.tflite``    the same, full int8 with a representative dataset
@@ -20,7 +21,9 @@ format             file                     made with
 =================  =======================  ===================================================
 
 int8 formats are calibrated on real person crops (:func:`calibration_crops`). Every file is checked
-against the Keras model on real crops (:func:`check_format`).
+against the Keras model on real crops (:func:`check_format`); int8 files on annotated people also
+against the annotations, with a warning when they lose more than 2 PCK points or 10 % of mean
+keypoint error to the Keras model.
 """
 
 from __future__ import annotations
@@ -62,8 +65,14 @@ PRECISION = {
 }
 #: Largest max |heatmap difference| from Keras accepted for float formats.
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
-#: Below this share of joints within one heatmap pixel of Keras, an int8 export is flagged.
+#: Below this share of joints within one heatmap pixel of Keras, an int8 export is flagged (when
+#: the calibration people have no annotations).
 MIN_AGREEMENT = 0.9
+#: On annotated calibration people, an int8 export is flagged when its PCK@0.5 against the
+#: annotations is more than MAX_PCK_DROP points below Keras' or its mean pixel error more than
+#: MAX_ERROR_RATIO times Keras'.
+MAX_PCK_DROP = 2.0
+MAX_ERROR_RATIO = 1.1
 #: Most crops used for calibration.
 MAX_CALIBRATION_CROPS = 256
 ONNX_OPSET = 17
@@ -103,13 +112,16 @@ class CalibrationCrops:
 
     ``crops`` float32 (N, H, W, 3) in [0, 1]: the people, then their mirror images. For people
     read from an annotation file, ``tenth_head`` (N,) is 0.1 of each one's PCK normaliser (MPII:
-    head size) as a share of the crop height and ``visible`` (N, J) their annotated joints, False
-    for the mirror images (both None for TFRecords).
+    head size) as a share of the crop height, ``visible`` (N, J) their annotated joints (False for
+    the mirror images), ``joints`` (N, J, 2) the annotations in crop pixels and ``box`` (N,) the
+    crop height in image pixels (all None for TFRecords).
     """
 
     crops: np.ndarray
     tenth_head: np.ndarray | None = None
     visible: np.ndarray | None = None
+    joints: np.ndarray | None = None
+    box: np.ndarray | None = None
 
 
 def calibration_crops(
@@ -140,19 +152,25 @@ def calibration_people(
         raise FileNotFoundError(f"calibration data not found: {source}")
     height, width = int(input_size[0]), int(input_size[1])
     people = max(1, limit // 2)
-    tenth_head = visible = None
+    truth = None
     if source.is_dir():
         crops = _tfrecord_crops(source, (height, width), people)
     else:
-        crops, tenth_head, visible = _annotation_crops(source, images, (height, width), people)
+        crops, truth = _annotation_crops(source, images, (height, width), people)
     if len(crops) == 0:
         raise ValueError(f"{source}: no people to calibrate on")
     mirrored = np.concatenate([crops, crops[:, :, ::-1]])  # the flip test runs mirrored crops
-    if tenth_head is None or not np.all(np.isfinite(tenth_head)):
+    if truth is None or not np.all(np.isfinite(truth["tenth_head"])):
         return CalibrationCrops(mirrored)
     # only the people as annotated are scored (a mirrored crop's joints swap sides)
-    scored = np.concatenate([visible, np.zeros_like(visible)])
-    return CalibrationCrops(mirrored, np.tile(tenth_head, 2), scored)
+    visible = truth["visible"]
+    return CalibrationCrops(
+        mirrored,
+        tenth_head=np.tile(truth["tenth_head"], 2),
+        visible=np.concatenate([visible, np.zeros_like(visible)]),
+        joints=np.tile(truth["joints"], (2, 1, 1)),
+        box=np.tile(truth["box"], 2),
+    )
 
 
 def _annotation_crops(path: Path, images, size: tuple[int, int], people: int):
@@ -168,17 +186,23 @@ def _annotation_crops(path: Path, images, size: tuple[int, int], people: int):
             "(give it with --calibration-images)"
         )
     records = read_annotations(path)[:people]
-    crops = []
+    crops, joints = [], []
     for record in records:
         image = load_image(folder / record.image)  # BGR, as OpenCV reads it
         crop = crop_numpy(image, record.center, record.scale, size)
         crops.append(to_rgb_float(crop, "bgr"))
+        matrix = geometry.crop_matrix(record.center, record.scale, size)
+        joints.append(geometry.apply_matrix(matrix, np.asarray(record.joints, np.float64)))
     if not crops:
-        return np.zeros((0, *size, 3), np.float32), None, None
+        return np.zeros((0, *size, 3), np.float32), None
     box = np.array([geometry.PIXELS_PER_SCALE * r.scale for r in records])
-    tenth_head = 0.1 * np.array([r.normalizer for r in records]) / box
-    visible = np.stack([np.asarray(r.visible) > 0 for r in records])
-    return np.stack(crops), tenth_head, visible
+    truth = {
+        "tenth_head": 0.1 * np.array([r.normalizer for r in records]) / box,
+        "visible": np.stack([np.asarray(r.visible) > 0 for r in records]),
+        "joints": np.stack(joints),
+        "box": box,
+    }
+    return np.stack(crops), truth
 
 
 def _tfrecord_crops(folder: Path, size: tuple[int, int], people: int) -> np.ndarray:
@@ -239,7 +263,8 @@ def write_onnx(network, path: str | os.PathLike) -> Path:
 
 
 def write_onnx_int8(float_onnx: str | os.PathLike, path: str | os.PathLike, crops) -> Path:
-    """Static int8 quantisation (QDQ, per-channel) of ``float_onnx``, calibrated on ``crops``."""
+    """Static int8 quantisation (QDQ, per-channel 7-bit weights) of ``float_onnx``, calibrated on
+    ``crops``."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -277,6 +302,10 @@ def write_onnx_int8(float_onnx: str | os.PathLike, path: str | os.PathLike, crop
                     CropReader(),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
+                    # 7-bit weights: x86 CPUs without VNNI (AVX2 only) multiply uint8 x int8 pairs
+                    # into saturating int16 sums; full 8-bit weights overflow them (on this
+                    # project's AVX2 AMD EPYC PCKh fell from 97.4 to 68.4, docs/deploy.md)
+                    reduce_range=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
@@ -379,15 +408,35 @@ class FormatCheck:
     tolerance: float | None = None
     #: Share of annotated joints within 0.1 head sizes (PCK normalisers) of Keras' keypoints.
     within_tenth_head: float | None = None
+    #: Against the annotations of the calibration people: (file, Keras) PCK@0.5 in % and mean
+    #: keypoint error in image pixels.
+    pck: tuple[float, float] | None = None
+    mean_error: tuple[float, float] | None = None
 
     @property
     def warning(self) -> str | None:
-        """A message when an int8 file's keypoints agree with Keras on fewer than 90% of joints."""
-        if self.precision == "int8" and self.agreement < MIN_AGREEMENT:
+        """A message when an int8 file loses accuracy: on annotated people more than 2 PCK points or
+        10 % more mean pixel error than Keras; without annotations, fewer than 90 % of joints within
+        1 heatmap pixel of Keras."""
+        if self.precision != "int8":
+            return None
+        advice = "; check accuracy with `hgkeras evaluate --model` before deploying it"
+        if self.pck is not None and self.mean_error is not None:
+            drop = self.pck[1] - self.pck[0]
+            ratio = _ratio(*self.mean_error)
+            if drop > MAX_PCK_DROP or ratio > MAX_ERROR_RATIO:
+                return (
+                    f"WARNING: {self.format}: on the annotated calibration people PCK@0.5 "
+                    f"{self.pck[0]:.1f} vs {self.pck[1]:.1f} for the Keras model ({-drop:+.1f} "
+                    f"points) and mean keypoint error {self.mean_error[0]:.1f} vs "
+                    f"{self.mean_error[1]:.1f} px ({ratio - 1:+.0%}); more than "
+                    f"{MAX_PCK_DROP:g} points or {MAX_ERROR_RATIO - 1:.0%} lost{advice}"
+                )
+            return None
+        if self.agreement < MIN_AGREEMENT:
             return (
                 f"WARNING: {self.format}: only {self.agreement:.1%} of joints within 1 heatmap "
-                f"pixel of the Keras model (< {MIN_AGREEMENT:.0%}); check accuracy with "
-                "`hgkeras evaluate --model` before deploying it"
+                f"pixel of the Keras model (< {MIN_AGREEMENT:.0%}){advice}"
             )
         return None
 
@@ -399,7 +448,42 @@ class FormatCheck:
         )
         if self.within_tenth_head is not None:
             text += f", {self.within_tenth_head:.1%} of annotated joints within 0.1 head of Keras"
+        if self.pck is not None and self.mean_error is not None:
+            text += (
+                f", PCK@0.5 {self.pck[0]:.1f} (Keras {self.pck[1]:.1f}), mean error "
+                f"{self.mean_error[0]:.1f} px (Keras {self.mean_error[1]:.1f})"
+            )
         return text
+
+
+def _ratio(error: float, reference: float) -> float:
+    """``error / reference``, 1 for two zeros."""
+    if reference > 0:
+        return error / reference
+    return 1.0 if error == 0 else float("inf")
+
+
+def pck_and_error(
+    distance: np.ndarray, normalizer: np.ndarray, annotated: np.ndarray, threshold: float = 0.5
+) -> tuple[float, float]:
+    """(PCK in %, mean distance) over ``annotated`` joints: the share of distances (N, J) at most
+    ``threshold`` times the person's normaliser (N,) (MPII: head size; 0.5 gives PCKh@0.5)."""
+    hits = distance / np.asarray(normalizer, np.float64)[:, None] <= threshold
+    return 100.0 * float(np.mean(hits[annotated])), float(np.mean(distance[annotated]))
+
+
+def ground_truth_scores(
+    heatmaps: np.ndarray, people: CalibrationCrops, codec: HeatmapCodec | None = None
+) -> tuple[float, float]:
+    """(PCK@0.5 in %, mean error in image pixels) of ``heatmaps`` of ``people``'s crops, decoded by
+    ``codec`` (default the paper's), against their annotations."""
+    from keras import ops
+
+    codec = codec if codec is not None else HeatmapCodec()
+    keypoints = ops.convert_to_numpy(codec.decode(heatmaps, people.crops.shape[1:3])[0])
+    to_image = people.box / people.crops.shape[1]  # image pixels per crop pixel
+    distance = np.linalg.norm(keypoints - people.joints, axis=-1) * to_image[:, None]
+    return pck_and_error(distance, 10.0 * people.tenth_head * people.box, people.visible)
 
 
 def keypoint_agreement(
@@ -467,6 +551,10 @@ def check_format(
     )
     if people is not None and people.tenth_head is not None:
         check.within_tenth_head = head_agreement(heatmaps, reference, people, codec)
+    if people is not None and people.joints is not None:
+        got = ground_truth_scores(heatmaps, people, codec)
+        want = ground_truth_scores(reference, people, codec)
+        check.pck, check.mean_error = (got[0], want[0]), (got[1], want[1])
     if check.tolerance is not None and not check.max_abs <= check.tolerance:
         raise ValueError(
             f"{fmt} ({Path(path).name}): heatmaps differ from Keras by {check.max_abs:.3g} "
