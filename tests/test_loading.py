@@ -76,6 +76,18 @@ def test_load_model_unwraps_trainers_and_folds(saved_trainer, tmp_path):
         load_model(42)
 
 
+def test_a_fresh_process_loads_a_saved_trainer_through_the_loader_alone(saved_trainer, run_backend):
+    """The package registers its Keras classes (PoseTrainer included) when Keras is imported; the
+    loader itself names no training module (models sit below training)."""
+    _, path = saved_trainer
+    code = """
+        import sys
+        from hgkeras.models.loading import load_model
+        print(type(load_model(sys.argv[1])).__name__, "hgkeras.training.trainer" in sys.modules)
+    """
+    assert run_backend("jax", code, str(path)).split() == ["StackedHourglass", "True"]
+
+
 def test_saved_trainer_runs_in_predictor_evaluate_and_export(saved_trainer, real_data, tmp_path):
     from hgkeras import PosePredictor
     from hgkeras.cli import main

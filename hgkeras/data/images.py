@@ -370,6 +370,12 @@ def read_image(
     )  # fmt: skip
 
 
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3), upright by its EXIF orientation; truncated files and
+    unreadable ones are clear errors (:func:`read_image`)."""
+    return np.ascontiguousarray(to_uint8_bgr(read_image(path), "bgr")[..., ::-1])
+
+
 def load_image(
     image: str | os.PathLike | np.ndarray,
     *,

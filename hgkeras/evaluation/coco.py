@@ -261,7 +261,7 @@ def predict_people(
     (default the model's own) through the inverse crop transform.
     """
     from hgkeras.crop import crop_numpy
-    from hgkeras.evaluation.evaluate import read_image_rgb
+    from hgkeras.data.images import read_image_rgb
 
     spec = get_pose(pose) if pose is not None else pose_of(model)
     height, width = (int(v) for v in model.inputs[0].shape[1:3])

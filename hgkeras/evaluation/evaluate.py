@@ -406,14 +406,6 @@ def _input_size(network) -> tuple[int, int]:
     return height, width
 
 
-def read_image_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3), upright by its EXIF orientation; truncated files and
-    unreadable ones are clear errors (:func:`hgkeras.data.images.read_image`)."""
-    from hgkeras.data.images import read_image, to_uint8_bgr
-
-    return np.ascontiguousarray(to_uint8_bgr(read_image(path), "bgr")[..., ::-1])
-
-
 def predict_records(
     network,
     records: Sequence,
@@ -430,6 +422,7 @@ def predict_records(
     from tqdm import tqdm
 
     from hgkeras.crop import crop_numpy
+    from hgkeras.data.images import read_image_rgb
 
     spec = get_pose(pose) if pose is not None else pose_of(network)
     codec = codec if codec is not None else codec_of(network)

@@ -14,14 +14,6 @@ from typing import Any
 import keras
 
 
-def register_classes() -> None:
-    """Import the modules whose classes ``.keras`` files may name (registers them with Keras)."""
-    import hgkeras.models.fold  # noqa: F401  (FoldedBatchNorm)
-    import hgkeras.models.hourglass  # noqa: F401  (StackedHourglass)
-    import hgkeras.models.layers  # noqa: F401  (BatchNorm, Conv2D, ...)
-    import hgkeras.training.trainer  # noqa: F401  (PoseTrainer)
-
-
 def load_model(
     path_or_model: Any, *, fold_batch_norms: bool = False, compile: bool = False
 ) -> keras.Model:
@@ -80,7 +72,8 @@ def _load_file(path: Path, compile: bool) -> keras.Model:
         raise ValueError(
             f"{path}: expected a .keras model file, got a {path.suffix or 'no'} suffix"
         )
-    register_classes()
+    # The classes a file may name (StackedHourglass, PoseTrainer, ...) are registered by the
+    # package itself once Keras is imported (hgkeras/__init__.py, _KERAS_CLASS_MODULES).
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as error:  # keras raises many types for a damaged or foreign file
