@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from hgkeras import geometry
@@ -55,6 +54,8 @@ def nms(boxes: Any, scores: Any, iou_threshold: float = 0.45) -> np.ndarray:
         return np.zeros((0,), np.int64)
     rects = [(x1, y1, x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes.tolist()]
     shifted = scores - scores.min() + 1.0  # NMSBoxes needs scores above its threshold (>= 0)
+    import cv2
+
     keep = cv2.dnn.NMSBoxes(rects, shifted.tolist(), 0.0, float(iou_threshold))
     return np.asarray(keep, np.int64).reshape(-1)
 
