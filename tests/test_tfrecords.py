@@ -12,7 +12,7 @@ import pytest
 from hgkeras import MPII
 from hgkeras.crop import crop_numpy
 from hgkeras.data import pose_dataset, read_annotations
-from hgkeras.data.pipeline import read_pose
+from hgkeras.data.pipeline import SOURCE_MARGIN, read_pose
 from hgkeras.data.tfrecords import read_manifest, write_tfrecords
 from hgkeras.geometry import apply_matrix, crop_matrix
 
@@ -71,7 +71,7 @@ def test_training_elements(mpii_shards):
     # Every element maps its joints by the source-crop matrix of one of the records.
     for joints in batch["joints"].numpy():
         expected = [
-            apply_matrix(crop_matrix(r.center, r.scale * 1.5, 128), r.joints) for r in records
+            apply_matrix(crop_matrix(r.center, r.scale * SOURCE_MARGIN, 128), r.joints) for r in records
         ]
         assert min(np.abs(joints - e).max() for e in expected) < 1e-2
 
