@@ -46,8 +46,9 @@ SIDE_COLORS = {"left": "#0080ff", "right": "#ff8000", "center": "#00c800"}
 #: Keypoint colours (RGB hex) of sets without pairs, cycled in keypoint order (Tableau 10).
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac")  # fmt: skip
-#: Training recipe of sets other than MPII, FLIC and COCO (names of hgkeras.training.recipes).
-CUSTOM_RECIPE = "newell2016"
+#: Training recipe of sets other than MPII, FLIC and COCO (names of hgkeras.training.recipes): a
+#: 2-stack network for tens to thousands of labelled frames.
+CUSTOM_RECIPE = "small"
 #: Training input (height, width) and heatmap sigma of sets that give none.
 DEFAULT_INPUT_SHAPE = (256, 256)
 DEFAULT_SIGMA = 2.0
@@ -78,9 +79,11 @@ class PoseSpec:
         unscored: joints never scored (MPII's pelvis and thorax); they are still trained.
         oks_sigmas: per-keypoint OKS sigmas; () = :data:`DEFAULT_OKS_SIGMA` each.
         colors: per-keypoint RGB colours "#rrggbb"; () = the default palette (:attr:`keypoint_colors`).
-        input_shape: the training input (height, width) the set trains with by default.
-        sigma: the heatmap Gaussian's sigma (heatmap pixels) the set trains with by default.
-        recipe: the name of the training recipe the set trains with by default.
+        input_shape: the model input (height, width): ``prepare`` makes crop boxes of its aspect
+            ratio, and training without ``--recipe`` takes its longer side as ``--input-size``.
+        sigma: the heatmap Gaussian's sigma (heatmap pixels) training takes without ``--recipe``.
+        recipe: the training recipe of the set (``hgkeras.training.recipes``) when ``--recipe``
+            is not given; ``sigma`` and ``input_shape`` then replace the recipe's.
     """
 
     name: str
@@ -576,7 +579,7 @@ MPII = PoseSpec(
     ),
     unscored=(6, 7),  # pelvis and thorax
     input_shape=(256, 256),
-    sigma=1.0,
+    sigma=1.75,  # the Torch code's image.gaussian(7) (the paper's text says 1)
     recipe="newell2016",
 )  # fmt: skip
 
@@ -597,7 +600,7 @@ FLIC = PoseSpec(
         ("Head", (8, 9, 10)),
     ),
     input_shape=(256, 256),
-    sigma=1.0,
+    sigma=1.75,
     recipe="newell2016",
 )  # fmt: skip
 
@@ -628,8 +631,6 @@ COCO = PoseSpec(
 
 #: The built-in specs by name.
 POSES: dict[str, PoseSpec] = {"mpii": MPII, "flic": FLIC, "coco": COCO}
-#: The name this module had before specs carried normalisers (kept for existing code).
-Skeleton = PoseSpec
 
 
 def _registered(spec: PoseSpec) -> PoseSpec:
@@ -681,8 +682,24 @@ def pose_config(spec: PoseSpec) -> str | dict[str, Any]:
     return spec.name if POSES.get(spec.name.lower()) == spec else spec.to_config()
 
 
-#: The older name of :func:`get_pose`.
-get_skeleton = get_pose
+def read_pose_json(pose: str | os.PathLike) -> PoseSpec:
+    """A spec by name, or from any JSON file that holds one: a spec file, a manifest
+    (``"pose"``) or an export's ``pose.json`` (its other fields are left aside)."""
+    if isinstance(pose, str) and not pose.lower().endswith(".json"):
+        return get_pose(pose)
+    path = Path(pose)
+    if not path.is_file():
+        raise FileNotFoundError(f"pose spec file not found: {path}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
+    if isinstance(config, dict) and isinstance(config.get("pose"), (dict, str)):
+        config = config["pose"]
+    try:
+        return get_pose(config)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def pose_of(model: Any) -> PoseSpec:

@@ -17,7 +17,7 @@ from hgkeras.cli import main
 from hgkeras.data.coco import coco_box_to_center_scale, read_coco_keypoints
 from hgkeras.data.readers import read_annotations
 from hgkeras.evaluation import coco
-from hgkeras.spec import COCO, get_skeleton
+from hgkeras.spec import COCO, get_pose
 from hgkeras.training.validation import ValidationCallback
 
 
@@ -58,7 +58,7 @@ def test_coco_skeleton_matches_the_annotation_file(sample):
     (category,) = sample["data"]["categories"]
     assert COCO.joint_names == tuple(category["keypoints"])
     assert set(COCO.limbs) == {(a - 1, b - 1) for a, b in category["skeleton"]}
-    assert get_skeleton("coco") is COCO
+    assert get_pose("coco") is COCO
     for a, b in COCO.flip_pairs:
         assert COCO.joint_names[a].replace("left", "right") == COCO.joint_names[b]
     assert [COCO.side(j) for j in (0, 1, 2)] == ["center", "left", "right"]

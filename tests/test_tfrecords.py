@@ -71,7 +71,8 @@ def test_training_elements(mpii_shards):
     # Every element maps its joints by the source-crop matrix of one of the records.
     for joints in batch["joints"].numpy():
         expected = [
-            apply_matrix(crop_matrix(r.center, r.scale * SOURCE_MARGIN, 128), r.joints) for r in records
+            apply_matrix(crop_matrix(r.center, r.scale * SOURCE_MARGIN, 128), r.joints)
+            for r in records
         ]
         assert min(np.abs(joints - e).max() for e in expected) < 1e-2
 

@@ -126,7 +126,7 @@ def test_every_flag_overrides_and_is_documented():
         (["--stacks", "2", "--stack-weights", "1,1,1"], "one weight per stack"),
         (["--input-size", "100"], "multiple of 64"),
         (["--features", "33"], "even"),
-        (["--data-dir", "d"], "--dataset"),
+        (["--data-dir", "d"], "--data-dir: no manifest.json in d"),
         (["--dataset", "mpii"], "--train-pattern"),
         (["--lr", "0"], "--lr"),
         (["--dataset", "mpii", "--data-dir", "d", "--train-pattern", "x"], "not both"),

@@ -429,7 +429,7 @@ def pose_dataset(
     ``visible`` float32 (B, J). Evaluation: ``image`` float32 (B, input, input, 3) in [0, 1],
     ``center`` (B, 2), ``scale`` (B,), ``joints`` (B, J, 2) original pixels, ``visible`` (B, J),
     ``normalizer`` (B,), ``box`` (B, 4) (NaN when unknown), ``image_id`` (B,), ``person_id`` (B,)
-    (int32).
+    (int32), ``filename`` (B,) (bytes: the image's name relative to the prepared image folder).
     """
     import tensorflow as tf
 
@@ -485,6 +485,7 @@ def pose_dataset(
             "box": ex["box"],
             "image_id": tf.cast(ex["image_id"], tf.int32),
             "person_id": tf.cast(ex["person_id"], tf.int32),
+            "filename": ex["image/filename"],
         }
 
     ds = ds.map(

@@ -128,6 +128,7 @@ class Source:
     images: Path
     skipped: list[str] = field(default_factory=list)
     pairs_from: str = "names"
+    category_id: int | None = None  # COCO: the category of the keypoints (for results files)
 
 
 def read_source(
@@ -153,7 +154,8 @@ def read_source(
         if images is None:
             raise ValueError("COCO needs the image folder (--images)")
         data = load_coco_annotations(annotations, category)
-        spec = coco_pose(choose_category(data, category, annotations), path=annotations)
+        chosen = choose_category(data, category, annotations)
+        spec = coco_pose(chosen, path=annotations)
         options = {"aspect_ratio": aspect_ratio, "category": category, "pose": spec}
         records = read_coco_keypoints(
             annotations, skipped, split="train" if valid_annotations else None, **options
@@ -164,7 +166,7 @@ def read_source(
             root, records = _common_root(
                 [(Path(images), records), (Path(valid_images or images), valid)]
             )
-        return Source(spec, records, root, skipped)
+        return Source(spec, records, root, skipped, category_id=int(chosen["id"]))
     if fmt == "dlc":
         from hgkeras.data.dlc import dlc_pose, project_config, read_dlc_project
 
@@ -274,6 +276,8 @@ def prepare_dataset(
             "box_padding": BOX_PADDING,
             "normalizer": spec.normalizer,
         }
+        if source.category_id is not None:
+            extra["category_id"] = source.category_id
     else:
         for name, value in (("valid_fraction", valid_fraction), ("category", category),
                             ("flip_pairs", flip_pairs), ("pose", pose), ("valid_images", valid_images)):  # fmt: skip

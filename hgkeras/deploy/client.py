@@ -477,13 +477,18 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", type=int, help="model version (default: latest)")
     parser.add_argument("--signature", default=PREDICT_IMAGE)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt")
-    parser.add_argument("--dataset", default="mpii", help="skeleton to draw: mpii or flic")
+    parser.add_argument(
+        "--pose",
+        default="mpii",
+        help="the model's keypoint set, for names and skeleton: mpii (default), flic, coco, a pose "
+        "spec .json, or the export's pose.json",
+    )
     parser.add_argument("--threshold", type=float, default=0.0, help="hide joints scoring below")
     parser.add_argument("--out", help="overlay PNG (default IMAGE_pose.png beside the image)")
     args = parser.parse_args(argv)
 
     from hgkeras import geometry
-    from hgkeras.spec import get_skeleton
+    from hgkeras.spec import read_pose_json
 
     try:
         path = Path(args.image)
@@ -495,7 +500,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--center needs --scale")
         else:
             center, scale = np.asarray(args.center), args.scale
-        skeleton = get_skeleton(args.dataset)
+        skeleton = read_pose_json(args.pose)
         cls = RestPoseClient if args.rest else PoseClient
         client = cls(
             args.rest or args.target, args.model_name, args.version, args.signature, args.timeout
@@ -503,8 +508,8 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         keypoints, scores = client.predict_image(path.read_bytes(), center, scale)
         if keypoints.shape[0] != skeleton.num_joints:
             raise ValueError(
-                f"the model returned {keypoints.shape[0]} joints; --dataset {args.dataset} has "
-                f"{skeleton.num_joints}"
+                f"the model returned {keypoints.shape[0]} joints; --pose {args.pose} "
+                f"({skeleton.name}) has {skeleton.num_joints}: give the export's pose.json"
             )
         from hgkeras.vis.draw import write_overlay
 

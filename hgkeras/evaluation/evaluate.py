@@ -311,12 +311,17 @@ def format_result(result: dict[str, Any], pose: str | PoseSpec) -> tuple[str, st
     """(title, table) of a :func:`score_for_pose` result: PCK per group (paper style for MPII and
     FLIC) and the errors in pixels, or the OKS AP/AR table."""
     spec = get_pose(pose)
-    errors = (
-        f"\nerror in pixels: mean {result['mean_error_px']:.2f}, median "
-        f"{result['median_error_px']:.2f}"
-        if "mean_error_px" in result
-        else ""
-    )
+    errors = ""
+    if "mean_error_px" in result:
+        errors = (
+            f"\nerror in pixels: mean {result['mean_error_px']:.2f}, median "
+            f"{result['median_error_px']:.2f}"
+        )
+        groups = result.get("error_px") or {}
+        if groups:
+            errors += "; mean per group: " + ", ".join(
+                f"{name} {value:.1f}" for name, value in groups.items() if value == value
+            )
     if spec.normalizer == "oks":
         from hgkeras.evaluation.coco import format_metrics
 
@@ -364,7 +369,7 @@ def predict_eval_dataset(
     ``image_id``/``person_id``. ``network`` is a loaded model (a Keras model, run as one compiled
     step, or an exported runtime; :func:`hgkeras.models.loading.load_model`); ``pose`` and
     ``codec`` default to the network's. Returns numpy arrays ``pred``, ``scores``, ``joints``,
-    ``visible``, ``normalizer`` (+ ids).
+    ``visible``, ``normalizer`` (+ ids and image ``filename`` where the dataset has them).
     """
     from keras import ops
 
@@ -395,6 +400,11 @@ def predict_eval_dataset(
         for key in ("joints", "visible", "normalizer", "box", "image_id", "person_id"):
             if key in batch:
                 out.setdefault(key, []).append(np.asarray(batch[key]))
+        if "filename" in batch:
+            names = np.asarray(batch["filename"]).reshape(-1)
+            out.setdefault("filename", []).append(
+                np.array([n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names])
+            )
     if not out:
         raise ValueError("the evaluation dataset is empty")
     return {key: np.concatenate(values) for key, values in out.items()}
@@ -510,6 +520,7 @@ def gather_predictions(
         if not records:
             raise ValueError(f"{data}: no records" + (f" in split {split!r}" if split else ""))
         data_pose = get_pose(pose) if pose is not None else get_pose(records[0].pose)
+        scores = None
         if predictions is not None:
             pred = read_predictions(predictions)
         else:
@@ -518,9 +529,10 @@ def gather_predictions(
                     "an image directory is needed to run a model on an annotation file"
                 )
             _check_same_pose(model_pose, data_pose, data)
-            pred = predict_records(network, records, images, flip, batch_size, model_pose, codec)[
-                "pred"
-            ]
+            predicted = predict_records(
+                network, records, images, flip, batch_size, model_pose, codec
+            )
+            pred, scores = predicted["pred"], predicted["scores"]
         if pred.shape[0] != len(records):
             raise ValueError(
                 f"predictions have {pred.shape[0]} people but {data} has {len(records)} records "
@@ -534,7 +546,10 @@ def gather_predictions(
             "box": np.stack([r.box for r in records]).astype(np.float64),
             "image_id": np.array([r.image_id for r in records]),
             "person_id": np.array([r.person_id for r in records]),
+            "filename": np.array([r.image for r in records]),
         }
+        if scores is not None:
+            out["scores"] = scores
     else:
         if predictions is not None:
             raise ValueError(

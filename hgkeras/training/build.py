@@ -1,8 +1,8 @@
 """The network and its trainer for a training run, as its configuration describes them.
 
 :func:`build_trainer` makes the :class:`~hgkeras.models.hourglass.StackedHourglass` (size and
-initialisation), wraps it in a :class:`~hgkeras.training.trainer.PoseTrainer` (targets' sigma,
-augmentation law, seed) and compiles it with the configured optimiser
+initialisation, keypoint set, heatmap codec), wraps it in a
+:class:`~hgkeras.training.trainer.PoseTrainer` (augmentation law, seed) and compiles it with the configured optimiser
 (:func:`hgkeras.optimizers.make_optimizer`); :func:`load_initial_weights` starts it from a saved network.
 """
 
@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 
 def build_trainer(config: TrainConfig, dist: Distribution | None = None):
     """(hourglass, trainer): the StackedHourglass and its PoseTrainer, built and compiled."""
+    from hgkeras.codec import HeatmapCodec
     from hgkeras.models.hourglass import StackedHourglass
     from hgkeras.optimizers import make_optimizer
     from hgkeras.training.datasets import source_crop_size, source_margin
+    from hgkeras.training.recipes import config_pose
     from hgkeras.training.trainer import PoseTrainer
 
     hourglass = StackedHourglass(
@@ -32,7 +34,8 @@ def build_trainer(config: TrainConfig, dist: Distribution | None = None):
         num_joints=config.joints,
         depth=config.depth,
         image_shape=(config.input_size, config.input_size, 3),
-        pose=config.dataset,
+        pose=config_pose(config),
+        codec=HeatmapCodec(config.decoder, config.sigma),
         init=config.init,
         name="stacked_hourglass",
     )
@@ -42,7 +45,7 @@ def build_trainer(config: TrainConfig, dist: Distribution | None = None):
 
         trainer_class = multi_worker_trainer_class(PoseTrainer)
     trainer = trainer_class(
-        hourglass, augment=config.augment, sigma=config.sigma, seed=config.seed,
+        hourglass, augment=config.augment, seed=config.seed,
         source_margin=source_margin(config), **config.augmentation,
     )  # fmt: skip
     # Built up front so that a resumed run can load its backup before the first step.

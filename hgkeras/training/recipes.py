@@ -21,8 +21,6 @@ from typing import Any
 
 from hgkeras.data.augment import Augmentation
 
-#: Heatmap channels per dataset (the pose specification's joint count).
-DATASET_JOINTS = {"mpii": 16, "flic": 11, "coco": 17}
 #: ``--mixed-precision`` -> Keras dtype policy.
 MIXED_PRECISION = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -177,11 +175,24 @@ RECIPES: dict[str, Recipe] = {
             flip_eval=False,
             val_every=3,
         ),
+        _after(
+            NEWELL2016,
+            name="small",
+            description="users' own keypoint sets of tens to thousands of labelled frames",
+            stacks=2,
+            features=128,
+            batch_size=8,
+            epochs=100,
+            steps_per_epoch=100,
+            lr=1e-3,
+            lr_drops=(70, 90),
+            sigma=2.0,
+        ),
     )
 }
 
-#: The recipe of a run without ``--recipe``: per ``--dataset``; None is the embedded run.
-DEFAULT_RECIPES = {None: "embedded", "mpii": "newell2016", "flic": "newell2016", "coco": "coco"}
+#: The recipe of the run on the shipped samples (no data given).
+EMBEDDED_RECIPE = "embedded"
 
 
 def get_recipe(name: str) -> Recipe:
@@ -199,6 +210,7 @@ class TrainConfig:
     """
 
     dataset: str | None = None
+    pose: str | dict[str, Any] | None = None
     data_dir: str | None = None
     train_pattern: str | None = None
     val_pattern: str | None = None
@@ -225,6 +237,7 @@ class TrainConfig:
     init_weights: str | None = None
     stack_weights: list[float] | None = None
     sigma: float = NEWELL2016.sigma
+    decoder: str = "paper"
     augment: bool = NEWELL2016.augment
     augmentation: dict[str, Any] = field(default_factory=NEWELL2016.augmentation.to_dict)
     flip_eval: bool = NEWELL2016.flip_eval
@@ -265,49 +278,137 @@ def read_config_settings(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"--config {path}: unknown settings {unknown}")
     if settings.get("embedded"):
-        # The embedded run's own records (rebuilt in --out) and dataset are not data arguments.
-        settings.pop("data_dir", None)
-        settings.pop("dataset", None)
+        # The embedded run's own records (rebuilt in --out) and keypoint set are not data arguments.
+        for key in ("data_dir", "dataset", "pose"):
+            settings.pop(key, None)
+    elif settings.get("pose") is not None:
+        settings.pop("dataset", None)  # the name of the recorded spec, which ``pose`` holds whole
     return {k: v for k, v in settings.items() if k not in DERIVED and v is not None}
+
+
+def resolve_pose(given: dict[str, Any], has_data: bool):
+    """The run's pose spec: ``--pose`` (a name, spec file or dict), else the spec in the manifest of
+    ``--data-dir``, else ``--dataset``'s; MPII for the run on the shipped samples.
+
+    ValueError when ``--dataset`` names another set than the data holds, or no source names one.
+    """
+    from hgkeras.spec import POSES, get_pose
+
+    dataset = given.get("dataset")
+    if dataset is not None and dataset not in POSES:
+        raise ValueError(
+            f"--dataset must be one of {', '.join(sorted(POSES))} (built-in sets; give any other "
+            f"set with --pose or in the records' manifest), got {dataset!r}"
+        )
+    if given.get("pose") is not None:
+        try:
+            spec = get_pose(given["pose"])
+        except (ValueError, FileNotFoundError) as error:
+            raise ValueError(f"--pose: {error}") from None
+        source = "--pose"
+    elif given.get("data_dir"):
+        from hgkeras.data.tfrecords import read_manifest
+
+        try:
+            manifest = read_manifest(given["data_dir"])
+        except FileNotFoundError as error:
+            if dataset is None:
+                raise ValueError(f"--data-dir: {error}") from None
+            manifest = {}  # the run reports the missing data where it reads it
+        if manifest.get("pose") is None and dataset is None:
+            raise ValueError(
+                f"--data-dir {given['data_dir']}: its manifest names no pose spec; give --dataset "
+                "or --pose"
+            )
+        spec = get_pose(manifest["pose"]) if manifest.get("pose") is not None else POSES[dataset]
+        source = f"the manifest of --data-dir {given['data_dir']}"
+    elif dataset is not None:
+        return POSES[dataset]
+    elif not has_data:
+        return POSES["mpii"]
+    else:
+        raise ValueError(
+            "give --dataset (mpii, flic or coco) or --pose (a spec .json file) with "
+            "--train-pattern/--val-pattern: the records' keypoint set"
+        )
+    if dataset is not None and POSES[dataset] != spec:
+        raise ValueError(
+            f"--dataset {dataset} does not match {source}, which holds the keypoint set "
+            f"{spec.name!r} ({spec.num_joints} keypoints); leave out --dataset"
+        )
+    return spec
 
 
 def resolve_config(given: dict[str, Any]) -> TrainConfig:
     """A complete, validated :class:`TrainConfig` from the settings given (flag names with ``_``).
 
-    Settings not given are the recipe's: ``given["recipe"]``, else :data:`DEFAULT_RECIPES` of the
-    dataset (``embedded`` when no data is given).
+    The keypoint set is :func:`resolve_pose`'s. Settings not given come, in this order, from
+    ``given["recipe"]`` when given; else from the set's defaults (its ``sigma`` and the longer side
+    of its ``input_shape``) over its recipe (:attr:`hgkeras.spec.PoseSpec.recipe`: ``newell2016``
+    for MPII and FLIC, ``coco`` for COCO, ``small`` for other sets); the run on the shipped samples
+    (no data given) uses ``embedded``. Flip augmentation and the flip test apply only to sets with
+    flip pairs.
     """
+    from hgkeras.spec import pose_config
+
     given = {k: v for k, v in given.items() if v is not None}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(given) - names)
     if unknown:
         raise ValueError(f"unknown training settings {unknown}")
     has_data = any(given.get(k) for k in ("dataset", "data_dir", "train_pattern", "val_pattern"))
-    dataset = given.get("dataset") if has_data else None
-    name = given.get("recipe") or DEFAULT_RECIPES.get(dataset, NEWELL2016.name)
-    config = TrainConfig(**{**get_recipe(name).settings(), **given, "recipe": name})
+    if not has_data:  # the embedded run reads the shipped MPII samples
+        given.pop("pose", None)
+    spec = resolve_pose(given, has_data)
+    defaults: dict[str, Any] = {}
+    if given.get("recipe"):
+        name = given["recipe"]
+    elif not has_data:
+        name = EMBEDDED_RECIPE
+    else:
+        name = spec.recipe
+        defaults = {"sigma": spec.sigma, "input_size": max(spec.input_shape)}
+    recipe = get_recipe(name).settings()
+    if not spec.flip:
+        recipe["flip_eval"] = False
+        recipe["augmentation"] = {**recipe["augmentation"], "flip_probability": 0.0}
+    config = TrainConfig(**{**recipe, **defaults, **given, "recipe": name})
     config.embedded = not has_data
-    if config.embedded:
-        config.dataset = "mpii"
-        if "out" not in given:
-            config.out = "runs/embedded"
-    elif config.dataset is None:
-        raise ValueError(
-            "--dataset (mpii, flic or coco) is required with --data-dir or --*-pattern"
-        )
+    config.dataset = spec.name
+    config.pose = pose_config(spec)
+    if config.embedded and "out" not in given:
+        config.out = "runs/embedded"
     if config.data_dir and (config.train_pattern or config.val_pattern):
         raise ValueError("give either --data-dir or --train-pattern/--val-pattern, not both")
     if not config.embedded and not config.data_dir and not config.train_pattern:
         raise ValueError("--train-pattern is required without --data-dir")
-    config.joints = DATASET_JOINTS[config.dataset]
+    if not spec.flip:
+        if config.flip_eval:
+            raise ValueError(
+                f"--flip-eval: the keypoint set {spec.name!r} has no flip pairs, so no flip test"
+            )
+        if config.augment and Augmentation.from_dict(config.augmentation).flip_probability > 0:
+            raise ValueError(
+                f"flip augmentation: the keypoint set {spec.name!r} has no flip pairs (a mirrored "
+                "image would need them); give them to `hgkeras prepare --flip-pairs`"
+            )
+    config.joints = spec.num_joints
     if config.stack_weights is None:
         config.stack_weights = [1.0] * config.stacks
     validate_config(config)
     return config
 
 
+def config_pose(config: TrainConfig):
+    """The pose spec of a resolved configuration."""
+    from hgkeras.spec import get_pose
+
+    return get_pose(config.pose if config.pose is not None else config.dataset)
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raise ValueError naming the flag of the first inconsistent setting."""
+    from hgkeras.codec import DECODERS
     from hgkeras.models.hourglass import INITIALISATIONS
     from hgkeras.optimizers import OPTIMIZERS
 
@@ -349,6 +450,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"--lr-factor must be a positive number, got {config.lr_factor}")
     if not (config.sigma > 0 and math.isfinite(config.sigma)):
         raise ValueError(f"--sigma must be a positive number, got {config.sigma}")
+    if config.decoder not in DECODERS:
+        raise ValueError(f"--decoder must be one of {', '.join(DECODERS)}, got {config.decoder!r}")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(
             f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"

@@ -12,7 +12,8 @@ Output layout of ``--out DIR`` (written by the chief alone: worker 0 or ``chief`
 JAX process 0; the other processes write the same files into a scratch folder they remove)::
 
     config.json          the resolved configuration (written before training)
-    best.keras           the pose network with the best val_pckh (COCO: val_ap) so far (best.json)
+    best.keras           the pose network with the best validation score so far (best.json): the
+                         set's metric, val_pckh (MPII), val_pck (FLIC, own sets) or val_ap (COCO)
     last.keras           the pose network after the last finished epoch
     log.csv              one row per epoch: losses per stack, learning rate, validation
     logs/                TensorBoard event files (train/ and validation/)
@@ -51,7 +52,7 @@ def _check_resume_config(config: TrainConfig, path: Path) -> None:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return
-    fixed = ("dataset", "stacks", "features", "modules", "depth", "joints", "input_size")
+    fixed = ("dataset", "pose", "stacks", "features", "modules", "depth", "joints", "input_size")
     changed = [k for k in fixed if k in previous and previous[k] != getattr(config, k)]
     if changed and (path.parent / "backup").exists():
         diffs = ", ".join(f"{k}: {previous[k]} -> {getattr(config, k)}" for k in changed)
@@ -219,18 +220,27 @@ def run_training(config: TrainConfig, prog: str) -> int:
 
 def _score_summary(result: dict, config: TrainConfig) -> dict[str, Any]:
     """The final validation result for results.json (and its line on stdout)."""
-    if validation_metric(config) == "val_ap":
-        print(f"Final COCO OKS AP (flip {config.flip_eval}): {result['AP']:.3f}", flush=True)
+    from hgkeras.evaluation.evaluate import summary_key
+    from hgkeras.training.recipes import config_pose
+
+    spec = config_pose(config)
+    metric = validation_metric(config)
+    if metric == "val_ap":
+        print(f"Final OKS AP (flip {config.flip_eval}): {result['AP']:.3f}", flush=True)
         return {"oks": result, "val_ap": result["AP"]}
-    key = "Total" if "Total" in result else "Mean"
-    print(
-        f"Final PCKh ({config.pckh_protocol} protocol, flip {config.flip_eval}): "
-        f"{key} {float(result[key]):.2f}",
-        flush=True,
+    key = summary_key(result)
+    name = "PCKh" if spec.metric == "pckh" else "PCK"
+    protocol = f"{config.pckh_protocol} protocol, " if spec.metric == "pckh" else ""
+    line = (
+        f"Final {name}@{spec.threshold:g} ({protocol}flip {config.flip_eval}): "
+        f"{key} {float(result[key]):.2f}"
     )
+    if "mean_error_px" in result:
+        line += f"; mean error {float(result['mean_error_px']):.2f} px"
+    print(line, flush=True)
     scores = {
         k: (float(v) if isinstance(v, (int, float)) else v)
         for k, v in result.items()
         if not hasattr(v, "shape")
     }
-    return {"pckh": scores, "val_pckh": float(result[key])}
+    return {spec.metric: scores, metric: float(result[key])}

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 def validation_metric(config: TrainConfig) -> str:
     """The logged validation metric of the run: ``val_`` + its pose spec's metric."""
-    from hgkeras.spec import get_pose
+    from hgkeras.training.recipes import config_pose
 
-    return f"val_{get_pose(config.dataset).metric}"
+    return f"val_{config_pose(config).metric}"
 
 
 def validation_callback(dataset, config: TrainConfig):
@@ -70,6 +70,7 @@ def validation_callback(dataset, config: TrainConfig):
         every_n_epochs=config.val_every,
         flip=config.flip_eval,
         protocol=config.pckh_protocol,
+        decoder=config.decoder,
     )
 
 

@@ -1,8 +1,10 @@
-"""``hgkeras evaluate``: MPII PCKh / FLIC PCK / COCO OKS AP of a model or of a predictions file."""
+"""``hgkeras evaluate``: the keypoint set's own score (MPII PCKh, FLIC PCK, COCO OKS AP, PCK of the box
+for other sets, errors in pixels) of a model or of a predictions file."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hgkeras.codec import DECODERS
 
@@ -10,9 +12,12 @@ from hgkeras.codec import DECODERS
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score a model or a predictions file with MPII PCKh@0.5 / FLIC PCK@0.2 / COCO OKS AP",
-        description="Evaluate pose predictions on MPII (PCKh@0.5, official or HRNet protocol) or FLIC "
-        "(PCK@0.2) or COCO keypoints (OKS AP/AR with pycocotools: --data person_keypoints_*.json, "
+        help="score a model or a predictions file by its keypoint set's metric (MPII PCKh@0.5, FLIC "
+        "PCK@0.2, COCO OKS AP, PCK@0.2 of the box for other sets; errors in pixels)",
+        description="Evaluate pose predictions on MPII (PCKh@0.5, official or HRNet protocol), FLIC "
+        "(PCK@0.2 of the torso), any prepared keypoint set (TFRecords of `hgkeras prepare`: PCK of "
+        "its normaliser, mean and median error in image pixels per keypoint group) or COCO-format "
+        "keypoints (OKS AP/AR with pycocotools: --data a COCO keypoint file, "
         "--predictions a COCO results file, or --model with --images [--detections]). "
         "Predictions come from a model (--model, run on --data) or from an existing file "
         "(--predictions, scored against the annotation file --data). Prints the paper-style table "
@@ -68,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument(
         "--write-predictions",
-        help="also write the predictions (1-based 'preds', N x J x 2) to this .h5 or .mat file "
-        "(COCO: a keypoint results .json)",
+        help="also write the predictions, the layout by suffix: .csv DeepLabCut's prediction CSV "
+        "(one row per image), .json COCO keypoint results, .h5/.mat 1-based 'preds' (N x J x 2, "
+        "the Torch code's / HRNet's MPII layouts)",
     )
     parser.add_argument(
         "--write-mpii-submission",
@@ -148,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
         score_for_pose,
         summary_key,
         write_mpii_submission,
-        write_predictions,
     )
 
     if bool(args.model) == bool(args.predictions):
@@ -185,8 +190,15 @@ def run(args: argparse.Namespace) -> int:
     pred, pose = out["pred"], out["pose"]
 
     if args.write_predictions:
-        write_predictions(args.write_predictions, pred)
-        print(f"wrote predictions to {args.write_predictions}")
+        from hgkeras.evaluation.prediction_files import write_prediction_file
+
+        category_id = 1
+        if not is_annotation_file(args.data) and Path(args.data).is_dir():
+            from hgkeras.data.tfrecords import read_manifest
+
+            category_id = int(read_manifest(args.data).get("category_id", 1))
+        layout = write_prediction_file(args.write_predictions, out, pose, category_id)
+        print(f"wrote predictions ({layout}) to {args.write_predictions}")
     if args.write_mpii_submission:
         if pose.name != "mpii":
             raise ValueError(f"--write-mpii-submission needs MPII predictions, not {pose.name!r}")

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
 
 DESCRIPTION = (
     "Train a Stacked Hourglass pose network (Keras 3; set KERAS_BACKEND). "
     "`python train.py --dataset mpii --data-dir DIR` trains as the Torch code that produced the "
-    "paper's numbers (recipe newell2016); `--recipe NAME` trains as another reference code; "
+    "paper's numbers (recipe newell2016); `python train.py --data-dir DIR` trains any keypoint set "
+    "that `hgkeras prepare` wrote (COCO, DeepLabCut, YOLO-pose, ...); `--recipe NAME` trains as another reference code; "
     "`python train.py` alone runs a short training on the shipped MPII samples (recipe embedded). A "
     "run killed at any moment continues when the same command is started again."
 )
@@ -49,7 +51,9 @@ def _float_list(text: str) -> list[float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add every training flag to ``parser`` (shared by ``train.py`` and ``hgkeras train``)."""
-    from hgkeras.training.recipes import DATASET_JOINTS, MIXED_PRECISION, RECIPES
+    from hgkeras.codec import DECODERS
+    from hgkeras.spec import POSES
+    from hgkeras.training.recipes import MIXED_PRECISION, RECIPES
 
     def both(key: str) -> str:
         """The defaults of the Torch code's recipe and of the embedded run."""
@@ -66,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=list(RECIPES),
         help="the settings that flags do not give, after a reference code (docs/training.md "
         "'Recipes'): " + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values())
-        + ". Default: newell2016 for --dataset mpii and flic, coco for --dataset coco, embedded "
-        "without data",
+        + ". Default: the keypoint set's (newell2016 for MPII and FLIC, coco for COCO, small for "
+        "any other set, with the set's sigma and input size), embedded without data",
     )  # fmt: skip
     parser.add_argument(
         "--config",
@@ -77,12 +81,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group(
         "data",
-        "Give --dataset with --data-dir (TFRecords of `hgkeras prepare`: train split for fit, valid "
-        "split for PCKh) or with --train-pattern/--val-pattern. With no data argument the embedded "
-        "run trains a small model on the shipped real MPII samples. --dataset coco starts from the "
-        "coco recipe and validates by OKS AP (docs/evaluation.md).",
+        "Give --data-dir (TFRecords of `hgkeras prepare`: train split for fit, valid split for "
+        "validation; the keypoint set comes from its manifest) or --train-pattern/--val-pattern "
+        "with --dataset or --pose. With no data argument the embedded run trains a small model on "
+        "the shipped real MPII samples. Validation scores the set's own metric (PCKh for MPII, "
+        "OKS AP for COCO, PCK for FLIC and box-scored sets; docs/evaluation.md).",
     )
-    data.add_argument("--dataset", choices=sorted(DATASET_JOINTS), help="dataset of the records")
+    data.add_argument(
+        "--dataset",
+        choices=sorted(POSES),
+        help="a built-in keypoint set, for its defaults (optional with --data-dir: the manifest "
+        "names the set)",
+    )
+    data.add_argument(
+        "--pose",
+        metavar="SPEC",
+        help="the keypoint set: a built-in name or a pose spec .json file (docs/own-keypoints.md); "
+        "default: the manifest's",
+    )
     data.add_argument("--data-dir", help="directory of prepared TFRecords (manifest.json + shards)")
     data.add_argument("--train-pattern", help="glob of training TFRecord shards")
     data.add_argument("--val-pattern", help="glob of validation TFRecord shards")
@@ -94,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     data.add_argument(
         "--val-limit",
         type=int,
-        help="evaluate PCKh on the first N validation people only (default: all)",
+        help="validate on the first N validation people only (default: all)",
     )
 
     model = parser.add_argument_group("model")
@@ -167,6 +183,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--sigma", type=float, help="target Gaussian sigma in heatmap pixels " + both("sigma")
     )
     opt.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        help="heatmap codec: the targets it trains on (udp has its own) and the validation's "
+        "decoding; recorded in the model (default paper)",
+    )
+    opt.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -190,12 +212,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--flip-eval",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="average with the mirrored image when measuring PCKh " + both("flip_eval"),
+        help="validate with the flip test (sets with flip pairs) " + both("flip_eval"),
     )
     ev.add_argument(
         "--val-every",
         type=int,
-        help="measure val_pckh every N epochs (and after the last) " + both("val_every"),
+        help="validate every N epochs (and after the last) " + both("val_every"),
     )
     ev.add_argument(
         "--pckh-protocol",
@@ -285,7 +307,12 @@ def run(args: argparse.Namespace) -> int:
     from hgkeras.training.recipes import resolve_config
     from hgkeras.training.run import run_training
 
-    return run_training(resolve_config(given_settings(args)), "hgkeras train")
+    try:
+        config = resolve_config(given_settings(args))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hgkeras train: error: {error}", file=sys.stderr)
+        return 2
+    return run_training(config, "hgkeras train")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "train.py") -> int:
