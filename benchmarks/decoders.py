@@ -16,7 +16,7 @@ the decoding step alone: UDP's other half (its grid alignment, a training-time c
 and ``--images``, or TFRecords): for every decoder that fits the model's encoding (``paper`` and
 ``dark`` for models trained with the paper's targets, ``udp`` for udp-trained ones), the mean
 keypoint error in original image pixels and in heatmap pixels, and PCK at 0.05 and 0.1 of the
-data's normaliser (MPII: head size, FLIC: torso size) over the annotated joints, through
+data's normaliser (MPII: head size, FLIC: torso size, other sets: the box's longer side) over the annotated joints, through
 :func:`hgkeras.evaluation.evaluate.gather_predictions` (the path of ``hgkeras evaluate``).
 
 Prints the tables and writes ``benchmarks/results/decoders.json`` (machine, versions, settings, both
@@ -157,7 +157,6 @@ def measure_model(model_path: str, data: str, images: str | None, split: str | N
                   flip: bool, batch_size: int) -> dict:  # fmt: skip
     """Part (b) for one model: per fitting decoder, errors and PCK against the annotations."""
     from hgkeras.codec import DECODERS, HeatmapCodec, codec_of
-    from hgkeras.evaluation import metrics
     from hgkeras.evaluation.evaluate import gather_predictions
     from hgkeras.geometry import PIXELS_PER_SCALE
     from hgkeras.models.loading import load_model
@@ -176,14 +175,14 @@ def measure_model(model_path: str, data: str, images: str | None, split: str | N
         seconds = time.perf_counter() - start
         spec = get_pose(out["pose"])
         joints = np.asarray(out["joints"], np.float64)
-        if spec.normalizer == "head":
+        if spec.normalizer == "torso":
+            normalizer = spec.torso_size(joints)
+        elif spec.normalizer in ("head", "box"):  # the records' head size or box side
             normalizer = np.asarray(out["normalizer"], np.float64)
-        elif spec.normalizer == "torso":
-            normalizer = metrics.flic_torso_size(joints)
-        else:
-            raise ValueError(
-                f"{data}: no PCK normaliser for pose {spec.name!r} ({spec.normalizer})"
-            )
+        else:  # OKS sets: PCK of the box's longer side
+            from hgkeras.evaluation.evaluate import box_sides
+
+            normalizer = box_sides(out["box"])
         seen = np.asarray(out["visible"]) > 0
         error = np.linalg.norm(out["pred"] - joints, axis=-1)
         scales = _scales(data, out, split)

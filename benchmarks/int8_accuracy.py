@@ -2,15 +2,17 @@
 
     python benchmarks/int8_accuracy.py --model best.keras [--data ANNOTATIONS --images DIR]
         [--calibration DATA --calibration-images DIR] [--thresholds 0.5] [--flip]
+    python benchmarks/int8_accuracy.py --model best.keras --data RECORDS --split valid
+        --calibration RECORDS --thresholds 0.2 0.1        # a prepared set of one's own
 
 Exports the model's float and int8 files with the export's own writer
 (:func:`hgkeras.deploy.formats.write_formats`, int8 calibrated on ``--calibration`` as
 ``hgkeras export --calibration`` is; default the shipped MPII people) into a temporary folder, then
 predicts every labelled person of ``--data`` (any annotation file :func:`hgkeras.data.read_annotations`
-reads, images in ``--images``, default ``images/`` beside it; default the shipped MPII samples)
-through each runtime exactly as ``hgkeras evaluate --model FILE`` does
-(:func:`hgkeras.evaluation.evaluate.predict_records`: the one crop, the runtime, decoding to image
-pixels). Scores against the annotations: PCK at each ``--thresholds`` of the records' normaliser
+reads, images in ``--images``, default ``images/`` beside it; or the ``--split`` of TFRecords that
+``hgkeras prepare`` wrote, calibrated then on their training people; default the shipped MPII
+samples) through each runtime exactly as ``hgkeras evaluate --model FILE`` does (the one crop, the
+runtime, decoding to image pixels). Scores against the annotations: PCK at each ``--thresholds`` of the records' normaliser
 (MPII: head size, so 0.5 is PCKh@0.5) and the mean distance in original image pixels over the
 annotated joints. Targets (issue #26): each int8 engine within 2 PCK points of float and its mean
 pixel error within 10 % of float's. OpenVINO int8 runs ``model_int8.onnx``, as in deploy_speed.
@@ -26,6 +28,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,14 +65,14 @@ def load_engine(fmt: str, kind: str, folder: Path, keras_path: Path):
     return runtimes.OpenVINORuntime(path) if kind == "openvino" else runtimes.load_runtime(path)
 
 
-def score(pred: np.ndarray, records, thresholds) -> dict:
-    """PCK (%) at each threshold of the records' normalisers and the mean pixel error, over the
-    annotated joints."""
+def score(pred: np.ndarray, truth: dict, thresholds) -> dict:
+    """PCK (%) at each threshold of the people's normalisers and the mean pixel error, over the
+    annotated joints (``truth``: ``joints``, ``visible``, ``normalizer``)."""
     from hgkeras.deploy.formats import pck_and_error
 
-    joints = np.stack([r.joints for r in records]).astype(np.float64)
-    annotated = np.stack([np.asarray(r.visible) for r in records]) > 0
-    normalizer = np.array([r.normalizer for r in records], np.float64)
+    joints = np.asarray(truth["joints"], np.float64)
+    annotated = np.asarray(truth["visible"]) > 0
+    normalizer = np.asarray(truth["normalizer"], np.float64)
     distance = np.linalg.norm(pred - joints, axis=-1)
     result = {}
     for t in thresholds:
@@ -80,6 +83,47 @@ def score(pred: np.ndarray, records, thresholds) -> dict:
     return result
 
 
+def people(data: Path, images: Path | None, split: str | None, size) -> tuple[dict, Callable]:
+    """(ground truth, predict(runtime, flip, pose) -> keypoints) of an annotation file (people in
+    ``images``) or of TFRecords (``split``), each predicted as ``hgkeras evaluate`` does."""
+    from hgkeras.evaluation.evaluate import (
+        is_annotation_file,
+        predict_eval_dataset,
+        predict_records,
+    )
+
+    if is_annotation_file(data):
+        from hgkeras.data import read_annotations
+
+        records = read_annotations(data, split=split)
+        folder = images if images is not None else data.parent / "images"
+        truth = {
+            "joints": np.stack([r.joints for r in records]),
+            "visible": np.stack([r.visible for r in records]),
+            "normalizer": np.array([r.normalizer for r in records]),
+        }
+
+        def predict(runtime, flip, pose):
+            return predict_records(runtime, records, folder, flip=flip, pose=pose)["pred"]
+
+        return truth, predict
+    from hgkeras.data import pose_dataset
+
+    def dataset():
+        return pose_dataset(data, 16, training=False, split=split, input_size=size[0])
+
+    truth = {"joints": [], "visible": [], "normalizer": []}
+    for batch in dataset():
+        for key in truth:
+            truth[key].append(np.asarray(batch[key]))
+    truth = {key: np.concatenate(values) for key, values in truth.items()}
+
+    def predict(runtime, flip, pose):
+        return predict_eval_dataset(runtime, dataset(), flip, pose)["pred"]
+
+    return truth, predict
+
+
 def shown(path) -> str:
     """``path`` relative to the repository when inside it (for the committed JSON)."""
     root = Path(__file__).resolve().parents[1]
@@ -88,9 +132,7 @@ def shown(path) -> str:
 
 
 def measure(args) -> dict:
-    from hgkeras.data import read_annotations
     from hgkeras.deploy.formats import calibration_people, default_calibration, write_formats
-    from hgkeras.evaluation.evaluate import predict_records
     from hgkeras.inference.runtimes import heatmap_model
     from hgkeras.models.loading import load_model
     from hgkeras.spec import pose_of
@@ -100,10 +142,11 @@ def measure(args) -> dict:
     pose = pose_of(model)
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
     data = Path(args.data) if args.data else default_calibration()
-    images = Path(args.images) if args.images else data.parent / "images"
-    records = read_annotations(data)
+    images = Path(args.images) if args.images else None
+    truth, predict = people(data, images, args.split, size)
     calibration = calibration_people(args.calibration, size, args.calibration_images)
-    print(f"{len(records)} labelled people from {data}; calibration: {len(calibration.crops)} "
+    count = len(truth["joints"])
+    print(f"{count} labelled people from {data}; calibration: {len(calibration.crops)} "
           f"crops from {args.calibration or default_calibration()}", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hgkeras-int8-") as tmp:
         folder = Path(tmp)
@@ -114,14 +157,14 @@ def measure(args) -> dict:
         rows, reference = [], None
         for engine, fmt, kind in ENGINES:
             runtime = load_engine(fmt, kind, folder, keras_path)
-            pred = predict_records(runtime, records, images, flip=args.flip, pose=pose)["pred"]
-            row = {"engine": engine, "format": fmt, "runtime": kind, **score(pred, records,
+            pred = predict(runtime, args.flip, pose)
+            row = {"engine": engine, "format": fmt, "runtime": kind, **score(pred, truth,
                    args.thresholds)}  # fmt: skip
             if reference is None:  # Keras float32
                 reference = (row, pred)
             float_row, float_pred = reference
             moved = np.linalg.norm(pred - float_pred, axis=-1)
-            annotated = np.stack([np.asarray(r.visible) for r in records]) > 0
+            annotated = np.asarray(truth["visible"]) > 0
             row["joints_moved_from_float"] = int(np.sum(moved[annotated] > 1e-3))
             row["pck_drop"] = {
                 key: float_row[key] - row[key] for key in row if key.startswith("pck_")
@@ -139,7 +182,8 @@ def measure(args) -> dict:
         "input_size": list(size),
         "pose": pose.name,
         "data": shown(data),
-        "people": len(records),
+        "split": args.split,
+        "people": count,
         "calibration": shown(args.calibration or default_calibration()),
         "calibration_crops": len(calibration.crops),
         "flip_test": bool(args.flip),
@@ -177,7 +221,12 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="trained .keras file")
-    parser.add_argument("--data", help="labelled people (annotation file); default: shipped MPII")
+    parser.add_argument(
+        "--data",
+        help="labelled people: an annotation file or TFRecords (hgkeras prepare); default: the "
+        "shipped MPII people",
+    )
+    parser.add_argument("--split", help="split of --data (e.g. valid: the held-out people)")
     parser.add_argument("--images", help="image folder of --data (default: images/ beside it)")
     parser.add_argument("--calibration", help="int8 calibration data, as hgkeras export takes it")
     parser.add_argument("--calibration-images", help="image folder of --calibration")

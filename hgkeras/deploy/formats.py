@@ -212,7 +212,8 @@ def _tfrecord_crops(folder: Path, size: tuple[int, int], people: int) -> np.ndar
     if size[0] != size[1]:
         raise ValueError(f"TFRecord calibration crops are square; the model's input is {size}")
     splits = read_manifest(folder).get("splits", {})
-    split = "valid" if "valid" in splits else "train"
+    # the training people: what the network saw (held-out people stay out of the calibration)
+    split = "train" if "train" in splits else next(iter(splits), None)
     dataset = pose_dataset(folder, 16, training=False, split=split, input_size=size[0])
     crops, count = [], 0
     for batch in dataset:
