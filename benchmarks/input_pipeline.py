@@ -21,7 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _workers import cpu_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from hgkeras.data import pose_dataset, read_annotations
+    from hgkeras.data.pipeline import SOURCE_SIZE
     from hgkeras.data.tfrecords import write_tfrecords
     from hgkeras.models.hourglass import StackedHourglass
     from hgkeras.training.trainer import PoseTrainer
@@ -88,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "machine": platform.platform(),
-        "source_images": "5 MPII samples (1280x720 / 854x480 JPEG), source crop 384, input 256, heatmaps 64",
+        "source_images": "5 MPII samples (1280x720 / 854x480 JPEG), source crop "
+        f"{SOURCE_SIZE}, input 256, heatmaps 64",
+        "cpu": cpu_model(),
         "numpy": np.__version__,
         "keras": keras.__version__,
     }
