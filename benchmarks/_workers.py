@@ -30,6 +30,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def machine() -> dict:
+    """The machine a benchmark ran on: CPU model, core count, platform and load at the start."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
 #: The exit code ``spawn_worker`` reports for a worker it stopped at its time limit.
 TIMED_OUT = 124
 

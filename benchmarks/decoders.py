@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from _workers import cpu_model  # noqa: E402
+from _workers import machine  # noqa: E402
 
 SIGMAS = (1.0, 1.5, 2.0)
 NOISES = (0.0, 0.02, 0.05, 0.1)
@@ -262,12 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     from hgkeras import io
 
     report = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg(),
-        },
+        "machine": machine(),
         "versions": {p: md.version(p) for p in ("keras", "tensorflow", "numpy")},
         "backend": keras.backend.backend(),
         "note": args.note,

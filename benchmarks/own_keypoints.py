@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from _workers import cpu_model  # noqa: E402
+from _workers import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VALID_FRACTION = 0.2
@@ -192,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "benchmark": "own_keypoints",
-        "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg(),
-        },
+        "machine": machine(),
         "versions": {p: md.version(p) for p in ("keras", "tensorflow", "numpy")},
         "backend": keras.backend.backend(),
         "note": args.note,

@@ -188,3 +188,15 @@ def remove_temporaries(folder: str | os.PathLike) -> list[str]:
             remove(join(folder, name))
             removed.append(name)
     return removed
+
+
+def load_json(path: str | Path, what: str = "file") -> Any:
+    """The parsed JSON of a local file ``path``; FileNotFoundError / ValueError naming it (``what``
+    it is)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None

@@ -14,7 +14,6 @@ one made by a format reader (COCO categories, DeepLabCut projects, YOLO-pose dat
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -395,13 +394,10 @@ class PoseSpec:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> PoseSpec:
         """A spec from a JSON file (the layout of :meth:`to_config`; unknown fields are errors)."""
+        from hgkeras.io import load_json
+
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pose spec file not found: {path}")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from None
+        config = load_json(path, "pose spec file")
         try:
             return _registered(cls.from_config(config, strict=True))
         except ValueError as error:
@@ -687,13 +683,10 @@ def read_pose_json(pose: str | os.PathLike) -> PoseSpec:
     (``"pose"``) or an export's ``pose.json`` (its other fields are left aside)."""
     if isinstance(pose, str) and not pose.lower().endswith(".json"):
         return get_pose(pose)
+    from hgkeras.io import load_json
+
     path = Path(pose)
-    if not path.is_file():
-        raise FileNotFoundError(f"pose spec file not found: {path}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from None
+    config = load_json(path, "pose spec file")
     if isinstance(config, dict) and isinstance(config.get("pose"), (dict, str)):
         config = config["pose"]
     try:

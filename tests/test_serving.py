@@ -29,6 +29,7 @@ from hgkeras.deploy.client import (
     RestPoseClient,
     ServerUnavailableError,
 )
+from hgkeras.spec import MPII
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +265,18 @@ def test_client_script_prints_keypoints_and_writes_overlay(
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(repo_root / "serving" / "client.py"), run_name="__main__")
     assert info.value.code == 2 and "INVALID_ARGUMENT" in capsys.readouterr().err
+    # the keypoint set from an export's pose.json (spec fields beside the export's own)
+    pose_json = tmp_path / "pose.json"
+    pose_json.write_text(json.dumps({**MPII.to_config(), "formats": {}, "flip_in_graph": False}))
+    monkeypatch.setattr(sys, "argv", [*argv, "--pose", str(pose_json)])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(repo_root / "serving" / "client.py"), run_name="__main__")
+    assert info.value.code == 0 and "head_top" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", [*argv, "--pose", "flic"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(repo_root / "serving" / "client.py"), run_name="__main__")
+    error = capsys.readouterr().err
+    assert info.value.code == 2 and "16 joints; --pose flic (flic) has 11" in error, error
 
 
 def _png_header_only(width: int, height: int) -> bytes:

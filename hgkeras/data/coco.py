@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from hgkeras.data.files import load_json
 from hgkeras.data.records import BOX_PADDING, PoseRecord, record_from_box
 from hgkeras.geometry import box_to_center_scale
+from hgkeras.io import load_json
 from hgkeras.spec import COCO, PoseSpec, infer_flip_pairs
 
 #: The COCO person category id (the default category of results and detections).

@@ -1,21 +1,9 @@
-"""Reading the annotation formats' JSON and YAML files with one-line errors naming the file."""
+"""Reading the annotation formats' YAML files with one-line errors naming the file (JSON:
+:func:`hgkeras.io.load_json`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
-
-
-def load_json(path: str | Path, what: str = "file") -> Any:
-    """The parsed JSON of ``path``; FileNotFoundError / ValueError naming it (``what`` it is)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
 
 
 def load_yaml_mapping(path: str | Path, what: str = "YAML file") -> dict:

@@ -41,7 +41,7 @@ from hgkeras.data.coco import (
     coco_pose,
     load_coco_annotations,
 )
-from hgkeras.data.files import load_json
+from hgkeras.io import load_json
 from hgkeras.spec import COCO, PoseSpec, get_pose, pose_of
 
 logger = logging.getLogger(__name__)
