@@ -140,8 +140,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-overlay", action="store_true", help="write JSON only")
     parser.add_argument(
         "--format", choices=("hgkeras", "coco"), default="hgkeras",
-        help="coco: also write OUT/results.json, the COCO keypoint results of all images (17-joint "
-        "COCO model; image ids from COCO file names such as 000000000785.jpg)",
+        help="coco: also write OUT/results.json, the COCO keypoint results of all images (any "
+        "keypoint set, in the model's keypoint order, category 1; image ids from COCO file names "
+        "such as 000000000785.jpg)",
     )  # fmt: skip
     parser.add_argument(
         "--overlay-max-side",
