@@ -4,6 +4,7 @@ TFRecords for each format, scoring, logs, writers and drawing of a set of one's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -223,7 +224,7 @@ def test_prepare_each_format_to_tfrecords(project, coco_files, yolo_yaml, tmp_pa
             "0.2", "--split", "valid", "--input-shape", "128x128", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     manifest, printed = _prepared(out, capsys)
-    spec = dlc_pose(project)
+    spec = dataclasses.replace(dlc_pose(project), input_shape=(128, 128))  # --input-shape
     assert manifest["pose"] == spec.to_config() and read_pose(out, "valid") == spec
     assert list(manifest["splits"]) == ["valid"] and manifest["splits"]["valid"]["records"] == 11
     assert manifest["valid_fraction"] == 0.2 and manifest["valid_images"] == 11

@@ -16,6 +16,7 @@ For the users' formats (coco, dlc, yolo):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -266,6 +267,8 @@ def prepare_dataset(
         spec, pairs_from = finish_pose(
             source.spec, flip_pairs=flip_pairs, pose=pose, origin=source.pairs_from
         )
+        if spec.input_shape != (height, width):  # the input the boxes are made for
+            spec = dataclasses.replace(spec, input_shape=(height, width))
         apply_pose(source.records, spec)
         records, image_dir, skipped = source.records, source.images, source.skipped
         extra = {
