@@ -190,13 +190,12 @@ def remove_temporaries(folder: str | os.PathLike) -> list[str]:
     return removed
 
 
-def load_json(path: str | Path, what: str = "file") -> Any:
-    """The parsed JSON of a local file ``path``; FileNotFoundError / ValueError naming it (``what``
-    it is)."""
-    path = Path(path)
-    if not path.is_file():
+def load_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The parsed JSON of the file ``path`` (local or remote); FileNotFoundError / ValueError naming
+    it (``what`` it is)."""
+    if not exists(path) or isdir(path):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from None
