@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         "--steps-per-epoch", type=int, default=TRAINING["steps_per_epoch"],
         help="shorter runs to try the script (the committed figures use the default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--optimizer", choices=("rmsprop", "keras_rmsprop", "adam"),
+        help="train with this optimiser instead of the recipe's (Torch's RMSprop), for comparison",
+    )  # fmt: skip
     parser.add_argument("--work", help="keep the records and runs here (default: a temporary one)")
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument(
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     TRAINING["steps_per_epoch"] = args.steps_per_epoch
+    if args.optimizer:
+        TRAINING["optimizer"] = args.optimizer
 
     import keras
 
